@@ -1,0 +1,96 @@
+# image-cloner: every target does its own set-up, so `make demo` and `make test`
+# work on a fresh machine. Built things live in git-ignored folders:
+#   .tools/    the pinned uv used to build the virtualenv
+#   .venv/     the project's virtualenv (from uv.lock)
+#   .stamps/   markers for one-off system set-up (Debian packages)
+#   .testbed/  Go-built control-plane binaries, kubeconfig, logs, state
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.8
+UV := .tools/uv/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+DEBS := docker-registry skopeo apache2-utils openssl ca-certificates
+
+.PHONY: help setup debs venv lint unit integration e2e test demo demo-keep bench \
+        testbed cluster-up cluster-down clean
+
+help:
+	@echo "make demo          the controller end to end on local registries and the test bed"
+	@echo "make test          lint + unit + integration + e2e tests (does all set-up)"
+	@echo "make bench         copy benchmarks side by side with skopeo"
+	@echo "make cluster-up    start the local Kubernetes test bed (.testbed/kubeconfig)"
+	@echo "make cluster-down  stop it and remove its state"
+
+# --- set-up -----------------------------------------------------------------
+
+.stamps/debs: Makefile
+	@mkdir -p .stamps
+	@if ! dpkg -s $(DEBS) >/dev/null 2>&1; then \
+	  echo "installing Debian packages: $(DEBS)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null; \
+	fi
+	@touch $@
+
+$(UV):
+	python3 -m venv .tools/uv
+	.tools/uv/bin/pip install -q uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --quiet
+	@touch $@
+
+debs: .stamps/debs
+venv: $(VENV)/.synced
+setup: debs venv
+
+uv.lock: pyproject.toml | $(UV)
+	$(UV) lock
+
+# --- Kubernetes test bed (issue: testbed) ------------------------------------
+
+testbed:
+	testbed/build.sh
+
+cluster-up: testbed
+	testbed/cluster.sh up
+
+cluster-down:
+	testbed/cluster.sh down
+
+# --- checks -----------------------------------------------------------------
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: setup
+	$(VENV)/bin/pytest -q tests/integration
+
+e2e: setup testbed
+	$(VENV)/bin/pytest -q tests/e2e
+
+test: setup testbed lint
+	$(VENV)/bin/pytest -q tests
+
+# --- the product, shown ------------------------------------------------------
+
+demo: setup testbed
+	scripts/demo.sh
+
+demo-keep: setup testbed
+	scripts/demo.sh --keep
+
+bench: setup
+	$(PY) bench/copy_bench.py
+
+clean:
+	rm -rf .venv .tools .stamps .testbed .mypy_cache .ruff_cache .pytest_cache
