@@ -1,0 +1,337 @@
+"""The Kubernetes API calls the controller makes itself, on one explicit client.
+
+kopf watches; everything else goes through here: reading a workload again before
+deciding, the JSON patch that rewrites it, Events, and the pull Secret. Keeping
+them in one small module makes the RBAC the controller needs exactly the list of
+methods below (get/list/patch workloads, create/patch events, get/create/patch
+one Secret name). Objects travel as plain JSON dicts, as the API serves them:
+`workloads` works on those, and no model class can drop a field we do not know.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import kopf
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+
+from image_cloner.oci.options import Credentials
+
+__all__ = [
+    "COMPONENT",
+    "MANAGED_BY_LABEL",
+    "Conflict",
+    "Kube",
+    "KubeApiError",
+    "SecretOutcome",
+]
+
+COMPONENT = "image-cloner"
+"""Our name as the reporting component of Events and the value of the managed-by label."""
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+
+REQUEST_TIMEOUT = 30.0
+"""Seconds for one API request; a hung apiserver must not hold a worker forever."""
+
+EVENT_SERIES_WINDOW = 600.0
+"""Seconds during which an identical Event is counted up instead of posted again."""
+
+EVENT_CACHE_SIZE = 4096
+
+PLURALS: Mapping[str, str] = {"Deployment": "deployments", "DaemonSet": "daemonsets"}
+
+JsonObject = dict[str, Any]
+SecretOutcome = Literal["created", "updated", "unchanged", "not-managed"]
+
+
+class KubeApiError(Exception):
+    """An API request failed; the message is the apiserver's, never a request body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"Kubernetes API error {status}: {message}")
+        self.status = status
+
+
+class Conflict(KubeApiError):
+    """The object changed under us (409), or a JSON patch `test` failed (422)."""
+
+
+@dataclass(frozen=True)
+class _EventSeries:
+    name: str
+    count: int
+    first_seen: float
+
+
+class Kube:
+    """Our Kubernetes client: one `ApiClient` with its own configuration, no globals."""
+
+    def __init__(self, configuration: k8s.Configuration) -> None:
+        self._configuration = configuration
+        self._api = k8s.ApiClient(configuration=configuration)
+        self._instance = os.environ.get("HOSTNAME") or socket.gethostname()
+        self._events: OrderedDict[tuple[str, ...], _EventSeries] = OrderedDict()
+
+    @classmethod
+    async def connect(cls, *, kubeconfig: str | None) -> Kube:
+        """Build the client from `kubeconfig`, else in-cluster, else $KUBECONFIG/~/.kube/config."""
+        # The client logs whole response bodies at DEBUG, Secrets included.
+        logging.getLogger("kubernetes_asyncio").setLevel(logging.INFO)
+        configuration = k8s.Configuration()
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        else:
+            await k8s_config.load_kube_config(
+                config_file=kubeconfig, client_configuration=configuration, persist_config=False
+            )
+        return cls(configuration)
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def connection_info(self) -> kopf.ConnectionInfo:
+        """The same endpoint and identity for kopf's watch streams (its login handler)."""
+        cfg = self._configuration
+        # Awaiting the header runs the refresh hook: a rotated in-cluster token is re-read.
+        header = await cfg.get_api_key_with_prefix("BearerToken")
+        scheme, _, token = (header or "").rpartition(" ")
+        return kopf.ConnectionInfo(
+            server=str(cfg.host),
+            ca_path=cfg.ssl_ca_cert,
+            insecure=not cfg.verify_ssl,
+            scheme=scheme or ("Bearer" if token else None),
+            token=token or None,
+            certificate_path=cfg.cert_file,
+            private_key_path=cfg.key_file,
+        )
+
+    # --- workloads ------------------------------------------------------------
+
+    async def read_workload(self, kind: str, namespace: str, name: str) -> JsonObject | None:
+        """The workload as stored now, or None when it is gone."""
+        try:
+            return await self._call("GET", _workload_path(kind, namespace, name))
+        except KubeApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def list_workloads(self, kind: str, *, namespace: str | None) -> list[JsonObject]:
+        """Every workload of a kind (in one namespace or all), for the periodic resync."""
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        listing = await self._call("GET", f"/apis/apps/v1{scope}/{PLURALS[kind]}")
+        items: list[JsonObject] = listing.get("items", [])
+        # Lists omit each item's kind; put it back so items look like single reads.
+        for item in items:
+            item.setdefault("kind", kind)
+            item.setdefault("apiVersion", "apps/v1")
+        return items
+
+    async def patch_workload(
+        self, kind: str, namespace: str, name: str, patch: Sequence[Mapping[str, Any]]
+    ) -> JsonObject:
+        """Apply a JSON patch; raises `Conflict` when one of its `test`s fails."""
+        try:
+            return await self._call(
+                "PATCH",
+                _workload_path(kind, namespace, name),
+                body=list(patch),
+                content_type="application/json-patch+json",
+            )
+        except KubeApiError as e:
+            if e.status in (409, 422):
+                raise Conflict(e.status, str(e)) from None
+            raise
+
+    # --- events ---------------------------------------------------------------
+
+    async def post_event(
+        self,
+        obj: Mapping[str, Any],
+        *,
+        reason: str,
+        message: str,
+        warning: bool = False,
+    ) -> None:
+        """Record an Event on `obj`; a repeat within a while counts up the same Event."""
+        meta = obj["metadata"]
+        namespace = meta["namespace"]
+        event_type = "Warning" if warning else "Normal"
+        key = (namespace, meta["uid"], event_type, reason, message)
+        now = time.monotonic()
+        series = self._events.get(key)
+        recent = series is not None and now - series.first_seen < EVENT_SERIES_WINDOW
+        if series is not None and recent and await self._count_up(namespace, series):
+            self._events[key] = _EventSeries(series.name, series.count + 1, series.first_seen)
+            self._events.move_to_end(key)
+            return
+        stamp = _timestamp()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", "apps/v1"),
+                "kind": obj["kind"],
+                "name": meta["name"],
+                "namespace": namespace,
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion", ""),
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "count": 1,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": self._instance[:128],
+        }
+        created = await self._call("POST", f"/api/v1/namespaces/{namespace}/events", body=event)
+        self._events[key] = _EventSeries(created["metadata"]["name"], 1, now)
+        if len(self._events) > EVENT_CACHE_SIZE:
+            self._events.popitem(last=False)
+
+    async def _count_up(self, namespace: str, series: _EventSeries) -> bool:
+        patch = {"count": series.count + 1, "lastTimestamp": _timestamp()}
+        try:
+            await self._call(
+                "PATCH",
+                f"/api/v1/namespaces/{namespace}/events/{series.name}",
+                body=patch,
+                content_type="application/merge-patch+json",
+            )
+        except KubeApiError as e:
+            if e.status == 404:  # expired or deleted: post a fresh one
+                return False
+            raise
+        return True
+
+    # --- the pull Secret ------------------------------------------------------
+
+    async def ensure_pull_secret(
+        self, namespace: str, name: str, *, registry_host: str, credentials: Credentials
+    ) -> SecretOutcome:
+        """Keep a dockerconfigjson Secret for the backup registry, and only for it.
+
+        A Secret of that name that we did not create is left alone: it is the user's.
+        """
+        desired = _docker_config(registry_host, credentials)
+        path = f"/api/v1/namespaces/{namespace}/secrets/{name}"
+        try:
+            current = await self._call("GET", path)
+        except KubeApiError as e:
+            if e.status != 404:
+                raise
+            current = None
+        if current is None:
+            try:
+                await self._call(
+                    "POST",
+                    f"/api/v1/namespaces/{namespace}/secrets",
+                    body=_pull_secret(name, desired),
+                )
+            except KubeApiError as e:
+                if e.status != 409:
+                    raise
+                # Another worker created it for a workload in the same namespace just now.
+                current = await self._call("GET", path)
+            else:
+                return "created"
+        labels = current.get("metadata", {}).get("labels") or {}
+        if labels.get(MANAGED_BY_LABEL) != COMPONENT:
+            return "not-managed"
+        if _decoded_config(current) == desired:
+            return "unchanged"
+        await self._call(
+            "PATCH",
+            path,
+            body={"data": {".dockerconfigjson": _b64(json.dumps(desired))}},
+            content_type="application/merge-patch+json",
+        )
+        return "updated"
+
+    # --- plumbing -------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object = None,
+        content_type: str = "application/json",
+    ) -> JsonObject:
+        try:
+            result = await self._api.call_api(
+                path,
+                method,
+                header_params={"Accept": "application/json", "Content-Type": content_type},
+                body=body,
+                response_types_map={200: "object", 201: "object"},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        except k8s.ApiException as e:
+            raise KubeApiError(int(e.status or 0), _status_message(e)) from None
+        return dict(result or {})
+
+
+def _workload_path(kind: str, namespace: str, name: str) -> str:
+    return f"/apis/apps/v1/namespaces/{namespace}/{PLURALS[kind]}/{name}"
+
+
+def _timestamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _docker_config(registry_host: str, credentials: Credentials) -> JsonObject:
+    auth = _b64(f"{credentials.username}:{credentials.password}")
+    entry = {"username": credentials.username, "password": credentials.password, "auth": auth}
+    return {"auths": {registry_host: entry}}
+
+
+def _pull_secret(name: str, config: Mapping[str, Any]) -> JsonObject:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "labels": {MANAGED_BY_LABEL: COMPONENT}},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": _b64(json.dumps(config))},
+    }
+
+
+def _decoded_config(secret: Mapping[str, Any]) -> object:
+    encoded = (secret.get("data") or {}).get(".dockerconfigjson")
+    if not encoded:
+        return None
+    try:
+        return json.loads(base64.b64decode(encoded))
+    except ValueError:
+        return None
+
+
+def _status_message(error: Any) -> str:
+    """The apiserver's Status message: it names what failed and carries no request data."""
+    try:
+        status = json.loads(error.body)
+        return str(status.get("message") or error.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(error.reason or "no response")
