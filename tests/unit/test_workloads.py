@@ -1,0 +1,463 @@
+"""Readiness as `kubectl rollout status` judges it, images of a template, the rewrite patch.
+
+Patches are applied with `jsonpatch` (an independent RFC 6902 implementation, as the API
+server applies them), so the tests check the object a user would see afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import jsonpatch
+import pytest
+
+from image_cloner.workloads import (
+    DAEMONSET,
+    DEPLOYMENT,
+    KINDS,
+    ORIGINAL_IMAGES_ANNOTATION,
+    ContainerImage,
+    InvalidAnnotation,
+    PatchError,
+    UnsupportedWorkload,
+    WorkloadKey,
+    build_patch,
+    images_of,
+    is_ready,
+    key_of,
+    kind_of,
+    original_images,
+)
+
+
+def deployment(
+    *,
+    generation: int = 2,
+    replicas: int | None = 2,
+    status: dict[str, Any] | None = None,
+    containers: list[dict[str, Any]] | None = None,
+    init_containers: list[dict[str, Any]] | None = None,
+    annotations: dict[str, str] | None = None,
+    pull_secrets: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    pod_spec: dict[str, Any] = {
+        "containers": containers
+        if containers is not None
+        else [{"name": "nginx", "image": "nginx:1.21.4-alpine"}]
+    }
+    if init_containers is not None:
+        pod_spec["initContainers"] = init_containers
+    if pull_secrets is not None:
+        pod_spec["imagePullSecrets"] = pull_secrets
+    metadata: dict[str, Any] = {
+        "name": "nginx",
+        "namespace": "demo-system",
+        "generation": generation,
+        "resourceVersion": "4711",
+    }
+    if annotations is not None:
+        metadata["annotations"] = annotations
+    spec: dict[str, Any] = {"template": {"spec": pod_spec}}
+    if replicas is not None:
+        spec["replicas"] = replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": spec,
+        "status": status
+        if status is not None
+        else {
+            "observedGeneration": 2,
+            "replicas": 2,
+            "updatedReplicas": 2,
+            "readyReplicas": 2,
+            "availableReplicas": 2,
+        },
+    }
+
+
+def daemonset(
+    *, generation: int = 1, strategy: str = "RollingUpdate", **status: int
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "agent", "namespace": "monitoring", "generation": generation},
+        "spec": {
+            "updateStrategy": {"type": strategy},
+            "template": {"spec": {"containers": [{"name": "agent", "image": "agent:1"}]}},
+        },
+        "status": status,
+    }
+
+
+# --- readiness ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "replicas", "ready", "reason"),
+    [
+        (
+            {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2},
+            2,
+            True,
+            "rollout complete",
+        ),
+        (
+            {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2},
+            2,
+            False,
+            "waiting for rollout: spec update to be observed",
+        ),
+        (
+            {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1, "availableReplicas": 3},
+            3,
+            False,
+            "waiting for rollout: 1 out of 3 new replicas have been updated",
+        ),
+        (
+            {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 2, "availableReplicas": 2},
+            2,
+            False,
+            "waiting for rollout: 1 old replicas are pending termination",
+        ),
+        (
+            {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 1},
+            2,
+            False,
+            "waiting for rollout: 1 of 2 updated replicas are available",
+        ),
+        # Zero-valued counters are omitted by the API server: a fresh Deployment.
+        (
+            {"observedGeneration": 2},
+            1,
+            False,
+            "waiting for rollout: 0 out of 1 new replicas have been updated",
+        ),
+        # Scaled to zero: kubectl calls that complete.
+        ({"observedGeneration": 2}, 0, True, "rollout complete"),
+        # No spec.replicas (never from the API server, which defaults it): kubectl skips that check.
+        (
+            {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
+            None,
+            True,
+            "rollout complete",
+        ),
+        # Newer generation than the controller has seen, even though the counts look done.
+        ({}, 2, False, "waiting for rollout: spec update to be observed"),
+    ],
+)
+def test_deployment_readiness_follows_kubectl(
+    status: dict[str, Any], replicas: int | None, ready: bool, reason: str
+) -> None:
+    verdict = is_ready(deployment(status=status, replicas=replicas))
+    assert (verdict.ready, verdict.reason, verdict.failed) == (ready, reason, False)
+
+
+def test_deployment_progress_deadline_exceeded_is_failed_even_with_full_counts() -> None:
+    status = {
+        "observedGeneration": 2,
+        "replicas": 2,
+        "updatedReplicas": 2,
+        "availableReplicas": 2,
+        "conditions": [
+            {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"},
+        ],
+    }
+    verdict = is_ready(deployment(status=status))
+    assert not verdict.ready
+    assert verdict.failed
+    assert "progress deadline" in verdict.reason
+
+
+def test_deployment_complete_progressing_condition_is_ready() -> None:
+    status = {
+        "observedGeneration": 2,
+        "replicas": 2,
+        "updatedReplicas": 2,
+        "availableReplicas": 2,
+        "conditions": [
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}
+        ],
+    }
+    assert is_ready(deployment(status=status)).ready
+
+
+@pytest.mark.parametrize(
+    ("generation", "status", "ready", "reason"),
+    [
+        (
+            1,
+            {
+                "observedGeneration": 1,
+                "desiredNumberScheduled": 3,
+                "updatedNumberScheduled": 3,
+                "numberAvailable": 3,
+            },
+            True,
+            "rollout complete",
+        ),
+        (
+            2,
+            {
+                "observedGeneration": 1,
+                "desiredNumberScheduled": 3,
+                "updatedNumberScheduled": 3,
+                "numberAvailable": 3,
+            },
+            False,
+            "waiting for rollout: spec update to be observed",
+        ),
+        (
+            1,
+            {
+                "observedGeneration": 1,
+                "desiredNumberScheduled": 3,
+                "updatedNumberScheduled": 1,
+                "numberAvailable": 3,
+            },
+            False,
+            "waiting for rollout: 1 out of 3 new pods have been updated",
+        ),
+        (
+            1,
+            {
+                "observedGeneration": 1,
+                "desiredNumberScheduled": 3,
+                "updatedNumberScheduled": 3,
+                "numberAvailable": 2,
+            },
+            False,
+            "waiting for rollout: 2 of 3 updated pods are available",
+        ),
+        # No node matches: nothing desired, nothing to wait for.
+        (1, {"observedGeneration": 1}, True, "rollout complete"),
+    ],
+)
+def test_daemonset_readiness_follows_kubectl(
+    generation: int, status: dict[str, int], ready: bool, reason: str
+) -> None:
+    verdict = is_ready(daemonset(generation=generation, **status))
+    assert (verdict.ready, verdict.reason) == (ready, reason)
+
+
+def test_ondelete_daemonset_waits_until_every_pod_runs_the_template() -> None:
+    waiting = daemonset(
+        strategy="OnDelete",
+        observedGeneration=1,
+        desiredNumberScheduled=2,
+        updatedNumberScheduled=1,
+        numberAvailable=2,
+    )
+    assert not is_ready(waiting).ready
+    done = daemonset(
+        strategy="OnDelete",
+        observedGeneration=1,
+        desiredNumberScheduled=2,
+        updatedNumberScheduled=2,
+        numberAvailable=2,
+    )
+    assert is_ready(done).ready
+
+
+def test_kinds_are_data() -> None:
+    assert set(KINDS) == {"Deployment", "DaemonSet"}
+    assert kind_of(deployment()) is DEPLOYMENT
+    assert kind_of(daemonset()) is DAEMONSET
+    assert (DAEMONSET.api_version, DAEMONSET.plural, DAEMONSET.noun) == (
+        "apps/v1",
+        "daemonsets",
+        "daemonset",
+    )
+
+
+def test_unsupported_kind_is_rejected() -> None:
+    with pytest.raises(UnsupportedWorkload, match="'StatefulSet'"):
+        is_ready({"kind": "StatefulSet"})
+
+
+def test_key_of() -> None:
+    key = key_of(deployment())
+    assert key == WorkloadKey("Deployment", "demo-system", "nginx")
+    assert str(key) == "Deployment demo-system/nginx"
+    assert len({key, key_of(deployment())}) == 1
+
+
+# --- images -------------------------------------------------------------------
+
+
+def test_images_of_lists_containers_then_init_containers() -> None:
+    obj = deployment(
+        containers=[
+            {"name": "web", "image": "nginx:1.21.4-alpine"},
+            {"name": "sidecar", "image": "busybox@sha256:" + "a" * 64},
+        ],
+        init_containers=[{"name": "migrate", "image": "ghcr.io/acme/migrate:2"}],
+    )
+    assert images_of(obj) == [
+        ContainerImage("containers", 0, "web", "nginx:1.21.4-alpine"),
+        ContainerImage("containers", 1, "sidecar", "busybox@sha256:" + "a" * 64),
+        ContainerImage("initContainers", 0, "migrate", "ghcr.io/acme/migrate:2"),
+    ]
+    assert images_of(obj)[2].pointer == "/spec/template/spec/initContainers/0/image"
+
+
+def test_images_of_skips_containers_without_an_image() -> None:
+    obj = deployment(containers=[{"name": "a"}, {"name": "b", "image": "b:1"}])
+    assert [c.name for c in images_of(obj)] == ["b"]
+
+
+# --- patch --------------------------------------------------------------------
+
+BACKUP = "localhost:5000/nginx:1.21.4-alpine"
+
+
+def apply(obj: dict[str, Any], patch: list[dict[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = jsonpatch.apply_patch(obj, patch)
+    return result
+
+
+def test_patch_rewrites_image_and_records_original() -> None:
+    obj = deployment()
+    patch = build_patch(obj, {"nginx": BACKUP})
+    assert patch[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "4711"}
+    after = apply(obj, patch)
+    assert after["spec"]["template"]["spec"]["containers"][0]["image"] == BACKUP
+    annotation = after["metadata"]["annotations"][ORIGINAL_IMAGES_ANNOTATION]
+    assert annotation == '{"nginx":"nginx:1.21.4-alpine"}'
+    assert original_images(after) == {"nginx": "nginx:1.21.4-alpine"}
+    assert "imagePullSecrets" not in after["spec"]["template"]["spec"]
+    assert obj == deployment(), "the input object is not modified"
+
+
+def test_patch_tests_each_old_image() -> None:
+    obj = deployment()
+    patch = build_patch(obj, {"nginx": BACKUP})
+    assert {
+        "op": "test",
+        "path": "/spec/template/spec/containers/0/image",
+        "value": "nginx:1.21.4-alpine",
+    } in patch
+
+
+def test_patch_is_rejected_after_a_concurrent_edit() -> None:
+    obj = deployment()
+    patch = build_patch(obj, {"nginx": BACKUP})
+    edited = copy.deepcopy(obj)
+    edited["metadata"]["resourceVersion"] = "4712"
+    edited["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:1.22"
+    with pytest.raises(jsonpatch.JsonPatchTestFailed):
+        apply(edited, patch)
+    # Even if the resourceVersion test were dropped, the image test alone protects the edit.
+    with pytest.raises(jsonpatch.JsonPatchTestFailed):
+        apply(edited, patch[1:])
+
+
+def test_patch_keeps_existing_annotations_and_escapes_the_key() -> None:
+    obj = deployment(annotations={"deployment.kubernetes.io/revision": "3"})
+    patch = build_patch(obj, {"nginx": BACKUP})
+    assert {
+        "op": "add",
+        "path": "/metadata/annotations/image-cloner.io~1original-images",
+        "value": '{"nginx":"nginx:1.21.4-alpine"}',
+    } in patch
+    after = apply(obj, patch)
+    assert after["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
+
+
+def test_patch_escapes_tilde_before_slash() -> None:
+    obj = deployment(annotations={})
+    patch = build_patch(obj, {"nginx": BACKUP}, annotation="example.com/a~b")
+    assert any(op["path"] == "/metadata/annotations/example.com~1a~0b" for op in patch)
+    after = apply(obj, patch)
+    assert original_images(after, annotation="example.com/a~b") == {"nginx": "nginx:1.21.4-alpine"}
+
+
+def test_second_rewrite_keeps_the_originals_of_other_containers() -> None:
+    obj = deployment(containers=[{"name": "nginx", "image": "nginx:1.21.4-alpine"}])
+    first = apply(obj, build_patch(obj, {"nginx": BACKUP}))
+    # The user adds a sidecar; the next pass rewrites only that one.
+    first["metadata"]["resourceVersion"] = "4800"
+    first["spec"]["template"]["spec"]["containers"].append(
+        {"name": "sidecar", "image": "busybox:1.36"}
+    )
+    second = apply(first, build_patch(first, {"sidecar": "localhost:5000/busybox:1.36"}))
+    assert original_images(second) == {"nginx": "nginx:1.21.4-alpine", "sidecar": "busybox:1.36"}
+
+
+def test_rewrite_after_a_user_edit_records_what_the_user_asked_for() -> None:
+    obj = deployment(
+        annotations={ORIGINAL_IMAGES_ANNOTATION: '{"nginx":"nginx:1.21.4-alpine","gone":"x:1"}'}
+    )
+    obj["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:1.22"
+    after = apply(obj, build_patch(obj, {"nginx": "localhost:5000/nginx:1.22"}))
+    # Reverting must not downgrade the user to 1.21.4; a container that is gone is forgotten.
+    assert original_images(after) == {"nginx": "nginx:1.22"}
+
+
+def test_damaged_annotation_is_replaced_by_a_valid_one() -> None:
+    obj = deployment(annotations={ORIGINAL_IMAGES_ANNOTATION: "not json"})
+    with pytest.raises(InvalidAnnotation):
+        original_images(obj)
+    after = apply(obj, build_patch(obj, {"nginx": BACKUP}))
+    assert original_images(after) == {"nginx": "nginx:1.21.4-alpine"}
+
+
+@pytest.mark.parametrize("text", ['["a"]', '{"a": 1}', "{"])
+def test_original_images_rejects_foreign_values(text: str) -> None:
+    with pytest.raises(InvalidAnnotation, match=ORIGINAL_IMAGES_ANNOTATION):
+        original_images(deployment(annotations={ORIGINAL_IMAGES_ANNOTATION: text}))
+
+
+def test_patch_rewrites_init_containers_and_several_images_at_once() -> None:
+    obj = deployment(
+        containers=[{"name": "web", "image": "nginx:1"}, {"name": "side", "image": "busybox:1"}],
+        init_containers=[{"name": "init", "image": "alpine:3"}],
+    )
+    rewrites = {"init": "r.local/alpine:3", "side": "r.local/busybox:1", "web": "r.local/nginx:1"}
+    after = apply(obj, build_patch(obj, rewrites))
+    assert {c.name: c.image for c in images_of(after)} == rewrites
+    assert json.loads(after["metadata"]["annotations"][ORIGINAL_IMAGES_ANNOTATION]) == {
+        "init": "alpine:3",
+        "side": "busybox:1",
+        "web": "nginx:1",
+    }
+
+
+@pytest.mark.parametrize(
+    ("pull_secrets", "expected"),
+    [
+        (None, [{"name": "image-cloner-pull"}]),
+        ([], [{"name": "image-cloner-pull"}]),
+        ([{"name": "other"}], [{"name": "other"}, {"name": "image-cloner-pull"}]),
+        ([{"name": "image-cloner-pull"}], [{"name": "image-cloner-pull"}]),
+    ],
+)
+def test_patch_adds_the_pull_secret_once(
+    pull_secrets: list[dict[str, str]] | None, expected: list[dict[str, str]]
+) -> None:
+    obj = deployment(pull_secrets=pull_secrets)
+    after = apply(obj, build_patch(obj, {"nginx": BACKUP}, pull_secret="image-cloner-pull"))
+    assert after["spec"]["template"]["spec"]["imagePullSecrets"] == expected
+
+
+def test_nothing_to_change_gives_an_empty_patch() -> None:
+    obj = deployment(containers=[{"name": "nginx", "image": BACKUP}])
+    assert build_patch(obj, {}, pull_secret="image-cloner-pull") == []
+    assert build_patch(obj, {"nginx": BACKUP}) == []
+
+
+def test_unknown_container_is_an_error() -> None:
+    with pytest.raises(PatchError, match="'php'"):
+        build_patch(deployment(), {"php": "x"})
+
+
+def test_missing_resource_version_is_an_error() -> None:
+    obj = deployment()
+    del obj["metadata"]["resourceVersion"]
+    with pytest.raises(PatchError, match="resourceVersion"):
+        build_patch(obj, {"nginx": BACKUP})
