@@ -1,0 +1,85 @@
+"""Session-wide fixtures shared by integration tests, e2e tests and benchmarks.
+
+Real processes (docker-registry, the token issuer, proxies) on free loopback ports and temp dirs;
+every fixture stops what it started, even when a test fails. Registries start in well under a
+second, so they are created lazily: a unit-test run starts none.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.images import ImageFactory, ImageSeeder
+from tests.support.pki import TestPKI, make_pki
+from tests.support.registries import RegistryFactory, RegistryKind, RunningRegistry
+
+
+@pytest.fixture(scope="session")
+def test_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    """Test CA, server certificate (127.0.0.1, ::1, localhost) and token-signing certificate."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _session_registry(
+    tmp_path_factory: pytest.TempPathFactory, kind: RegistryKind, pki: TestPKI
+) -> Iterator[RunningRegistry]:
+    registry = RunningRegistry(tmp_path_factory.mktemp(f"{kind}-registry"), kind=kind, pki=pki)
+    try:
+        registry.start()
+        yield registry
+    finally:
+        registry.stop()
+        shutil.rmtree(registry.data_dir, ignore_errors=True)  # keep the log, drop the blobs
+
+
+@pytest.fixture(scope="session")
+def open_registry(
+    tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI
+) -> Iterator[RunningRegistry]:
+    """Plain HTTP, no auth. Shared by the session: never stop it; use unique repo names."""
+    yield from _session_registry(tmp_path_factory, RegistryKind.OPEN, test_pki)
+
+
+@pytest.fixture(scope="session")
+def auth_registry(
+    tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI
+) -> Iterator[RunningRegistry]:
+    """TLS (test CA) + htpasswd testuser/testpass. Shared: never stop it; use unique repos."""
+    yield from _session_registry(tmp_path_factory, RegistryKind.HTPASSWD, test_pki)
+
+
+@pytest.fixture
+def registry_factory(
+    tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI
+) -> Iterator[RegistryFactory]:
+    """`registry_factory("open" | "htpasswd")` starts a registry of this test's own.
+
+    Use it for tests that stop and restart a registry; all are stopped after the test.
+    """
+    factory = RegistryFactory(tmp_path_factory.mktemp("registries"), pki=test_pki)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture(scope="session")
+def image_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageFactory]:
+    """Builds synthetic images once per session (cached by `ImageSpec`)."""
+    root = tmp_path_factory.mktemp("images")
+    try:
+        yield ImageFactory(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # large layers must not pile up in /tmp
+
+
+@pytest.fixture(scope="session")
+def seed_image(image_factory: ImageFactory) -> ImageSeeder:
+    """`seed_image(registry, "repo:tag", "index" | "docker-list" | ImageSpec(...), seed=...)`.
+
+    Pushes a synthetic image with skopeo and returns its `SyntheticImage` (all digests).
+    """
+    return ImageSeeder(image_factory)

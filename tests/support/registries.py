@@ -1,0 +1,336 @@
+"""Real `docker-registry` processes on loopback for integration, e2e tests and benchmarks.
+
+We test against the real registry (distribution 2.8) rather than a fake, because what matters is
+how the copy engine behaves against a registry's actual auth challenges, upload sessions,
+digest checks and error bodies. Each registry gets a free port, its own temp dir and log file,
+and is always stopped by whoever started it (use it as a context manager or call `stop()`).
+
+The small process helpers here (`free_port`, `wait_until_ready`, `stop_process`) are shared by
+the token issuer and the proxy.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self
+
+from tests.support.pki import TestPKI, make_cert_dir
+
+__all__ = [
+    "HTTP_SECRET",
+    "REGISTRY_BINARY",
+    "TEST_PASSWORD",
+    "TEST_USER",
+    "RegistryEndpoint",
+    "RegistryFactory",
+    "RegistryKind",
+    "Role",
+    "RunningRegistry",
+    "TokenAuthConfig",
+    "free_port",
+    "stop_process",
+    "wait_until_ready",
+]
+
+REGISTRY_BINARY = "/usr/bin/docker-registry"
+TEST_USER = "testuser"
+TEST_PASSWORD = "testpass"
+# Fixed so that upload sessions started before a restart stay valid after it (the registry
+# signs its upload state with this secret; a random one per start would invalidate them).
+HTTP_SECRET = "image-cloner-test-http-secret"
+READY_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+Role = Literal["src", "dest", "inspect"]
+"""Which side of a skopeo command the flags are for; `inspect` means unprefixed flags."""
+
+
+class RegistryKind(enum.StrEnum):
+    OPEN = "open"
+    """Plain HTTP, no auth."""
+    HTPASSWD = "htpasswd"
+    """TLS from the test CA, Basic auth (testuser / testpass)."""
+    TOKEN = "token"
+    """TLS from the test CA, Bearer tokens from the test token issuer."""
+
+
+@dataclass(frozen=True)
+class TokenAuthConfig:
+    """What the registry's `auth.token` section needs to trust a token issuer."""
+
+    realm: str
+    service: str
+    issuer: str
+    rootcertbundle: Path
+
+
+class RegistryEndpoint:
+    """Anything that looks like a registry to a client: a real registry or a proxy in front."""
+
+    host: str
+    """`127.0.0.1:PORT`, what goes into image references."""
+    scheme: Literal["http", "https"]
+    username: str | None
+    password: str | None
+    ca_file: Path | None
+    """CA certificate to trust for TLS endpoints; None for plain HTTP."""
+    cert_dir: Path | None
+    """The CA in the layout skopeo's `--*-cert-dir` wants; None for plain HTTP."""
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}"
+
+    def ref(self, name: str) -> str:
+        """`repo:tag` or `repo@digest` → `127.0.0.1:PORT/repo:tag`."""
+        return f"{self.host}/{name}"
+
+    def skopeo_flags(self, role: Role = "src") -> list[str]:
+        """Credentials and TLS flags for skopeo (`--src-*`, `--dest-*`, or unprefixed)."""
+        prefix = "--" if role == "inspect" else f"--{role}-"
+        if self.username is not None and self.password is not None:
+            flags = [f"{prefix}creds={self.username}:{self.password}"]
+        else:
+            flags = [f"{prefix}no-creds"]
+        if self.cert_dir is not None:
+            flags += [f"{prefix}cert-dir={self.cert_dir}", f"{prefix}tls-verify=true"]
+        else:
+            flags.append(f"{prefix}tls-verify=false")
+        return flags
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client SSL context trusting the test CA (None for plain HTTP)."""
+        return _client_ssl_context(self.ca_file)
+
+
+class RunningRegistry(RegistryEndpoint):
+    """A `docker-registry serve` process on 127.0.0.1 with filesystem storage in `workdir`.
+
+    `stop()` then `start()` restarts it on the same port with the same data, for
+    "registry down, then up again" tests. Both block (about a second for `start`); from async
+    code call them through `asyncio.to_thread` if something must keep running meanwhile.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        kind: RegistryKind = RegistryKind.OPEN,
+        pki: TestPKI | None = None,
+        token: TokenAuthConfig | None = None,
+    ) -> None:
+        if kind is not RegistryKind.OPEN and pki is None:
+            raise ValueError(f"a {kind} registry needs the test PKI for TLS")
+        if kind is RegistryKind.TOKEN and token is None:
+            raise ValueError("a token registry needs a TokenAuthConfig")
+        self.kind = kind
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.log_file = workdir / "registry.log"
+        self.config_file = workdir / "config.yml"
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.scheme = "http" if kind is RegistryKind.OPEN else "https"
+        with_password = kind is not RegistryKind.OPEN
+        self.username = TEST_USER if with_password else None
+        self.password = TEST_PASSWORD if with_password else None
+        self.ca_file = None if pki is None or kind is RegistryKind.OPEN else pki.ca_cert
+        self.cert_dir = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.ca_file is not None:
+            self.cert_dir = make_cert_dir(workdir / "certs.d", self.ca_file)
+        self._write_config(pki, token)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start (or restart) the registry and wait until `/v2/` answers."""
+        if self.running:
+            return
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        env["REGISTRY_HTTP_SECRET"] = HTTP_SECRET
+        with self.log_file.open("ab") as log:
+            self._process = subprocess.Popen(
+                [REGISTRY_BINARY, "serve", str(self.config_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        try:
+            wait_until_ready(
+                self._process, f"{self.url}/v2/", ca_file=self.ca_file, log_file=self.log_file
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop the registry (data and port are kept for a later `start()`)."""
+        if self._process is not None:
+            stop_process(self._process)
+            self._process = None
+
+    def log_text(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<RunningRegistry {self.kind} {self.url}>"
+
+    def _write_config(self, pki: TestPKI | None, token: TokenAuthConfig | None) -> None:
+        http: dict[str, object] = {
+            "addr": self.host,
+            "headers": {"X-Content-Type-Options": ["nosniff"]},
+        }
+        if self.kind is not RegistryKind.OPEN and pki is not None:
+            http["tls"] = {"certificate": str(pki.server_cert), "key": str(pki.server_key)}
+        auth: dict[str, object] = {}
+        if self.kind is RegistryKind.HTPASSWD:
+            auth = {"htpasswd": {"realm": "image-cloner-test", "path": str(self._htpasswd())}}
+        elif self.kind is RegistryKind.TOKEN and token is not None:
+            auth = {
+                "token": {
+                    "realm": token.realm,
+                    "service": token.service,
+                    "issuer": token.issuer,
+                    "rootcertbundle": str(token.rootcertbundle),
+                }
+            }
+        config: dict[str, object] = {
+            "version": "0.1",
+            "log": {"level": "info", "formatter": "text"},
+            "storage": {
+                "filesystem": {"rootdirectory": str(self.data_dir)},
+                "delete": {"enabled": True},
+                "maintenance": {"uploadpurging": {"enabled": False}},
+            },
+            "http": http,
+            "health": {"storagedriver": {"enabled": False}},
+        }
+        if auth:
+            config["auth"] = auth
+        # YAML is a superset of JSON, so the registry reads this as its config.yml.
+        self.config_file.write_text(json.dumps(config, indent=2))
+
+    def _htpasswd(self) -> Path:
+        # Cost 4 (the minimum): the registry checks bcrypt on every request, and a high cost
+        # would make request-heavy tests and benchmarks measure bcrypt instead of copying.
+        line = subprocess.run(
+            ["htpasswd", "-Bbn", "-C", "4", TEST_USER, TEST_PASSWORD],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        path = self.workdir / "htpasswd"
+        path.write_text(line + "\n")
+        return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until_ready(
+    process: subprocess.Popen[bytes],
+    url: str,
+    *,
+    ca_file: Path | None,
+    log_file: Path,
+    timeout: float = READY_TIMEOUT,
+) -> None:
+    """Poll `url` until it answers with any HTTP status; fail early if the process dies."""
+    context = _client_ssl_context(ca_file)
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"{process.args!r} exited with {process.returncode}:\n{_tail(log_file)}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context):
+                return
+        except urllib.error.HTTPError:
+            return  # 401 and friends: it is up and answering
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} not ready after {timeout}s:\n{_tail(log_file)}")
+        time.sleep(0.05)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it does not exit in time; always reaps the process."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait()
+
+
+def _client_ssl_context(ca_file: Path | None) -> ssl.SSLContext | None:
+    return None if ca_file is None else ssl.create_default_context(cafile=str(ca_file))
+
+
+def _tail(log_file: Path, lines: int = 30) -> str:
+    if not log_file.exists():
+        return "(no log)"
+    return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
+
+
+class RegistryFactory:
+    """Starts registries on demand (each in its own dir under `root`) and stops them all.
+
+    For tests that stop/restart a registry or need one to themselves, so they never disturb
+    the session-wide registries other tests share.
+    """
+
+    def __init__(self, root: Path, *, pki: TestPKI, token: TokenAuthConfig | None = None) -> None:
+        self.root = root
+        self.pki = pki
+        self.token = token
+        self.started: list[RunningRegistry] = []
+
+    def __call__(self, kind: RegistryKind | str = RegistryKind.OPEN) -> RunningRegistry:
+        kind = RegistryKind(kind)
+        workdir = self.root / f"{kind}-{len(self.started)}"
+        registry = RunningRegistry(workdir, kind=kind, pki=self.pki, token=self.token)
+        self.started.append(registry)
+        registry.start()
+        return registry
+
+    def stop_all(self) -> None:
+        for registry in self.started:
+            registry.stop()
