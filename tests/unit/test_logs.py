@@ -1,0 +1,265 @@
+"""Log formats (seed-style text, JSON lines), the seed's decision lines, and redaction."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from image_cloner.logs import (
+    CONTROLLER_LOGGER,
+    RedactingFilter,
+    Redactor,
+    WorkloadLog,
+    configure_logging,
+    log_event,
+)
+
+TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d{4}"
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.fixture
+def capture(root_logging: None) -> Callable[..., io.StringIO]:
+    def configure(**kwargs: Any) -> io.StringIO:
+        stream = io.StringIO()
+        configure_logging(stream=stream, level=logging.DEBUG, **kwargs)
+        return stream
+
+    return configure
+
+
+def lines(stream: io.StringIO) -> list[str]:
+    return stream.getvalue().splitlines()
+
+
+def test_text_format_is_the_seeds(capture: Callable[..., io.StringIO]) -> None:
+    out = capture(fmt="text")
+    WorkloadLog("deployment", name="nginx", namespace="demo-system").inspecting()
+    (line,) = lines(out)
+    expected = (
+        rf"{TIMESTAMP}\tDEBUG\tcontroller\.image-cloner\tinspecting deployment\t"
+        r'\{"name": "nginx", "namespace": "demo-system"\}'
+    )
+    assert re.fullmatch(expected, line), line
+
+
+def test_text_without_fields_has_no_trailing_json(capture: Callable[..., io.StringIO]) -> None:
+    out = capture()
+    logging.getLogger("setup").info("starting manager")
+    (line,) = lines(out)
+    assert re.fullmatch(rf"{TIMESTAMP}\tINFO\tsetup\tstarting manager", line), line
+
+
+SEED_LINES: list[tuple[Callable[[WorkloadLog], None], int, str, dict[str, object]]] = [
+    (lambda w: w.inspecting(), logging.DEBUG, "inspecting {noun}", {}),
+    (
+        lambda w: w.checking_container("nginx:1.21.4-alpine"),
+        logging.DEBUG,
+        "checking {noun} container",
+        {"image": "nginx:1.21.4-alpine"},
+    ),
+    (
+        lambda w: w.cloning("nginx:1.21.4-alpine"),
+        logging.INFO,
+        "cloning {noun} image",
+        {"image": "nginx:1.21.4-alpine"},
+    ),
+    (
+        lambda w: w.updating("nginx:1.21.4-alpine", "localhost:5000/nginx:1.21.4-alpine"),
+        logging.INFO,
+        "updating {noun} image",
+        {"From": "nginx:1.21.4-alpine", "To": "localhost:5000/nginx:1.21.4-alpine"},
+    ),
+    (
+        lambda w: w.updated("localhost:5000/nginx:1.21.4-alpine"),
+        logging.INFO,
+        "{noun} image reference updated",
+        {"image": "localhost:5000/nginx:1.21.4-alpine"},
+    ),
+    (
+        lambda w: w.already_cloned("localhost:5000/nginx:1.21.4-alpine"),
+        logging.DEBUG,
+        "image already cloned",
+        {"image": "localhost:5000/nginx:1.21.4-alpine"},
+    ),
+    (
+        lambda w: w.clone_failed("nginx:1.21.4-alpine", "authentication", container="web"),
+        logging.WARNING,
+        "cloning {noun} image failed",
+        {"image": "nginx:1.21.4-alpine", "reason": "authentication", "container": "web"},
+    ),
+    (
+        lambda w: w.not_ready("waiting for rollout: 1 of 2 updated replicas are available"),
+        logging.DEBUG,
+        "{noun} not ready",
+        {"reason": "waiting for rollout: 1 of 2 updated replicas are available"},
+    ),
+]
+
+
+@pytest.mark.parametrize("noun", ["deployment", "daemonset"])
+@pytest.mark.parametrize("case", SEED_LINES)
+def test_decision_lines_as_json(
+    capture: Callable[..., io.StringIO],
+    noun: str,
+    case: tuple[Callable[[WorkloadLog], None], int, str, dict[str, object]],
+) -> None:
+    call, level, message, fields = case
+    out = capture(fmt="json")
+    call(WorkloadLog(noun, name="nginx", namespace="demo-system"))
+    (line,) = lines(out)
+    entry = json.loads(line)
+    assert re.fullmatch(TIMESTAMP, entry.pop("time"))
+    assert entry == {
+        "level": logging.getLevelName(level).lower(),
+        "logger": CONTROLLER_LOGGER,
+        "msg": message.format(noun=noun),
+        "name": "nginx",
+        "namespace": "demo-system",
+        **fields,
+    }
+
+
+def test_records_name_the_caller(root_logging: None, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    WorkloadLog("deployment", name="a", namespace="b").inspecting()
+    log_event(logging.getLogger("x"), logging.INFO, "hello", a=1)
+    assert [r.funcName for r in caplog.records] == ["test_records_name_the_caller"] * 2
+
+
+def test_json_field_named_like_a_key_does_not_clobber_it(
+    capture: Callable[..., io.StringIO],
+) -> None:
+    out = capture(fmt="json")
+    log_event(logging.getLogger("x"), logging.INFO, "real message", msg="field", level=3)
+    entry = json.loads(lines(out)[0])
+    assert (entry["msg"], entry["level"]) == ("real message", "info")
+    assert (entry["fields.msg"], entry["fields.level"]) == ("field", 3)
+
+
+def test_kopf_object_reference_becomes_fields(capture: Callable[..., io.StringIO]) -> None:
+    out = capture(fmt="json")
+    ref = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "nginx", "namespace": "demo"}
+    logging.getLogger("kopf.objects").info("Handler succeeded.", extra={"k8s_ref": ref})
+    entry = json.loads(lines(out)[0])
+    assert (entry["kind"], entry["name"], entry["namespace"]) == ("Deployment", "nginx", "demo")
+
+
+def test_configuring_again_replaces_only_our_handler(capture: Callable[..., io.StringIO]) -> None:
+    first = capture()
+    second = capture(fmt="json")
+    logging.getLogger("x").info("once")
+    assert first.getvalue() == ""
+    assert json.loads(second.getvalue())["msg"] == "once"
+
+
+def test_unknown_format_is_rejected(root_logging: None) -> None:
+    with pytest.raises(ValueError, match="'yaml'"):
+        configure_logging(fmt="yaml")  # type: ignore[arg-type]
+
+
+def test_bad_format_arguments_do_not_break_the_caller() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "%s and %s", ("one",), None)
+    assert RedactingFilter(Redactor()).filter(record)
+    assert record.getMessage() == "%s and %s"
+
+
+# --- redaction ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Authorization: Bearer eyJhbGciOi.x.y", "Authorization: Bearer ***"),
+        ("{'Authorization': 'Basic dXNlcjpwYXNz'}", "{'Authorization': 'Basic ***'}"),
+        ('"authorization":"abc"', '"authorization":"***"'),
+        (
+            "GET https://testuser:testpass@127.0.0.1:5000/v2/",
+            "GET https://testuser:***@127.0.0.1:5000/v2/",
+        ),
+        ("IMAGE_CLONER_PASS=hunter22 next", "IMAGE_CLONER_PASS=*** next"),
+        ("password: hunter22", "password: ***"),
+        ('{"auths": {"r.io": {"auth": "dXNlcjpwYXNz"}}}', '{"auths": {"r.io": {"auth": "***"}}}'),
+        ("?service=r&access_token=abc.def&x=1", "?service=r&access_token=***&x=1"),
+        # Things that only look close stay readable.
+        (
+            'Bearer realm="https://auth.r.io/token",service="r.io"',
+            'Bearer realm="https://auth.r.io/token",service="r.io"',
+        ),
+        ("localhost:5000/nginx@sha256:abcd", "localhost:5000/nginx@sha256:abcd"),
+        (
+            "http://127.0.0.1:5000/v2/nginx/blobs/sha256:ab",
+            "http://127.0.0.1:5000/v2/nginx/blobs/sha256:ab",
+        ),
+        ("token expired; refreshing", "token expired; refreshing"),
+        ("pull_secret_name=image-cloner-pull", "pull_secret_name=image-cloner-pull"),
+    ],
+)
+def test_redactor_patterns(text: str, expected: str) -> None:
+    assert Redactor()(text) == expected
+
+
+def test_redactor_masks_configured_values_and_their_url_encoding() -> None:
+    redact = Redactor(["p@ss word!"])
+    assert redact("login p@ss word! then p%40ss%20word%21") == "login *** then ***"
+
+
+def test_redactor_ignores_values_too_short_to_mask_safely() -> None:
+    redact = Redactor(["ab", ""])
+    assert redact("abc table") == "abc table"
+
+
+def test_redaction_covers_message_args_fields_and_tracebacks(
+    capture: Callable[..., io.StringIO],
+) -> None:
+    out = capture(fmt="json", secrets=["testpass"])
+    logger = logging.getLogger("x")
+    log_event(
+        logger,
+        logging.INFO,
+        "login as %s",
+        password="anything",
+        nested={"token": "t0k3n-value", "note": "used testpass"},
+        items=["testpass"],
+        pull_secret_name="image-cloner-pull",
+    )
+    logger.warning("login as %s with %s", "testuser", "testpass")
+    try:
+        raise RuntimeError("registry said no to testpass")
+    except RuntimeError:
+        logger.exception("copy failed")
+    text = out.getvalue()
+    assert "testpass" not in text
+    assert "anything" not in text
+    assert "t0k3n-value" not in text
+    first, second, third = (json.loads(line) for line in text.splitlines() if line.startswith("{"))
+    assert first["password"] == "***"
+    assert first["nested"] == {"token": "***", "note": "used ***"}
+    assert first["items"] == ["***"]
+    assert first["pull_secret_name"] == "image-cloner-pull"
+    assert second["msg"] == "login as testuser with ***"
+    assert "RuntimeError: registry said no to ***" in third["exception"]
+
+
+def test_redactor_learns_secrets_after_configuration(capture: Callable[..., io.StringIO]) -> None:
+    stream = io.StringIO()
+    redactor = configure_logging(stream=stream)
+    redactor.add("late-secret")
+    logging.getLogger("x").warning("got late-secret")
+    assert stream.getvalue().rstrip().endswith("got ***")
