@@ -454,7 +454,8 @@ def test_repository_info(
 )
 def test_registry_hosts(host: str, valid: bool) -> None:
     if valid:
-        assert Registry(host).host == host.lower()
+        registry = Registry(host)
+        assert Registry(registry.host) == registry  # normalising twice changes nothing
     else:
         with pytest.raises(InvalidReference, match="invalid registry host"):
             Registry(host)
@@ -474,6 +475,8 @@ def test_registry_hosts(host: str, valid: bool) -> None:
         ("[::1]:5000", "[::1]:5000", "[::1]:5000", True),
         ("[::1]", "[::1]", "[::1]", True),
         ("[FD00::1]:5000", "[fd00::1]:5000", "[fd00::1]:5000", False),
+        ("[0:0:0:0:0:0:0:1]:5000", "[::1]:5000", "[::1]:5000", True),
+        ("[2001:0db8:0000::0001]", "[2001:db8::1]", "[2001:db8::1]", False),
         ("128.0.0.1", "128.0.0.1", "128.0.0.1", False),
         ("127.0.0.1.nip.io", "127.0.0.1.nip.io", "127.0.0.1.nip.io", False),
         ("localhost.example.com", "localhost.example.com", "localhost.example.com", False),

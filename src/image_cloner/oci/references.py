@@ -22,8 +22,9 @@ given. With `name:tag@digest` the digest is what gets fetched; the tag is kept.
 
 Two deliberate additions to Docker's rules: registry hosts are lowercased (DNS
 is case-insensitive, and credentials, mirrors and backup names must match
-however the user spelt the host), and an IPv6 host must be a real address and a
-port must be 1-65535, so nonsense fails here rather than deep in a connection.
+however the user spelt the host; IPv6 addresses get their compressed form), and
+an IPv6 host must be a real address and a port must be 1-65535, so nonsense
+fails here rather than deep in a connection.
 """
 
 from __future__ import annotations
@@ -109,6 +110,11 @@ def _normalise_host(host: str) -> str:
     lowered = host.lower()
     if lowered == _LEGACY_DOCKER_HUB:
         return DOCKER_HUB
+    if lowered.startswith("["):
+        # One spelling per address, so [0:0::1] and [::1] are the same registry.
+        hostname, port = _split_port(lowered)
+        address = ipaddress.IPv6Address(hostname[1:-1]).compressed
+        return f"[{address}]" + (f":{port}" if port is not None else "")
     # A single uppercase label ("Foo/bar") is a host only because of its case;
     # lowercasing it would turn it into a Docker Hub namespace.
     return lowered if _looks_like_host(lowered) else host
