@@ -15,6 +15,7 @@ import pytest
 from tests.support.images import ImageFactory, ImageSeeder
 from tests.support.pki import TestPKI, make_pki
 from tests.support.registries import RegistryFactory, RegistryKind, RunningRegistry
+from tests.support.token_issuer import TokenIssuer
 
 
 @pytest.fixture(scope="session")
@@ -23,10 +24,27 @@ def test_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
+@pytest.fixture(scope="session")
+def token_issuer(
+    tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI
+) -> Iterator[TokenIssuer]:
+    """The Docker token server `token_registry` trusts (testuser/testpass, reader/readpass)."""
+    with TokenIssuer(tmp_path_factory.mktemp("token-issuer"), pki=test_pki) as issuer:
+        yield issuer
+
+
 def _session_registry(
-    tmp_path_factory: pytest.TempPathFactory, kind: RegistryKind, pki: TestPKI
+    tmp_path_factory: pytest.TempPathFactory,
+    kind: RegistryKind,
+    pki: TestPKI,
+    issuer: TokenIssuer | None = None,
 ) -> Iterator[RunningRegistry]:
-    registry = RunningRegistry(tmp_path_factory.mktemp(f"{kind}-registry"), kind=kind, pki=pki)
+    registry = RunningRegistry(
+        tmp_path_factory.mktemp(f"{kind}-registry"),
+        kind=kind,
+        pki=pki,
+        token=None if issuer is None else issuer.auth_config(),
+    )
     try:
         registry.start()
         yield registry
@@ -51,15 +69,25 @@ def auth_registry(
     yield from _session_registry(tmp_path_factory, RegistryKind.HTPASSWD, test_pki)
 
 
+@pytest.fixture(scope="session")
+def token_registry(
+    tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI, token_issuer: TokenIssuer
+) -> Iterator[RunningRegistry]:
+    """TLS (test CA) + Bearer tokens from `token_issuer`. Shared: never stop it."""
+    yield from _session_registry(tmp_path_factory, RegistryKind.TOKEN, test_pki, token_issuer)
+
+
 @pytest.fixture
 def registry_factory(
-    tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI
+    tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI, token_issuer: TokenIssuer
 ) -> Iterator[RegistryFactory]:
-    """`registry_factory("open" | "htpasswd")` starts a registry of this test's own.
+    """`registry_factory("open" | "htpasswd" | "token")` starts a registry of this test's own.
 
     Use it for tests that stop and restart a registry; all are stopped after the test.
     """
-    factory = RegistryFactory(tmp_path_factory.mktemp("registries"), pki=test_pki)
+    factory = RegistryFactory(
+        tmp_path_factory.mktemp("registries"), pki=test_pki, token=token_issuer.auth_config()
+    )
     try:
         yield factory
     finally:

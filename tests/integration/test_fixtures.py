@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import ssl
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
+import jwt
 import pytest
 
 from tests.support import skopeo
-from tests.support.images import ImageKind, ImageSeeder, SyntheticImage
+from tests.support.images import OCI_MANIFEST, ImageKind, ImageSeeder, SyntheticImage
 from tests.support.registries import RegistryEndpoint, RegistryFactory, RunningRegistry
+from tests.support.token_issuer import DEFAULT_LIFETIME, SERVICE, TokenIssuer
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +52,7 @@ def http_status(registry: RegistryEndpoint, path: str, *, user: str, password: s
 
 
 @pytest.mark.parametrize("kind", list(ImageKind))
-@pytest.mark.parametrize("registry_name", ["open_registry", "auth_registry"])
+@pytest.mark.parametrize("registry_name", ["open_registry", "auth_registry", "token_registry"])
 def test_registry_accepts_synthetic_image(
     request: pytest.FixtureRequest, seed_image: ImageSeeder, registry_name: str, kind: ImageKind
 ) -> None:
@@ -91,3 +97,81 @@ def test_registry_restart_keeps_port_and_data(
     registry.start()
     assert registry.host == host
     assert_stored(registry, "restart/app", "1", image)
+
+
+def test_token_registry_enforces_password(
+    token_registry: RunningRegistry, token_issuer: TokenIssuer, seed_image: ImageSeeder
+) -> None:
+    image = seed_image(token_registry, "fixtures/token-auth:v1", "single")
+    before = token_issuer.stats()["tokens_issued"]
+    assert_stored(token_registry, "fixtures/token-auth", "v1", image)
+    assert token_issuer.stats()["tokens_issued"] > before
+    with pytest.raises(skopeo.SkopeoError, match=r"unauthorized|authentication required|401"):
+        skopeo.run(
+            "inspect",
+            "--raw",
+            "--creds=testuser:wrong",
+            f"--cert-dir={token_registry.cert_dir}",
+            skopeo.docker_ref(token_registry, "fixtures/token-auth:v1"),
+        )
+    # The registry itself rejects a request without a token and points at the issuer.
+    assert http_status(token_registry, "/v2/", user="testuser", password="testpass") == 401
+
+
+def fetch_token(issuer: TokenIssuer, scope: str, *, user: str, password: str) -> str:
+    query = urllib.parse.urlencode({"service": SERVICE, "scope": scope})
+    request = urllib.request.Request(f"{issuer.realm}?{query}")
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {basic}")
+    context = ssl.create_default_context(cafile=str(issuer.pki.ca_cert))
+    with urllib.request.urlopen(request, context=context, timeout=10) as response:
+        body = json.load(response)
+    assert body["token"] == body["access_token"]
+    token: str = body["token"]
+    return token
+
+
+def bearer_status(registry: RunningRegistry, method: str, path: str, token: str) -> int:
+    request = urllib.request.Request(f"{registry.url}{path}", method=method)
+    request.add_header("Authorization", f"Bearer {token}")
+    request.add_header("Accept", OCI_MANIFEST)
+    try:
+        with urllib.request.urlopen(request, context=registry.ssl_context(), timeout=10) as resp:
+            status: int = resp.status
+            return status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_token_issuer_grants_only_what_the_user_may_do(
+    token_registry: RunningRegistry, token_issuer: TokenIssuer, seed_image: ImageSeeder
+) -> None:
+    seed_image(token_registry, "fixtures/reader:v1", "single")
+    scope = "repository:fixtures/reader:pull,push"
+    token = fetch_token(token_issuer, scope, user="reader", password="readpass")
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["access"] == [
+        {"type": "repository", "name": "fixtures/reader", "actions": ["pull"]}
+    ]
+    manifest = "/v2/fixtures/reader/manifests/v1"
+    assert bearer_status(token_registry, "HEAD", manifest, token) == 200
+    assert bearer_status(token_registry, "POST", "/v2/fixtures/reader/blobs/uploads/", token) == 401
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        fetch_token(token_issuer, scope, user="reader", password="wrong")
+
+
+def test_token_lifetime_is_enforced_by_the_registry(
+    token_registry: RunningRegistry, token_issuer: TokenIssuer, seed_image: ImageSeeder
+) -> None:
+    seed_image(token_registry, "fixtures/expiry:v1", "single")
+    token_issuer.set_lifetime(2)
+    try:
+        token = fetch_token(
+            token_issuer, "repository:fixtures/expiry:pull", user="testuser", password="testpass"
+        )
+    finally:
+        token_issuer.set_lifetime(DEFAULT_LIFETIME)
+    manifest = "/v2/fixtures/expiry/manifests/v1"
+    assert bearer_status(token_registry, "HEAD", manifest, token) == 200
+    time.sleep(3)
+    assert bearer_status(token_registry, "HEAD", manifest, token) == 401
