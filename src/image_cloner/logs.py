@@ -131,11 +131,16 @@ def log_event(
     level: int,
     msg: str,
     /,
+    *,
+    exc_info: BaseException | None = None,
     **fields: object,
 ) -> None:
-    """Log `msg` with structured fields (rendered as JSON after the message, or as keys)."""
+    """Log `msg` with structured fields (rendered as JSON after the message, or as keys).
+
+    `exc_info` adds the exception's traceback (redacted like everything else).
+    """
     # stacklevel=2: the record names the caller, not this helper.
-    logger.log(level, msg, extra={_FIELDS: fields}, stacklevel=2)
+    logger.log(level, msg, exc_info=exc_info, extra={_FIELDS: fields}, stacklevel=2)
 
 
 def _fields_of(record: logging.LogRecord) -> dict[str, object]:
