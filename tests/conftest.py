@@ -8,13 +8,19 @@ second, so they are created lazily: a unit-test run starts none.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.support.images import ImageFactory, ImageSeeder
 from tests.support.pki import TestPKI, make_pki
-from tests.support.registries import RegistryFactory, RegistryKind, RunningRegistry
+from tests.support.proxy import RegistryProxy
+from tests.support.registries import (
+    RegistryEndpoint,
+    RegistryFactory,
+    RegistryKind,
+    RunningRegistry,
+)
 from tests.support.token_issuer import TokenIssuer
 
 
@@ -92,6 +98,32 @@ def registry_factory(
         yield factory
     finally:
         factory.stop_all()
+
+
+ProxyFactory = Callable[[RegistryEndpoint], RegistryProxy]
+
+
+@pytest.fixture
+def proxy_factory(
+    tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI
+) -> Iterator[ProxyFactory]:
+    """`proxy_factory(registry)` starts a counting / corrupting / failing proxy in front of it.
+
+    The proxy has the registry's scheme, credentials and CA; it is stopped after the test.
+    """
+    proxies: list[RegistryProxy] = []
+
+    def start(upstream: RegistryEndpoint) -> RegistryProxy:
+        proxy = RegistryProxy(tmp_path_factory.mktemp("proxy"), upstream, pki=test_pki)
+        proxies.append(proxy)
+        proxy.start()
+        return proxy
+
+    try:
+        yield start
+    finally:
+        for proxy in proxies:
+            proxy.stop()
 
 
 @pytest.fixture(scope="session")

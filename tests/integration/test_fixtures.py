@@ -14,10 +14,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import jwt
 import pytest
 
+from tests.conftest import ProxyFactory
 from tests.support import skopeo
 from tests.support.images import OCI_MANIFEST, ImageKind, ImageSeeder, SyntheticImage
 from tests.support.registries import RegistryEndpoint, RegistryFactory, RunningRegistry
@@ -175,3 +177,86 @@ def test_token_lifetime_is_enforced_by_the_registry(
     assert bearer_status(token_registry, "HEAD", manifest, token) == 200
     time.sleep(3)
     assert bearer_status(token_registry, "HEAD", manifest, token) == 401
+
+
+@pytest.mark.parametrize("registry_name", ["open_registry", "auth_registry", "token_registry"])
+def test_proxy_forwards_and_counts(
+    request: pytest.FixtureRequest,
+    proxy_factory: ProxyFactory,
+    seed_image: ImageSeeder,
+    registry_name: str,
+    tmp_path: Path,
+) -> None:
+    registry: RunningRegistry = request.getfixturevalue(registry_name)
+    proxy = proxy_factory(registry)
+    # Pushing through the proxy exercises streamed uploads and rewritten upload Locations.
+    image = seed_image(proxy, "proxied/app:1", "index", seed="proxied")
+    assert proxy.count("PUT", r"/manifests/1$") == 1
+    assert_stored(registry, "proxied/app", "1", image)
+    proxy.reset()
+    skopeo.copy(skopeo.docker_ref(proxy, "proxied/app:1"), f"oci:{tmp_path / 'out'}:1", src=proxy)
+    blob_gets = proxy.count("GET", r"/blobs/sha256:")
+    assert blob_gets == len(image.blobs)
+    assert all(r.status in (200, 401) for r in proxy.requests())
+
+
+def test_proxy_corrupts_a_blob_and_skopeo_notices(
+    open_registry: RunningRegistry,
+    proxy_factory: ProxyFactory,
+    seed_image: ImageSeeder,
+    tmp_path: Path,
+) -> None:
+    image = seed_image(open_registry, "proxied/liar:1", "single", seed="liar")
+    proxy = proxy_factory(open_registry)
+    layer = image.manifests[0].layers[0]
+    proxy.corrupt_blob(layer.digest)
+    with pytest.raises(skopeo.SkopeoError, match=r"(?i)digest did not match"):
+        skopeo.copy(
+            skopeo.docker_ref(proxy, "proxied/liar:1"), f"oci:{tmp_path / 'out'}:1", src=proxy
+        )
+    served = [r for r in proxy.requests() if r.path.endswith(layer.digest)]
+    assert served
+    assert served[0].status == 200
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(429, 1), (503, None)])
+def test_proxy_injects_failures(
+    open_registry: RunningRegistry,
+    proxy_factory: ProxyFactory,
+    status: int,
+    retry_after: int | None,
+) -> None:
+    proxy = proxy_factory(open_registry)
+    proxy.fail_next(2, status=status, retry_after=retry_after, path=r"^/v2/$")
+    answers: list[tuple[int, str | None]] = []
+    for _ in range(3):
+        try:
+            with urllib.request.urlopen(f"{proxy.url}/v2/", timeout=10) as response:
+                answers.append((response.status, None))
+        except urllib.error.HTTPError as error:
+            answers.append((error.code, error.headers.get("Retry-After")))
+    expected_header = None if retry_after is None else str(retry_after)
+    assert answers == [(status, expected_header), (status, expected_header), (200, None)]
+    assert [r.status for r in proxy.requests()] == [status, status, 200]
+
+
+def test_proxy_preserves_head_headers(
+    open_registry: RunningRegistry, proxy_factory: ProxyFactory, seed_image: ImageSeeder
+) -> None:
+    image = seed_image(open_registry, "proxied/head:1", "index")
+    proxy = proxy_factory(open_registry)
+    seen = []
+    for endpoint in (open_registry, proxy):
+        request = urllib.request.Request(
+            f"{endpoint.url}/v2/proxied/head/manifests/1", method="HEAD"
+        )
+        request.add_header("Accept", image.media_type)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            seen.append(
+                (
+                    response.headers["Content-Length"],
+                    response.headers["Content-Type"],
+                    response.headers["Docker-Content-Digest"],
+                )
+            )
+    assert seen[0] == seen[1] == (str(len(image.raw)), image.media_type, image.digest)
