@@ -1,0 +1,311 @@
+"""Registry authentication as an aiohttp client middleware: Basic, Bearer tokens, anonymous.
+
+Registries answer 401 with a `WWW-Authenticate` challenge. For `Basic` we send the
+configured credentials; for `Bearer` we fetch a token from the challenge's realm (with
+the credentials, or anonymously) for the scopes the request needs, and cache it per
+(realm, service, scopes) until shortly before it expires. Once a host has challenged us we
+authenticate its later requests up front, so a copy pays the 401 round trip once per host.
+
+The scope is read off the request itself (`/v2/<name>/...`, the method, a mount's `from=`),
+which keeps callers free of auth concerns. Being a middleware also means each redirect
+hop is judged on its own: a blob download redirected to storage on another host (S3 and
+the like) gets no Authorization header from us, and aiohttp drops ours on such hops.
+
+Credentials and tokens never appear in an error message, a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
+from aiohttp.payload import Payload
+from yarl import URL
+
+from image_cloner.oci.errors import (
+    AuthenticationError,
+    RegistryError,
+    RegistryUnavailableError,
+    describe_url,
+    error_for_status,
+    read_body,
+)
+from image_cloner.oci.options import Credentials
+from image_cloner.oci.references import DOCKER_HUB, DOCKER_HUB_API, Registry
+
+__all__ = [
+    "Challenge",
+    "RegistryAuth",
+    "parse_challenges",
+    "request_scopes",
+]
+
+DEFAULT_TOKEN_LIFETIME = 60.0
+"""Seconds a token lives when the token server does not say (distribution's token spec)."""
+TOKEN_EXPIRY_MARGIN = 10.0
+"""Renew a token this long before it expires, so it does not lapse in flight."""
+TOKEN_RESPONSE_LIMIT = 1024 * 1024
+
+_TOKEN_RE = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_PARAM_RE = re.compile(rf'\s*({_TOKEN_RE})\s*=\s*("(?:[^"\\]|\\.)*"|{_TOKEN_RE})\s*(?:,|$)')
+_SCHEME_RE = re.compile(rf"\s*({_TOKEN_RE})(?:\s+|$)")
+_TOKEN68_RE = re.compile(r"\s*([A-Za-z0-9\-._~+/]+=*)\s*(?:,|$)")
+_REPOSITORY_PATH_RE = re.compile(r"^/v2/(?P<name>.+)/(?:manifests|blobs|tags|referrers)/")
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One challenge of a `WWW-Authenticate` header; `scheme` is lower-case."""
+
+    scheme: str
+    params: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_challenges(header: str) -> list[Challenge]:
+    """All challenges in a `WWW-Authenticate` value (RFC 9110 §11.6.1).
+
+    Handles quoted values with commas and escapes, several challenges in one header,
+    and parameter names in any case (they are returned lower-case).
+    """
+    challenges: list[Challenge] = []
+    pos = 0
+    while pos < len(header):
+        if header[pos] in ", \t":
+            pos += 1
+            continue
+        scheme = _SCHEME_RE.match(header, pos)
+        if scheme is None:
+            break
+        pos = scheme.end()
+        params: dict[str, str] = {}
+        while (param := _PARAM_RE.match(header, pos)) is not None:
+            name, value = param.group(1).lower(), param.group(2)
+            if value.startswith('"'):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            params[name] = value
+            pos = param.end()
+        if not params and (token68 := _TOKEN68_RE.match(header, pos)) is not None:
+            pos = token68.end()
+        challenges.append(Challenge(scheme.group(1).lower(), params))
+    return challenges
+
+
+def request_scopes(method: str, url: URL) -> tuple[str, ...]:
+    """The token scopes a registry request needs, read off its method and URL.
+
+    Reads need `pull`; writes need `pull,push` (what Docker asks for: pushing also
+    HEADs); a cross-repository mount also needs `pull` on the repository it mounts from.
+    """
+    match = _REPOSITORY_PATH_RE.match(url.path)
+    if match is None:
+        return ()
+    read_only = method in (hdrs.METH_GET, hdrs.METH_HEAD)
+    scopes = [f"repository:{match['name']}:{'pull' if read_only else 'pull,push'}"]
+    if (source := url.query.get("from")) and source != match["name"]:
+        scopes.append(f"repository:{source}:pull")
+    return tuple(scopes)
+
+
+@dataclass(frozen=True)
+class _Token:
+    header: str = field(repr=False)
+    expires_at: float
+
+
+def _basic(credentials: Credentials) -> str:
+    pair = f"{credentials.username}:{credentials.password}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _replayable(request: ClientRequest) -> bool:
+    body = request.body
+    return not isinstance(body, Payload) or not body.consumed
+
+
+class RegistryAuth:
+    """The auth middleware: pass an instance in `ClientSession(middlewares=[...])`.
+
+    One per session; it holds the challenges seen per host and the token cache.
+    """
+
+    def __init__(
+        self,
+        credentials: Mapping[str, Credentials],
+        *,
+        insecure_hosts: frozenset[str] = frozenset(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._credentials = credentials
+        self._insecure_hosts = insecure_hosts
+        self._clock = clock
+        self._challenges: dict[str, Challenge] = {}
+        self._tokens: dict[tuple[str, str, tuple[str, ...]], _Token] = {}
+        self._fetches: dict[tuple[str, str, tuple[str, ...]], asyncio.Future[_Token]] = {}
+
+    def __repr__(self) -> str:
+        return f"RegistryAuth(hosts={sorted(self._credentials)})"
+
+    def credentials_for(self, authority: str) -> Credentials | None:
+        """Credentials configured for a host; Docker Hub's API host shares `docker.io`'s."""
+        found = self._credentials.get(authority)
+        if found is None and authority in (DOCKER_HUB_API, "index.docker.io"):
+            found = self._credentials.get(DOCKER_HUB)
+        return found
+
+    async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        if not request.url.path.startswith("/v2/"):
+            # Not a registry API call: a redirected blob download, for instance.
+            return await handler(request)
+        authority = request.url.raw_authority
+        scopes = request_scopes(request.method, request.url)
+        sent = await self._authorization(request, authority, scopes)
+        if sent is not None:
+            request.headers[hdrs.AUTHORIZATION] = sent
+        response = await handler(request)
+        if response.status != 401 or not _replayable(request):
+            return response
+        challenge = self._pick_challenge(response)
+        if challenge is None:
+            return response
+        self._challenges[authority] = challenge
+        retry_with = await self._answer(request, authority, challenge, scopes, sent)
+        if retry_with is None or retry_with == sent:
+            return response
+        response.release()
+        request.headers[hdrs.AUTHORIZATION] = retry_with
+        return await handler(request)
+
+    @staticmethod
+    def _pick_challenge(response: ClientResponse) -> Challenge | None:
+        offered = [
+            challenge
+            for value in response.headers.getall(hdrs.WWW_AUTHENTICATE, [])
+            for challenge in parse_challenges(value)
+        ]
+        for scheme in ("bearer", "basic"):
+            for challenge in offered:
+                if challenge.scheme == scheme:
+                    return challenge
+        return None
+
+    async def _authorization(
+        self, request: ClientRequest, authority: str, scopes: tuple[str, ...]
+    ) -> str | None:
+        """The header to send before any challenge: cached token, Basic, or nothing."""
+        challenge = self._challenges.get(authority)
+        credentials = self.credentials_for(authority)
+        if challenge is None or challenge.scheme == "basic":
+            # Preemptive Basic saves a 401 round trip; a token registry ignores it.
+            return _basic(credentials) if credentials is not None else None
+        token = await self._token(request, authority, challenge, scopes)
+        return token.header
+
+    async def _answer(
+        self,
+        request: ClientRequest,
+        authority: str,
+        challenge: Challenge,
+        scopes: tuple[str, ...],
+        sent: str | None,
+    ) -> str | None:
+        """The header to retry a 401 with, or None when we have nothing better to offer."""
+        if challenge.scheme == "basic":
+            credentials = self.credentials_for(authority)
+            return _basic(credentials) if credentials is not None else None
+        wanted = tuple(dict.fromkeys((*scopes, *challenge.params.get("scope", "").split())))
+        token = await self._token(request, authority, challenge, wanted, rejected=sent)
+        return token.header
+
+    async def _token(
+        self,
+        request: ClientRequest,
+        authority: str,
+        challenge: Challenge,
+        scopes: tuple[str, ...],
+        *,
+        rejected: str | None = None,
+    ) -> _Token:
+        realm = challenge.params.get("realm", "")
+        key = (realm, challenge.params.get("service", ""), scopes)
+        cached = self._tokens.get(key)
+        if cached is not None and (cached.header == rejected or cached.expires_at <= self._clock()):
+            del self._tokens[key]
+            cached = None
+        if cached is not None:
+            return cached
+        pending = self._fetches.get(key)
+        if pending is None:
+            # One token request per key at a time: concurrent blob transfers share it.
+            fetch = self._fetch_token(request, authority, challenge, scopes)
+            pending = asyncio.ensure_future(fetch)
+            self._fetches[key] = pending
+            pending.add_done_callback(lambda _: self._fetches.pop(key, None))
+        token = await asyncio.shield(pending)
+        self._tokens[key] = token
+        return token
+
+    async def _fetch_token(
+        self, request: ClientRequest, authority: str, challenge: Challenge, scopes: tuple[str, ...]
+    ) -> _Token:
+        realm = URL(challenge.params.get("realm", ""))
+        if realm.scheme not in ("http", "https") or not realm.host:
+            raise AuthenticationError(f"{authority}: Bearer challenge without a usable realm")
+        credentials = self.credentials_for(authority)
+        realm_authority = realm.raw_authority
+        plain_ok = realm_authority in self._insecure_hosts or Registry(realm_authority).is_loopback
+        if realm.scheme == "http" and credentials is not None and not plain_ok:
+            raise AuthenticationError(
+                f"{authority}: refusing to send credentials to plain-HTTP token realm "
+                f"{describe_url(realm)}"
+            )
+        params = [("scope", scope) for scope in scopes]
+        if service := challenge.params.get("service"):
+            params.insert(0, ("service", service))
+        what = f"token request to {describe_url(realm)} for {authority}"
+        try:
+            async with request.session.get(
+                realm,
+                params=params,
+                auth=aiohttp.BasicAuth(credentials.username, credentials.password)
+                if credentials is not None
+                else None,
+                middlewares=(),
+                ssl=realm_authority not in self._insecure_hosts,
+                allow_redirects=False,
+            ) as response:
+                if response.status != 200:
+                    raise self._token_error(what, response, anonymous=credentials is None)
+                body = await read_body(response, TOKEN_RESPONSE_LIMIT)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RegistryUnavailableError(f"{what}: {type(exc).__name__}") from None
+        return self._parse_token(what, body)
+
+    @staticmethod
+    def _token_error(what: str, response: ClientResponse, *, anonymous: bool) -> RegistryError:
+        if response.status in (401, 403):
+            whose = "anonymous access" if anonymous else "the credentials"
+            return AuthenticationError(
+                f"{what}: {response.status}: the token server refused {whose}",
+                status=response.status,
+            )
+        return error_for_status(what, response.status)
+
+    def _parse_token(self, what: str, body: bytes) -> _Token:
+        try:
+            document: Any = json.loads(body)
+            value = document.get("token") or document.get("access_token")
+            lifetime = float(document.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
+        except (ValueError, AttributeError, TypeError):
+            raise AuthenticationError(f"{what}: malformed token response") from None
+        if not isinstance(value, str) or not value:
+            raise AuthenticationError(f"{what}: token response without a token")
+        margin = min(TOKEN_EXPIRY_MARGIN, lifetime / 2)
+        return _Token(header=f"Bearer {value}", expires_at=self._clock() + lifetime - margin)

@@ -1,0 +1,251 @@
+"""RegistryClient: the distribution API calls for one repository, in registry terms.
+
+Each method is one step of the OCI distribution spec (HEAD/GET/PUT a manifest, HEAD a
+blob, mount it, stream it down, stream it up). Manifests come back as their exact bytes
+with a verified digest; blob bodies are streamed and never held in memory. Reads can go
+through mirrors (tried in order, then the registry itself) while names stay unchanged, as
+containerd's `hosts.toml` mirrors do.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from aiohttp import ClientResponse, hdrs
+from yarl import URL
+
+from image_cloner.oci.errors import (
+    AuthenticationError,
+    DigestMismatchError,
+    InvalidManifestError,
+    NotFoundError,
+    RegistryError,
+    RegistryUnavailableError,
+    describe_url,
+)
+from image_cloner.oci.manifests import (
+    ACCEPT,
+    MAX_MANIFEST_SIZE,
+    Descriptor,
+    Manifest,
+    check_digest,
+    digest_of,
+    resolve_media_type,
+)
+from image_cloner.oci.references import Repository
+from image_cloner.oci.transport import Transport
+
+__all__ = ["CONTENT_DIGEST", "RegistryClient", "UploadSession"]
+
+logger = logging.getLogger(__name__)
+
+CONTENT_DIGEST = "Docker-Content-Digest"
+CHUNK_SIZE = 1024 * 1024
+MIRROR_FALLBACK_ERRORS = (
+    NotFoundError,
+    RegistryUnavailableError,
+    AuthenticationError,
+    DigestMismatchError,
+)
+"""A mirror failing in one of these ways is skipped for the next mirror or the registry."""
+
+
+@dataclass(frozen=True)
+class UploadSession:
+    """An open blob upload on the target: where to send the bytes."""
+
+    location: URL
+
+
+class RegistryClient:
+    """API calls for one repository; cheap to create, all state lives in the transport."""
+
+    def __init__(
+        self, transport: Transport, repository: Repository, *, mirrors: tuple[str, ...] = ()
+    ) -> None:
+        self.transport = transport
+        self.repository = repository
+        self.authority = repository.registry.api_host
+        self.mirrors = mirrors
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.repository.name!r})"
+
+    def _url(self, tail: str) -> URL:
+        return self.transport.url(self.authority, f"/v2/{self.repository.path}/{tail}")
+
+    def _read_urls(self, tail: str) -> list[URL]:
+        path = f"/v2/{self.repository.path}/{tail}"
+        mirrors = [URL(m.rstrip("/") + path, encoded=True) for m in self.mirrors]
+        return [*mirrors, self._url(tail)]
+
+    # --- manifests -----------------------------------------------------------------------
+
+    async def get_manifest(self, identifier: str, *, expected: str | None = None) -> Manifest:
+        """The manifest as served, its digest verified against `expected` (if a digest)
+        and against the registry's `Docker-Content-Digest` (if sent)."""
+        for url in self._read_urls(f"manifests/{identifier}"):
+            try:
+                return await self._get_manifest(url, expected)
+            except MIRROR_FALLBACK_ERRORS as exc:
+                if url.raw_authority == self.authority:
+                    raise
+                logger.info("mirror %s failed, trying the next endpoint: %s", url.host, exc)
+        raise AssertionError("unreachable: the registry itself is the last endpoint")
+
+    async def _get_manifest(self, url: URL, expected: str | None) -> Manifest:
+        resp = await self.transport.request(
+            hdrs.METH_GET, url, headers={hdrs.ACCEPT: ACCEPT}, max_body=MAX_MANIFEST_SIZE
+        )
+        what = f"manifest {describe_url(url)}"
+        try:
+            media_type = resolve_media_type(resp.headers.get(hdrs.CONTENT_TYPE), resp.body)
+        except InvalidManifestError as exc:
+            raise InvalidManifestError(f"{what}: {exc}") from None
+        algorithm = expected.split(":", 1)[0] if expected else "sha256"
+        digest = digest_of(resp.body, algorithm=algorithm)
+        if expected is not None and digest != expected:
+            raise DigestMismatchError(f"{what}: content has digest {digest}, expected {expected}")
+        claimed = resp.headers.get(CONTENT_DIGEST)
+        if claimed and claimed.startswith(f"{algorithm}:") and claimed != digest:
+            raise DigestMismatchError(
+                f"{what}: content has digest {digest}, registry says {claimed}"
+            )
+        return Manifest(raw=resp.body, media_type=media_type, digest=digest)
+
+    async def manifest_digest(self, identifier: str) -> str | None:
+        """Digest of the manifest at `identifier` on this registry, or None if there is none.
+
+        One HEAD request; only when the registry does not send `Docker-Content-Digest`
+        do we GET the manifest and hash it.
+        """
+        resp = await self.transport.request(
+            hdrs.METH_HEAD,
+            self._url(f"manifests/{identifier}"),
+            ok=(200, 404),
+            headers={hdrs.ACCEPT: ACCEPT},
+        )
+        if resp.status == 404:
+            return None
+        claimed = resp.headers.get(CONTENT_DIGEST)
+        if claimed:
+            return check_digest(claimed, what=f"{CONTENT_DIGEST} header")
+        return (await self._get_manifest(self._url(f"manifests/{identifier}"), None)).digest
+
+    async def put_manifest(self, identifier: str, manifest: Manifest) -> None:
+        """PUT the exact bytes with their original media type (so the digest is kept)."""
+        url = self._url(f"manifests/{identifier}")
+        resp = await self.transport.request(
+            hdrs.METH_PUT,
+            url,
+            ok=(200, 201),
+            headers={hdrs.CONTENT_TYPE: manifest.media_type},
+            data=manifest.raw,
+        )
+        stored = resp.headers.get(CONTENT_DIGEST)
+        algorithm = manifest.digest.split(":", 1)[0]
+        if stored and stored.startswith(f"{algorithm}:") and stored != manifest.digest:
+            raise DigestMismatchError(
+                f"PUT {describe_url(url)}: registry stored digest {stored}, "
+                f"expected {manifest.digest}"
+            )
+
+    # --- blobs ---------------------------------------------------------------------------
+
+    async def blob_exists(self, digest: str) -> bool:
+        resp = await self.transport.request(
+            hdrs.METH_HEAD, self._url(f"blobs/{digest}"), ok=(200, 404)
+        )
+        return resp.status == 200
+
+    @asynccontextmanager
+    async def open_blob(self, descriptor: Descriptor) -> AsyncIterator[ClientResponse]:
+        """A streaming GET of the blob (mirrors first); redirects to storage are followed."""
+        async with AsyncExitStack() as stack:
+            for url in self._read_urls(f"blobs/{descriptor.digest}"):
+                try:
+                    resp = await stack.enter_async_context(
+                        self.transport.stream(hdrs.METH_GET, url, headers={})
+                    )
+                    break
+                except MIRROR_FALLBACK_ERRORS as exc:
+                    if url.raw_authority == self.authority:
+                        raise
+                    logger.info("mirror %s failed, trying the next endpoint: %s", url.host, exc)
+            if resp.content_length is not None and resp.content_length != descriptor.size:
+                raise DigestMismatchError(
+                    f"blob {descriptor.digest}: registry sends {resp.content_length} bytes, "
+                    f"expected {descriptor.size}"
+                )
+            yield resp
+
+    async def start_upload(
+        self, *, mount: tuple[str, Repository] | None = None
+    ) -> UploadSession | None:
+        """Open an upload session; with `mount=(digest, source)` first ask the registry to
+        mount the blob from another of its repositories. None means it was mounted."""
+        url = self._url("blobs/uploads/")
+        if mount is not None:
+            digest, source = mount
+            url = url.with_query({"mount": digest, "from": source.path})
+        resp = await self.transport.request(hdrs.METH_POST, url, ok=(201, 202))
+        if resp.status == 201:
+            return None
+        return UploadSession(self._location(resp.url, resp.headers.get(hdrs.LOCATION)))
+
+    async def upload_blob(
+        self, session: UploadSession, descriptor: Descriptor, chunks: AsyncIterable[bytes]
+    ) -> None:
+        """Stream the blob in one PATCH, then commit it with `PUT ?digest=`.
+
+        PATCH-then-PUT is what Docker, skopeo and go-containerregistry send, so every
+        registry accepts it; the body is streamed with its known Content-Length.
+        """
+        location = session.location
+        if descriptor.size > 0:
+            resp = await self.transport.send_stream(
+                hdrs.METH_PATCH,
+                location,
+                chunks,
+                ok=(202, 204),
+                headers={
+                    hdrs.CONTENT_TYPE: "application/octet-stream",
+                    hdrs.CONTENT_LENGTH: str(descriptor.size),
+                },
+            )
+            location = self._location(resp.url, resp.headers.get(hdrs.LOCATION) or str(location))
+        else:
+            async for _ in chunks:  # consume (and so verify) the empty stream
+                pass
+        separator = "&" if location.raw_query_string else "?"
+        digest = quote(descriptor.digest, safe=":")
+        commit = URL(f"{location}{separator}digest={digest}", encoded=True)
+        resp = await self.transport.request(
+            hdrs.METH_PUT, commit, ok=(201, 204), headers={hdrs.CONTENT_LENGTH: "0"}
+        )
+        stored = resp.headers.get(CONTENT_DIGEST)
+        algorithm = descriptor.digest.split(":", 1)[0]
+        if stored and stored.startswith(f"{algorithm}:") and stored != descriptor.digest:
+            raise DigestMismatchError(f"blob {descriptor.digest}: registry stored digest {stored}")
+
+    async def cancel_upload(self, session: UploadSession) -> None:
+        """Best effort: DELETE an upload session we will not finish."""
+        try:
+            await self.transport.request(hdrs.METH_DELETE, session.location, ok=(202, 204, 404))
+        except RegistryError as exc:
+            logger.debug("could not cancel upload session: %s", exc)
+
+    async def check_push_access(self) -> None:
+        """Open an upload session and cancel it: proves reachability and push rights."""
+        session = await self.start_upload()
+        if session is not None:
+            await self.cancel_upload(session)
+
+    def _location(self, base: URL, location: str | None) -> URL:
+        if not location:
+            raise RegistryError(f"{self.repository.name}: upload response without a Location")
+        return base.join(URL(location, encoded=True))

@@ -1,0 +1,398 @@
+"""Copy an image, every platform, byte for byte, from one repository to another.
+
+The order is what makes a copy safe to interrupt and cheap to repeat:
+
+1. HEAD the target tag (or digest): if it is already there, that one request is the copy.
+2. GET the source manifest (exact bytes, digest verified).
+3. For an index, each child manifest concurrently: skip it if the target has it; else copy
+   its config and layers concurrently, then PUT the child by digest.
+4. For each blob: HEAD the target → mount from another repository of the same registry →
+   streamed GET into a streamed upload, its digest verified before the last byte is sent.
+5. PUT the top manifest by tag last, so a tag never points at something incomplete.
+
+Blob transfers, child manifests and whole images are single-flight within the process:
+concurrent copies that need the same thing await one shared task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Generic, Protocol, Self, TypeVar
+
+import aiohttp
+
+from image_cloner.oci.auth import RegistryAuth
+from image_cloner.oci.client import CHUNK_SIZE, RegistryClient, UploadSession
+from image_cloner.oci.errors import (
+    DigestMismatchError,
+    RegistryError,
+    RegistryUnavailableError,
+)
+from image_cloner.oci.manifests import Descriptor, Digester, ImageIndex, Manifest
+from image_cloner.oci.options import RegistryOptions
+from image_cloner.oci.references import Reference, Repository
+from image_cloner.oci.transport import RetryPolicy, Transport
+
+__all__ = ["BlobOutcome", "Copier", "CopyResult", "ProgressListener"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+KNOWN_BLOB_HOMES = 50_000
+"""How many (registry, digest) → repository facts we remember as mount sources."""
+
+
+class BlobOutcome(enum.StrEnum):
+    COPIED = "copied"
+    """Streamed from the source into the target."""
+    MOUNTED = "mounted"
+    """Mounted from another repository of the target registry; no bytes moved."""
+    SKIPPED = "skipped"
+    """Already in the target repository, or a non-distributable layer we do not copy."""
+
+
+class ProgressListener(Protocol):
+    """What a progress display hears about; calls are cheap and never block."""
+
+    def blob_started(self, descriptor: Descriptor) -> None: ...
+
+    def blob_advanced(self, descriptor: Descriptor, nbytes: int) -> None: ...
+
+    def blob_finished(self, descriptor: Descriptor, outcome: BlobOutcome) -> None: ...
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """What one `copy_image` did."""
+
+    source: Reference
+    target: Reference
+    digest: str
+    """Digest of the top manifest (index or image), equal in source and target."""
+    already_present: bool
+    blobs_copied: int = 0
+    blobs_mounted: int = 0
+    blobs_skipped: int = 0
+    bytes_copied: int = 0
+    manifests_pushed: int = 0
+
+    @property
+    def pinned(self) -> Reference:
+        """The target with its digest: what to pull to get exactly this copy."""
+        return self.target.with_digest(self.digest)
+
+
+@dataclass
+class _Tally:
+    blobs_copied: int = 0
+    blobs_mounted: int = 0
+    blobs_skipped: int = 0
+    bytes_copied: int = 0
+    manifests_pushed: int = 0
+
+    def count(self, outcome: BlobOutcome, size: int) -> None:
+        if outcome is BlobOutcome.COPIED:
+            self.blobs_copied += 1
+            self.bytes_copied += size
+        elif outcome is BlobOutcome.MOUNTED:
+            self.blobs_mounted += 1
+        else:
+            self.blobs_skipped += 1
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One image copy in progress: both ends, its tally, who listens."""
+
+    source: RegistryClient
+    target: RegistryClient
+    tally: _Tally
+    progress: ProgressListener | None
+
+
+class _SingleFlight(Generic[T]):
+    """One task per key; everyone asking for the same key while it runs awaits that task."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[Hashable, asyncio.Task[T]] = {}
+
+    async def run(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:
+        task = self._tasks.get(key)
+        if task is None:
+
+            async def run_work() -> T:
+                return await work()
+
+            task = asyncio.create_task(run_work())
+            self._tasks[key] = task
+            task.add_done_callback(lambda done: self._forget(key, done))
+        # shield: one waiter giving up (cancelled) must not cancel the work for the others.
+        return await asyncio.shield(task)
+
+    def _forget(self, key: Hashable, task: asyncio.Task[T]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: waiters that got cancelled must not leave it unreported
+
+    def cancel_all(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+
+
+async def _all(works: Iterable[Awaitable[None]]) -> None:
+    """Run concurrently; on the first failure cancel the rest and raise that failure."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for work in works:
+                group.create_task(_awaited(work))
+    except BaseExceptionGroup as failures:
+        raise _first(failures) from None
+
+
+async def _awaited(work: Awaitable[None]) -> None:
+    await work
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+class _VerifiedBody:
+    """The source blob as an upload body, hashed on the way.
+
+    The last chunk is held back until the digest is checked, so a registry never receives
+    the complete body of a blob that does not match; the failure is kept in `error`
+    because aiohttp reports a failing body as a generic send error.
+    """
+
+    def __init__(self, job: _Job, descriptor: Descriptor, resp: aiohttp.ClientResponse) -> None:
+        self.job = job
+        self.descriptor = descriptor
+        self.resp = resp
+        self.error: RegistryError | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        digester = Digester(self.descriptor.digest, size=self.descriptor.size)
+        progress = self.job.progress
+        pending = b""
+        try:
+            async for chunk in self.resp.content.iter_chunked(CHUNK_SIZE):
+                digester.update(chunk)
+                if pending:
+                    yield pending
+                    if progress is not None:
+                        progress.blob_advanced(self.descriptor, len(pending))
+                pending = chunk
+            digester.verify(f"blob {self.descriptor.digest} from {self.job.source.repository.name}")
+        except DigestMismatchError as exc:
+            self.error = exc
+            raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.error = RegistryUnavailableError(
+                f"GET blob {self.descriptor.digest} from {self.job.source.repository.name}: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            raise self.error from None
+        if pending:
+            yield pending
+            if progress is not None:
+                progress.blob_advanced(self.descriptor, len(pending))
+
+
+class Copier:
+    """Copies images between registries. One per process; use as an async context manager."""
+
+    def __init__(self, options: RegistryOptions, *, retry: RetryPolicy | None = None) -> None:
+        self.options = options
+        self._auth = RegistryAuth(options.credentials, insecure_hosts=options.insecure_hosts)
+        self._transport = Transport(options, retry=retry, middlewares=[self._auth])
+        self._images: _SingleFlight[CopyResult] = _SingleFlight()
+        self._manifests: _SingleFlight[int] = _SingleFlight()
+        self._blobs: _SingleFlight[BlobOutcome] = _SingleFlight()
+        self._blob_homes: OrderedDict[tuple[str, str], Repository] = OrderedDict()
+
+    async def __aenter__(self) -> Self:
+        await self._transport.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for flights in (self._images, self._manifests, self._blobs):
+            flights.cancel_all()
+        await self._transport.close()
+
+    def _client(self, repository: Repository, *, pull: bool) -> RegistryClient:
+        mirrors = self.options.mirrors.get(repository.registry.host, ()) if pull else ()
+        return RegistryClient(self._transport, repository, mirrors=tuple(mirrors))
+
+    async def check_push_access(self, repository: Repository) -> None:
+        """Raise `RegistryError` unless the registry is reachable and lets us push there."""
+        await self._client(repository, pull=False).check_push_access()
+
+    async def copy_image(
+        self,
+        source: Reference,
+        target: Reference,
+        *,
+        force: bool = False,
+        progress: ProgressListener | None = None,
+    ) -> CopyResult:
+        """Copy `source` (all platforms) to `target`; raises `RegistryError` on failure.
+
+        Unless `force`, a target that already holds the image costs one HEAD request:
+        by tag (any digest counts, unless a digest was asked for) or by digest.
+        """
+        key = (source.name, target.name, force)
+        return await self._images.run(key, lambda: self._copy(source, target, force, progress))
+
+    async def _copy(
+        self, source: Reference, target: Reference, force: bool, progress: ProgressListener | None
+    ) -> CopyResult:
+        job = _Job(
+            self._client(source.repository, pull=True),
+            self._client(target.repository, pull=False),
+            _Tally(),
+            progress,
+        )
+        wanted = target.digest or source.digest
+        if not force and (present := await self._present(job.target, target, wanted)):
+            logger.debug("%s already holds %s", target.name, present)
+            return CopyResult(source, target, present, already_present=True)
+        manifest = await job.source.get_manifest(source.identifier, expected=source.digest)
+        if wanted is not None and manifest.digest != wanted:
+            raise DigestMismatchError(
+                f"{source.name} has digest {manifest.digest}, target asks for {wanted}"
+            )
+        await self._copy_contents(job, manifest)
+        await job.target.put_manifest(target.tag or manifest.digest, manifest)
+        job.tally.manifests_pushed += 1
+        logger.debug("copied %s to %s (%s)", source.name, target.name, manifest.digest)
+        t = job.tally
+        return CopyResult(
+            source,
+            target,
+            manifest.digest,
+            already_present=False,
+            blobs_copied=t.blobs_copied,
+            blobs_mounted=t.blobs_mounted,
+            blobs_skipped=t.blobs_skipped,
+            bytes_copied=t.bytes_copied,
+            manifests_pushed=t.manifests_pushed,
+        )
+
+    @staticmethod
+    async def _present(client: RegistryClient, target: Reference, wanted: str | None) -> str | None:
+        if target.tag is None:
+            assert wanted is not None, "a reference has a tag, a digest or both"
+            return wanted if await client.manifest_digest(wanted) else None
+        found = await client.manifest_digest(target.tag)
+        return found if found is not None and wanted in (None, found) else None
+
+    async def _copy_contents(self, job: _Job, manifest: Manifest) -> None:
+        """Everything a manifest refers to, so that the manifest itself can be pushed."""
+        parsed = manifest.parse()
+        if isinstance(parsed, ImageIndex):
+            children = {child.digest: child for child in parsed.manifests}
+            await _all(self._copy_child(job, child) for child in children.values())
+        else:
+            blobs = {blob.digest: blob for blob in parsed.blobs}
+            await _all(self._copy_blob(job, blob) for blob in blobs.values())
+
+    async def _copy_child(self, job: _Job, child: Descriptor) -> None:
+        key = (job.target.authority, job.target.repository.path, child.digest)
+        pushed = await self._manifests.run(key, lambda: self._push_child(job, child))
+        job.tally.manifests_pushed += pushed
+
+    async def _push_child(self, job: _Job, child: Descriptor) -> int:
+        if await job.target.manifest_digest(child.digest) is not None:
+            return 0
+        manifest = await job.source.get_manifest(child.digest, expected=child.digest)
+        if len(manifest.raw) != child.size:
+            raise DigestMismatchError(
+                f"manifest {child.digest}: {len(manifest.raw)} bytes, index says {child.size}"
+            )
+        await self._copy_contents(job, manifest)
+        await job.target.put_manifest(child.digest, manifest)
+        return 1
+
+    async def _copy_blob(self, job: _Job, blob: Descriptor) -> None:
+        if blob.is_foreign:
+            # Non-distributable layers are fetched from their `urls`, not the registry;
+            # like skopeo and crane we leave them there (see docs/copy.md).
+            outcome = BlobOutcome.SKIPPED
+        else:
+            key = (job.target.authority, job.target.repository.path, blob.digest)
+            outcome = await self._blobs.run(key, lambda: self._transfer(job, blob))
+        job.tally.count(outcome, blob.size)
+        if job.progress is not None:
+            job.progress.blob_finished(blob, outcome)
+
+    async def _transfer(self, job: _Job, blob: Descriptor) -> BlobOutcome:
+        target = job.target
+        if await target.blob_exists(blob.digest):
+            self._remember(target, blob.digest)
+            return BlobOutcome.SKIPPED
+        session: UploadSession | None = None
+        if (home := self._mount_source(job, blob.digest)) is not None:
+            session = await target.start_upload(mount=(blob.digest, home))
+            if session is None:
+                self._remember(target, blob.digest)
+                return BlobOutcome.MOUNTED
+            logger.debug("mount of %s from %s refused; uploading", blob.digest, home.name)
+
+        async def upload_once() -> None:
+            nonlocal session
+            current = session if session is not None else await target.start_upload()
+            session = None  # a failed session is cancelled; a retry opens a new one
+            if current is None:
+                raise RegistryError(f"{target.repository.name}: upload start returned no session")
+            try:
+                await self._stream(job, blob, current)
+            except BaseException:
+                await target.cancel_upload(current)
+                raise
+
+        async with self._transport.transfer_slot(job.source.authority, target.authority):
+            await self._transport.with_retries(upload_once)
+        self._remember(target, blob.digest)
+        return BlobOutcome.COPIED
+
+    async def _stream(self, job: _Job, blob: Descriptor, session: UploadSession) -> None:
+        if job.progress is not None:
+            job.progress.blob_started(blob)
+        async with job.source.open_blob(blob) as resp:
+            body = _VerifiedBody(job, blob, resp)
+            try:
+                await job.target.upload_blob(session, blob, body)
+            except RegistryError:
+                if body.error is not None:
+                    raise body.error from None
+                raise
+
+    def _mount_source(self, job: _Job, digest: str) -> Repository | None:
+        """A repository of the target registry known to hold `digest`, if any."""
+        target = job.target
+        known = self._blob_homes.get((target.authority, digest))
+        if known is not None and known != target.repository:
+            return known
+        source = job.source.repository
+        if job.source.authority == target.authority and source != target.repository:
+            return source
+        return None
+
+    def _remember(self, client: RegistryClient, digest: str) -> None:
+        key = (client.authority, digest)
+        self._blob_homes[key] = client.repository
+        self._blob_homes.move_to_end(key)
+        if len(self._blob_homes) > KNOWN_BLOB_HOMES:
+            self._blob_homes.popitem(last=False)

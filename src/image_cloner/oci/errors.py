@@ -1,0 +1,176 @@
+"""One exception tree for everything that can go wrong talking to a registry.
+
+Callers (the CLI, the controller) need to tell "the registry said no" from "the registry
+is down" from "the registry lied", and they put the message in front of a user: in a
+terminal, a log line, a Kubernetes Event. So every error carries a short message that
+names the request and the registry's own error code, and never a credential or token:
+URLs are shown without user-info or query string, and bodies are never echoed.
+
+    RegistryError                    anything a registry interaction can raise
+    ├── AuthenticationError          401/403 after we authenticated (or could not)
+    ├── NotFoundError                404: no such repository, manifest or blob
+    ├── DigestMismatchError          content does not hash to the digest it was asked for
+    ├── RegistryUnavailableError     connection failures, 429 and 5xx once retries ran out
+    ├── InvalidManifestError         a manifest we cannot parse, or one the registry rejects
+    └── UnsupportedMediaTypeError    a manifest kind we do not copy (Docker schema 1, ...)
+
+`check_response(resp, *ok)` turns any response whose status is not in `ok` into the
+matching error, using the registry's `{"errors": [{"code", "message"}]}` body when present.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiohttp import ClientResponse
+    from yarl import URL
+
+__all__ = [
+    "AuthenticationError",
+    "DigestMismatchError",
+    "InvalidManifestError",
+    "NotFoundError",
+    "RegistryError",
+    "RegistryUnavailableError",
+    "UnsupportedMediaTypeError",
+    "check_response",
+    "describe_url",
+    "error_for_status",
+    "read_body",
+]
+
+ERROR_BODY_LIMIT = 64 * 1024
+"""Error bodies are read for their error codes; a registry may send HTML pages, so cap it."""
+
+
+class RegistryError(Exception):
+    """Base of every registry failure; `str()` is one line fit for a user."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        """HTTP status of the response that failed, if there was one."""
+        self.code = code
+        """The registry's error code (`MANIFEST_UNKNOWN`, `DENIED`, ...), if it sent one."""
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class AuthenticationError(RegistryError):
+    """The registry refused our credentials (or anonymous access) for this request."""
+
+
+class NotFoundError(RegistryError):
+    """The repository, manifest or blob does not exist."""
+
+
+class DigestMismatchError(RegistryError):
+    """Received content does not match the digest (or size) it was requested by."""
+
+
+class RegistryUnavailableError(RegistryError):
+    """The registry could not be reached or kept failing (429/5xx) after our retries."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, status=status, code=code)
+        self.retry_after = retry_after
+        """Seconds the registry asked us to wait (`Retry-After`), if it said."""
+
+
+class InvalidManifestError(RegistryError):
+    """A manifest is malformed, or the registry rejected one we pushed."""
+
+
+class UnsupportedMediaTypeError(RegistryError):
+    """A manifest media type this tool does not copy."""
+
+
+def describe_url(url: URL) -> str:
+    """The URL without user-info, query or fragment: safe to show.
+
+    Upload locations carry signed state and token realms carry scopes in their query
+    strings; neither helps a reader and either could be sensitive.
+    """
+    return str(url.with_user(None).with_query(None).with_fragment(None))
+
+
+async def read_body(resp: ClientResponse, limit: int) -> bytes:
+    """The body up to EOF, but never more than `limit + 1` bytes: callers detect overflow."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await resp.content.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _parse_error_body(body: bytes) -> tuple[str | None, str | None]:
+    """The first (code, message) of a distribution error body, if it is one."""
+    try:
+        errors = json.loads(body)["errors"]
+        first = errors[0]
+        code = str(first.get("code") or "") or None
+        message = str(first.get("message") or "") or None
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None, None
+    return code, message
+
+
+def error_for_status(
+    what: str,
+    status: int,
+    *,
+    code: str | None = None,
+    message: str | None = None,
+    retry_after: float | None = None,
+) -> RegistryError:
+    """The typed error for a failed response; `what` names the request ("GET https://...")."""
+    reason = " ".join(part for part in (str(status), code, message and f"({message})") if part)
+    text = f"{what}: {reason}"
+    if status in (401, 403):
+        text = f"{text}: credentials missing or refused"
+        return AuthenticationError(text, status=status, code=code)
+    if status == 404:
+        return NotFoundError(text, status=status, code=code)
+    if status == 429 or status >= 500 or status == 408:
+        return RegistryUnavailableError(text, status=status, code=code, retry_after=retry_after)
+    if code in ("MANIFEST_INVALID", "MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN", "TAG_INVALID"):
+        return InvalidManifestError(text, status=status, code=code)
+    if code == "DIGEST_INVALID":
+        return DigestMismatchError(text, status=status, code=code)
+    if status == 415:
+        return UnsupportedMediaTypeError(text, status=status, code=code)
+    return RegistryError(text, status=status, code=code)
+
+
+async def check_response(resp: ClientResponse, *ok: int) -> None:
+    """Raise the matching `RegistryError` unless `resp.status` is one of `ok`.
+
+    The response is released when it fails; on success it is left for the caller to read.
+    """
+    if resp.status in ok:
+        return
+    try:
+        body = await read_body(resp, ERROR_BODY_LIMIT) if resp.method != "HEAD" else b""
+    except Exception:  # the status alone is enough to report a failure
+        body = b""
+    finally:
+        resp.release()
+    code, message = _parse_error_body(body)
+    raise error_for_status(
+        f"{resp.method} {describe_url(resp.url)}", resp.status, code=code, message=message
+    )

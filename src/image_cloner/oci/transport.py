@@ -1,0 +1,362 @@
+"""HTTP to registries: one aiohttp session, TLS trust, plain-HTTP fallback, retries, transfer slots.
+
+Everything about *how* bytes reach a registry lives here, so the client above speaks only
+in registry terms. Decisions (see docs/copy.md):
+
+- TLS is verified against the system CAs plus `RegistryOptions.ca_file`.
+- Loopback hosts and `insecure_hosts` may use plain HTTP. There is no separate ping: the
+  first request to such a host goes out over HTTPS, and if the server does not speak TLS
+  it is resent over HTTP; the answer is cached for the process. A certificate that fails
+  verification is an error for loopback hosts (pass a CA file), while `insecure_hosts`
+  skip verification, as Docker's insecure registries do.
+- Retries are data (`RetryPolicy`): 408/429/5xx and connection failures are retried with
+  exponential backoff and jitter, honouring `Retry-After`. Streamed uploads cannot be
+  replayed, so the caller retries those as a whole.
+- Each registry host gets `max_concurrent_transfers` slots for blob transfers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import ssl
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self, TypeVar
+
+import aiohttp
+from aiohttp import ClientMiddlewareType, ClientResponse, hdrs
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from image_cloner.oci.errors import (
+    RegistryError,
+    RegistryUnavailableError,
+    check_response,
+    describe_url,
+    error_for_status,
+    read_body,
+)
+from image_cloner.oci.options import RegistryOptions
+from image_cloner.oci.references import InvalidReference, Registry
+
+__all__ = ["Response", "RetryPolicy", "Transport", "parse_retry_after"]
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 30.0
+READ_TIMEOUT = 300.0
+"""Seconds without a byte before a read fails; registries may hash a large blob before answering."""
+MAX_BODY = 4 * 1024 * 1024
+STREAM_BUFFER = 1024 * 1024
+"""Read buffer of streamed blob downloads: big enough for throughput, small enough to stay flat."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """When and how long to wait before trying a request again."""
+
+    attempts: int = 5
+    """Tries in all, the first included."""
+    statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
+    """Response statuses worth another try; connection failures always are."""
+    base_delay: float = 0.25
+    """Seconds before the first retry; doubles (`multiplier`) with each further one."""
+    multiplier: float = 2.0
+    max_delay: float = 10.0
+    """Cap on a computed backoff delay."""
+    jitter: float = 0.5
+    """Fraction of each delay drawn at random, so that many clients do not retry in step."""
+    max_retry_after: float = 60.0
+    """Cap on a server's `Retry-After`; beyond it we rather fail than hang."""
+
+    def backoff(
+        self,
+        attempt: int,
+        *,
+        retry_after: float | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> float:
+        """Seconds to wait after failed try number `attempt` (1-based)."""
+        if retry_after is not None:
+            return max(0.0, min(retry_after, self.max_retry_after))
+        delay = min(self.max_delay, self.base_delay * self.multiplier ** (attempt - 1))
+        return delay * (1 - self.jitter * rand())
+
+    def should_retry(self, error: RegistryUnavailableError, attempt: int) -> bool:
+        if attempt >= self.attempts:
+            return False
+        return error.status is None or error.status in self.statuses
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+@dataclass(frozen=True)
+class Response:
+    """A finished response with its (small) body read."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    url: URL
+    body: bytes = field(repr=False)
+
+
+def ssl_context(options: RegistryOptions) -> ssl.SSLContext:
+    """The system's trust store plus the configured CA bundle."""
+    context = ssl.create_default_context()
+    if options.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(options.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load CA file {options.ca_file}: {exc}") from None
+    return context
+
+
+class Transport:
+    """The process's connection to registries. Use as an async context manager."""
+
+    def __init__(
+        self,
+        options: RegistryOptions,
+        *,
+        retry: RetryPolicy | None = None,
+        middlewares: Sequence[ClientMiddlewareType] = (),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.options = options
+        self.retry = retry or RetryPolicy()
+        self._middlewares = tuple(middlewares)
+        self._sleep = sleep
+        self._ssl = ssl_context(options)
+        self._schemes: dict[str, str] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl),
+            timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT),
+            middlewares=self._middlewares,
+            auto_decompress=False,
+        )
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Transport used outside `async with`")
+        return self._session
+
+    # --- where requests go -------------------------------------------------------------
+
+    def plain_http_allowed(self, authority: str) -> bool:
+        if authority in self.options.insecure_hosts:
+            return True
+        try:
+            return Registry(authority).is_loopback
+        except InvalidReference:
+            return False
+
+    def url(self, authority: str, path: str) -> URL:
+        """`https://authority/path`, or `http://` once the host turned out to speak plain HTTP."""
+        scheme = self._schemes.get(authority, "https")
+        return URL.build(scheme=scheme, authority=authority, path=path, encoded=True)
+
+    @asynccontextmanager
+    async def transfer_slot(self, *authorities: str) -> AsyncIterator[None]:
+        """Hold one transfer slot on each host (sorted, so two transfers never deadlock)."""
+        async with AsyncExitStack() as stack:
+            for authority in sorted(set(authorities)):
+                slot = self._slots.get(authority)
+                if slot is None:
+                    slot = asyncio.Semaphore(self.options.max_concurrent_transfers)
+                    self._slots[authority] = slot
+                await stack.enter_async_context(slot)
+            yield
+
+    # --- requests --------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        url: URL,
+        *,
+        ok: tuple[int, ...] = (200,),
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+        max_body: int = MAX_BODY,
+    ) -> Response:
+        """Send with retries; read a body of at most `max_body` bytes. Raises `RegistryError`."""
+
+        async def once() -> Response:
+            async with self._checked(method, url, ok=ok, headers=headers, data=data) as resp:
+                body = b""
+                if method != hdrs.METH_HEAD:
+                    body = await read_body(resp, max_body)
+                    if len(body) > max_body:
+                        raise RegistryError(
+                            f"{method} {describe_url(url)}: response larger than {max_body} bytes"
+                        )
+                return Response(resp.status, resp.headers, resp.url, body)
+
+        return await self.with_retries(once)
+
+    @asynccontextmanager
+    async def stream(
+        self, method: str, url: URL, *, ok: tuple[int, ...] = (200,), headers: dict[str, str]
+    ) -> AsyncIterator[ClientResponse]:
+        """A response whose body the caller streams; retried until its headers arrive."""
+
+        async def once() -> ClientResponse:
+            resp = await self._send(method, url, headers=headers, data=None)
+            await self._check(resp, method, url, ok)
+            return resp
+
+        resp = await self.with_retries(once)
+        try:
+            yield resp
+        finally:
+            resp.release()
+
+    async def send_stream(
+        self,
+        method: str,
+        url: URL,
+        body: AsyncIterable[bytes],
+        *,
+        ok: tuple[int, ...],
+        headers: dict[str, str],
+    ) -> Response:
+        """Send a streamed body once (it cannot be replayed); the caller retries as a whole."""
+        async with self._checked(method, url, ok=ok, headers=headers, data=body) as resp:
+            return Response(resp.status, resp.headers, resp.url, await read_body(resp, MAX_BODY))
+
+    async def with_retries(self, once: Callable[[], Awaitable[T]]) -> T:
+        """Run `once` until it succeeds or `RetryPolicy` gives up on its failures."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await once()
+            except RegistryUnavailableError as exc:
+                if not self.retry.should_retry(exc, attempt):
+                    raise
+                await self._sleep(self.retry.backoff(attempt, retry_after=exc.retry_after))
+
+    @asynccontextmanager
+    async def _checked(
+        self,
+        method: str,
+        url: URL,
+        *,
+        ok: tuple[int, ...],
+        headers: dict[str, str] | None,
+        data: bytes | AsyncIterable[bytes] | None,
+    ) -> AsyncIterator[ClientResponse]:
+        resp = await self._send(method, url, headers=headers, data=data)
+        try:
+            await self._check(resp, method, url, ok)
+            yield resp
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._unavailable(method, url, exc) from None
+        finally:
+            resp.release()
+
+    async def _check(
+        self, resp: ClientResponse, method: str, url: URL, ok: tuple[int, ...]
+    ) -> None:
+        if resp.status in ok:
+            return
+        if resp.status in self.retry.statuses:
+            resp.release()
+            raise error_for_status(
+                f"{method} {describe_url(url)}",
+                resp.status,
+                retry_after=parse_retry_after(resp.headers.get(hdrs.RETRY_AFTER)),
+            )
+        await check_response(resp, *ok)
+
+    async def _send(
+        self,
+        method: str,
+        url: URL,
+        *,
+        headers: dict[str, str] | None,
+        data: bytes | AsyncIterable[bytes] | None,
+    ) -> ClientResponse:
+        authority = url.raw_authority
+        undecided = authority not in self._schemes and url.scheme == "https"
+        try:
+            resp = await self._raw(method, url, headers=headers, data=data)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise RegistryError(
+                f"{method} {describe_url(url)}: TLS certificate not trusted "
+                f"({exc.certificate_error}); give the registry's CA file, or mark the host insecure"
+            ) from None
+        except aiohttp.ClientConnectorSSLError:
+            if not (undecided and self.plain_http_allowed(authority)):
+                raise self._unavailable(method, url, "TLS handshake failed") from None
+            # The host does not speak TLS: it is a plain-HTTP registry on loopback or an
+            # insecure host. Remember that, and send the same request over HTTP.
+            self._schemes[authority] = "http"
+            url = url.with_scheme("http")
+            resp = await self._raw(method, url, headers=headers, data=data)
+        if undecided:
+            self._schemes.setdefault(authority, url.scheme)
+        return resp
+
+    async def _raw(
+        self,
+        method: str,
+        url: URL,
+        *,
+        headers: dict[str, str] | None,
+        data: bytes | AsyncIterable[bytes] | None,
+    ) -> ClientResponse:
+        try:
+            return await self.session.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                ssl=url.raw_authority not in self.options.insecure_hosts,
+                read_bufsize=STREAM_BUFFER,
+            )
+        except aiohttp.ClientSSLError:
+            raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._unavailable(method, url, exc) from None
+
+    @staticmethod
+    def _unavailable(
+        method: str, url: URL, reason: BaseException | str
+    ) -> RegistryUnavailableError:
+        if isinstance(reason, BaseException):
+            reason = f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+        return RegistryUnavailableError(f"{method} {describe_url(url)}: {reason}")
