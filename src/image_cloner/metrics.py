@@ -25,6 +25,15 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from image_cloner.oci.errors import (
+    AuthenticationError,
+    DigestMismatchError,
+    InvalidManifestError,
+    NotFoundError,
+    RegistryUnavailableError,
+    UnsupportedMediaTypeError,
+)
+from image_cloner.oci.references import InvalidReference
 from image_cloner.workloads import KINDS
 
 __all__ = [
@@ -65,6 +74,25 @@ class FailureReason(StrEnum):
     INVALID_MANIFEST = "invalid_manifest"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     OTHER = "other"
+
+    @classmethod
+    def of(cls, error: BaseException) -> FailureReason:
+        """The reason label for an exception raised while copying."""
+        for error_type, reason in _REASONS:
+            if isinstance(error, error_type):
+                return reason
+        return cls.OTHER
+
+
+_REASONS: tuple[tuple[type[Exception], FailureReason], ...] = (
+    (AuthenticationError, FailureReason.AUTHENTICATION),
+    (NotFoundError, FailureReason.NOT_FOUND),
+    (RegistryUnavailableError, FailureReason.UNAVAILABLE),
+    (DigestMismatchError, FailureReason.DIGEST_MISMATCH),
+    (InvalidReference, FailureReason.INVALID_REFERENCE),
+    (InvalidManifestError, FailureReason.INVALID_MANIFEST),
+    (UnsupportedMediaTypeError, FailureReason.UNSUPPORTED_MEDIA_TYPE),
+)
 
 
 class Health:

@@ -10,6 +10,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from image_cloner.metrics import FailureReason, Health, Metrics, MetricsServer, SkipReason
+from image_cloner.oci.errors import (
+    AuthenticationError,
+    DigestMismatchError,
+    InvalidManifestError,
+    NotFoundError,
+    RegistryError,
+    RegistryUnavailableError,
+    UnsupportedMediaTypeError,
+)
+from image_cloner.oci.references import InvalidReference
 
 
 class Clock:
@@ -200,6 +210,24 @@ def test_unknown_labels_are_refused(metrics: Metrics, health: Health) -> None:
         health.mark_watch_event("StatefulSet")
     with pytest.raises(ValueError, match="nginx"):
         metrics.image_failed("nginx:1.21.4-alpine")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (AuthenticationError("401 from r.io"), FailureReason.AUTHENTICATION),
+        (NotFoundError("404 from r.io"), FailureReason.NOT_FOUND),
+        (RegistryUnavailableError("503 from r.io"), FailureReason.UNAVAILABLE),
+        (DigestMismatchError("sha256:ab != sha256:cd"), FailureReason.DIGEST_MISMATCH),
+        (InvalidReference("invalid reference 'Nginx'"), FailureReason.INVALID_REFERENCE),
+        (InvalidManifestError("bad json"), FailureReason.INVALID_MANIFEST),
+        (UnsupportedMediaTypeError("schema 1"), FailureReason.UNSUPPORTED_MEDIA_TYPE),
+        (RegistryError("odd"), FailureReason.OTHER),
+        (OSError("disk full"), FailureReason.OTHER),
+    ],
+)
+def test_failure_reason_of_each_error_family(error: Exception, reason: FailureReason) -> None:
+    assert FailureReason.of(error) is reason
 
 
 def test_port_is_unknown_before_start(metrics: Metrics, health: Health) -> None:
