@@ -10,6 +10,8 @@ import base64
 import hashlib
 import json
 import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -21,7 +23,15 @@ import pytest
 
 from tests.conftest import ProxyFactory
 from tests.support import skopeo
-from tests.support.images import OCI_MANIFEST, ImageKind, ImageSeeder, SyntheticImage
+from tests.support.images import (
+    MIB,
+    OCI_MANIFEST,
+    ImageFactory,
+    ImageKind,
+    ImageSeeder,
+    ImageSpec,
+    SyntheticImage,
+)
 from tests.support.registries import RegistryEndpoint, RegistryFactory, RunningRegistry
 from tests.support.token_issuer import DEFAULT_LIFETIME, SERVICE, TokenIssuer
 
@@ -260,3 +270,59 @@ def test_proxy_preserves_head_headers(
                 )
             )
     assert seen[0] == seen[1] == (str(len(image.raw)), image.media_type, image.digest)
+
+
+def test_upload_session_survives_a_restart(registry_factory: RegistryFactory) -> None:
+    """The fixed REGISTRY_HTTP_SECRET keeps upload URLs valid across stop()/start()."""
+    registry = registry_factory("open")
+    start = urllib.request.Request(
+        f"{registry.url}/v2/restart/upload/blobs/uploads/", method="POST"
+    )
+    with urllib.request.urlopen(start, timeout=10) as response:
+        assert response.status == 202
+        location = urllib.parse.urljoin(registry.url, response.headers["Location"])
+    registry.stop()
+    registry.start()
+    data = b"survives a restart"
+    digest = sha256(data)
+    separator = "&" if "?" in location else "?"
+    finish = urllib.request.Request(
+        f"{location}{separator}digest={digest}", data=data, method="PUT"
+    )
+    finish.add_header("Content-Type", "application/octet-stream")
+    with urllib.request.urlopen(finish, timeout=10) as response:
+        assert response.status == 201
+        assert response.headers["Docker-Content-Digest"] == digest
+
+
+def test_large_layer_is_streamed_and_pushed(
+    open_registry: RunningRegistry, image_factory: ImageFactory, seed_image: ImageSeeder
+) -> None:
+    size = 48 * MIB
+    image = seed_image(open_registry, "fixtures/large:1", ImageSpec.large(size, seed="fixtures"))
+    (layer,) = image.manifests[0].layers
+    assert size < layer.size < size + 64 * 1024
+    assert (
+        image.layout / "blobs" / "sha256" / layer.digest.removeprefix("sha256:")
+    ).stat().st_size == layer.size
+    assert_stored(open_registry, "fixtures/large", "1", image)
+    assert image_factory.build(ImageSpec.large(size, seed="fixtures")) is image  # cached
+
+
+def test_large_layer_generation_keeps_memory_flat(tmp_path: Path) -> None:
+    """A fresh interpreter builds a 128 MiB layer; its peak RSS stays far below that."""
+    script = (
+        "import pathlib, resource, sys\n"
+        "from tests.support.images import ImageFactory, ImageSpec, MIB\n"
+        "ImageFactory(pathlib.Path(sys.argv[1])).build(ImageSpec.large(128 * MIB))\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    peak_mib = int(result.stdout) / 1024
+    assert peak_mib < 80

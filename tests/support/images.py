@@ -33,6 +33,8 @@ __all__ = [
     "DOCKER_LAYER",
     "DOCKER_MANIFEST",
     "DOCKER_MANIFEST_LIST",
+    "KIB",
+    "MIB",
     "OCI_CONFIG",
     "OCI_INDEX",
     "OCI_LAYER",
