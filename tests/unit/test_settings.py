@@ -1,0 +1,366 @@
+"""Settings from the environment: every variable, its default, and every error as one clear line."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from image_cloner.mapping import parse_backup_location
+from image_cloner.oci.options import Credentials
+from image_cloner.settings import (
+    DEFAULT_PULL_SECRET,
+    ConfigError,
+    Settings,
+    parse_credentials,
+    registry_options_from_env,
+)
+from tests.support.pki import make_pki
+
+PASSWORD = "s3cr3t-Pa55word"
+BASE = {"IMAGE_CLONER_REGISTRY": "localhost:5000"}
+LOGIN = {"IMAGE_CLONER_USER": "testuser", "IMAGE_CLONER_PASS": PASSWORD}
+
+
+def settings(**env: str) -> Settings:
+    return Settings.from_env({**BASE, **env})
+
+
+def config_error(env: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert PASSWORD not in message
+    return message
+
+
+@pytest.fixture(scope="module")
+def ca_pem(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pki(tmp_path_factory.mktemp("pki")).ca_cert
+
+
+def test_defaults() -> None:
+    s = settings()
+    assert s.backup == parse_backup_location("localhost:5000")
+    assert s.ignored_namespaces == {"kube-system"}
+    assert (s.namespace, s.pod_namespace) == (None, None)
+    assert s.pull_secret_name is None  # no credentials: nothing to put in a Secret
+    assert (s.metrics_port, s.log_format) == (8080, "text")
+    options = s.registry_options
+    assert dict(options.credentials) == {}
+    assert (options.ca_file, options.insecure_hosts, dict(options.mirrors)) == (
+        None,
+        frozenset(),
+        {},
+    )
+    assert options.max_concurrent_transfers == 4
+    assert s.backup_credentials is None
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings().metrics_port = 1  # type: ignore[misc]
+
+
+def test_registry_with_prefix() -> None:
+    s = settings(IMAGE_CLONER_REGISTRY=" Registry.Example.com/backup ")
+    assert (s.backup.registry.host, s.backup.prefix) == ("registry.example.com", "backup")
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "IMAGE_CLONER_REGISTRY is not set"),
+        ({"IMAGE_CLONER_REGISTRY": "  "}, "IMAGE_CLONER_REGISTRY is not set"),
+        ({"IMAGE_CLONER_REGISTRY": "registry"}, "IMAGE_CLONER_REGISTRY: invalid backup location"),
+        (
+            {"IMAGE_CLONER_REGISTRY": "http://x.io"},
+            "IMAGE_CLONER_REGISTRY: invalid backup location",
+        ),
+        ({"IMAGE_CLONER_REGISTRY": "docker.io"}, "Docker Hub needs a namespace"),
+    ],
+)
+def test_registry_errors(env: dict[str, str], expected: str) -> None:
+    assert expected in config_error(env)
+
+
+def test_login_is_keyed_by_the_backup_host_and_names_the_pull_secret() -> None:
+    s = settings(IMAGE_CLONER_REGISTRY="Registry.Example.com:5000/backup", **LOGIN)
+    assert dict(s.registry_options.credentials) == {
+        "registry.example.com:5000": Credentials("testuser", PASSWORD)
+    }
+    assert s.backup_credentials == Credentials("testuser", PASSWORD)
+    assert s.pull_secret_name == DEFAULT_PULL_SECRET
+    assert PASSWORD not in repr(s)
+
+
+def test_password_keeps_blanks_but_loses_a_trailing_newline() -> None:
+    s = settings(IMAGE_CLONER_USER="u", IMAGE_CLONER_PASS=" pa ss \n")
+    assert s.backup_credentials == Credentials("u", " pa ss ")
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"IMAGE_CLONER_USER": "testuser"},
+            "IMAGE_CLONER_USER is set but IMAGE_CLONER_PASS is not",
+        ),
+        (
+            {"IMAGE_CLONER_USER": "testuser", "IMAGE_CLONER_PASS": ""},
+            "IMAGE_CLONER_USER is set but IMAGE_CLONER_PASS is not",
+        ),
+        ({"IMAGE_CLONER_PASS": PASSWORD}, "IMAGE_CLONER_PASS is set but IMAGE_CLONER_USER is not"),
+        (
+            {"IMAGE_CLONER_USER": " ", "IMAGE_CLONER_PASS": PASSWORD},
+            "IMAGE_CLONER_PASS is set but IMAGE_CLONER_USER is not",
+        ),
+    ],
+)
+def test_login_both_or_neither(env: dict[str, str], expected: str) -> None:
+    assert expected in config_error({**BASE, **env})
+
+
+def test_ca_file(ca_pem: Path, tmp_path: Path) -> None:
+    assert settings(IMAGE_CLONER_CA_FILE=str(ca_pem)).registry_options.ca_file == ca_pem
+    missing = tmp_path / "nope.pem"
+    assert config_error({**BASE, "IMAGE_CLONER_CA_FILE": str(missing)}) == (
+        f"IMAGE_CLONER_CA_FILE: no such file: {missing}"
+    )
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    assert "holds no PEM certificates" in config_error({**BASE, "IMAGE_CLONER_CA_FILE": str(junk)})
+    assert "no such file" in config_error({**BASE, "IMAGE_CLONER_CA_FILE": str(tmp_path)})
+
+
+def test_insecure_registries() -> None:
+    s = settings(IMAGE_CLONER_INSECURE_REGISTRIES=" Kind-Registry:5000, 10.0.0.1:5000 ,,[::1]:5001")
+    assert s.registry_options.insecure_hosts == {
+        "kind-registry:5000",
+        "10.0.0.1:5000",
+        "[::1]:5001",
+    }
+    message = config_error({**BASE, "IMAGE_CLONER_INSECURE_REGISTRIES": "ok.io,http://bad.io"})
+    assert message.startswith(
+        "IMAGE_CLONER_INSECURE_REGISTRIES: invalid registry host 'http://bad.io'"
+    )
+
+
+def test_mirrors() -> None:
+    s = settings(
+        IMAGE_CLONER_REGISTRY_MIRRORS=(
+            "docker.io=https://mirror.local:5001, quay.io = http://127.0.0.1:5002/,"
+            "index.docker.io=HTTPS://Mirror2.local/v2/proxy,docker.io=https://mirror.local:5001"
+        )
+    )
+    assert dict(s.registry_options.mirrors) == {
+        "docker.io": ("https://mirror.local:5001", "https://mirror2.local/v2/proxy"),
+        "quay.io": ("http://127.0.0.1:5002",),
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("docker.io", "expected host=URL, got 'docker.io'"),
+        ("=https://m.local", "expected host=URL"),
+        ("docker.io=", "expected host=URL"),
+        ("docker.io=mirror.local:5001", "is not an http:// or https:// URL"),
+        ("docker.io=ftp://mirror.local", "is not an http:// or https:// URL"),
+        ("docker.io=https://", "is not an http:// or https:// URL"),
+        ("docker.io=https://m.local?x=1", "must not have a query or fragment"),
+        ("docker.io=https://bad_host.local", "has an invalid host"),
+        ("docker.io=https://m.local:99999", "has an invalid host"),
+        ("bad_host=https://m.local", "IMAGE_CLONER_REGISTRY_MIRRORS: invalid registry host"),
+        (f"docker.io=https://user:{PASSWORD}@m.local", "carries credentials"),
+        (f"docker.io https://user:{PASSWORD}@m.local", "expected host=URL"),
+    ],
+)
+def test_mirror_errors(value: str, expected: str) -> None:
+    message = config_error({**BASE, "IMAGE_CLONER_REGISTRY_MIRRORS": value})
+    assert message.startswith("IMAGE_CLONER_REGISTRY_MIRRORS: ")
+    assert expected in message
+
+
+@pytest.mark.parametrize(
+    ("env", "ignored"),
+    [
+        ({}, {"kube-system"}),
+        (
+            {"IMAGE_CLONER_POD_NAMESPACE": "image-cloner-system"},
+            {"kube-system", "image-cloner-system"},
+        ),
+        ({"IMAGE_CLONER_IGNORE_NAMESPACES": "team-a, team-b"}, {"team-a", "team-b"}),
+        (
+            {"IMAGE_CLONER_IGNORE_NAMESPACES": "team-a", "IMAGE_CLONER_POD_NAMESPACE": "ic"},
+            {"team-a", "ic"},
+        ),
+        ({"IMAGE_CLONER_IGNORE_NAMESPACES": " , "}, {"kube-system"}),
+    ],
+)
+def test_ignored_namespaces(env: dict[str, str], ignored: set[str]) -> None:
+    s = settings(**env)
+    assert s.ignored_namespaces == ignored
+    assert s.pod_namespace == env.get("IMAGE_CLONER_POD_NAMESPACE")
+
+
+def test_watch_one_namespace() -> None:
+    assert settings(IMAGE_CLONER_NAMESPACE="demo-system").namespace == "demo-system"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"IMAGE_CLONER_NAMESPACE": "Demo"},
+            "IMAGE_CLONER_NAMESPACE: 'Demo' is not a namespace name",
+        ),
+        ({"IMAGE_CLONER_NAMESPACE": "a" * 64}, "IMAGE_CLONER_NAMESPACE: "),
+        ({"IMAGE_CLONER_POD_NAMESPACE": "x_y"}, "IMAGE_CLONER_POD_NAMESPACE: 'x_y' is not"),
+        (
+            {"IMAGE_CLONER_IGNORE_NAMESPACES": "ok,-bad"},
+            "IMAGE_CLONER_IGNORE_NAMESPACES: '-bad' is not",
+        ),
+        (
+            {"IMAGE_CLONER_NAMESPACE": "kube-system"},
+            "IMAGE_CLONER_NAMESPACE: namespace 'kube-system' is also ignored",
+        ),
+        (
+            {"IMAGE_CLONER_NAMESPACE": "ic", "IMAGE_CLONER_POD_NAMESPACE": "ic"},
+            "IMAGE_CLONER_NAMESPACE: namespace 'ic' is also ignored",
+        ),
+    ],
+)
+def test_namespace_errors(env: dict[str, str], expected: str) -> None:
+    assert expected in config_error({**BASE, **env})
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({}, DEFAULT_PULL_SECRET),
+        ({"IMAGE_CLONER_PULL_SECRET": "backup-pull.v1"}, "backup-pull.v1"),
+        ({"IMAGE_CLONER_MANAGE_PULL_SECRET": "true"}, DEFAULT_PULL_SECRET),
+        ({"IMAGE_CLONER_MANAGE_PULL_SECRET": " YES "}, DEFAULT_PULL_SECRET),
+        ({"IMAGE_CLONER_MANAGE_PULL_SECRET": "false"}, None),
+        ({"IMAGE_CLONER_MANAGE_PULL_SECRET": "0", "IMAGE_CLONER_PULL_SECRET": "x"}, None),
+        ({"IMAGE_CLONER_MANAGE_PULL_SECRET": "Off"}, None),
+    ],
+)
+def test_pull_secret(env: dict[str, str], name: str | None) -> None:
+    assert settings(**LOGIN, **env).pull_secret_name == name
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"IMAGE_CLONER_PULL_SECRET": "Pull"},
+            "IMAGE_CLONER_PULL_SECRET: 'Pull' is not a Secret name",
+        ),
+        ({"IMAGE_CLONER_PULL_SECRET": "a" * 254}, "IMAGE_CLONER_PULL_SECRET: "),
+        (
+            {"IMAGE_CLONER_MANAGE_PULL_SECRET": "maybe"},
+            "IMAGE_CLONER_MANAGE_PULL_SECRET: expected true or false, got 'maybe'",
+        ),
+    ],
+)
+def test_pull_secret_errors(env: dict[str, str], expected: str) -> None:
+    assert expected in config_error({**BASE, **env})
+
+
+@pytest.mark.parametrize(
+    ("env", "port", "transfers"),
+    [
+        ({"IMAGE_CLONER_METRICS_PORT": "9090"}, 9090, 4),
+        ({"IMAGE_CLONER_METRICS_PORT": "65535"}, 65535, 4),
+        ({"IMAGE_CLONER_MAX_CONCURRENT_TRANSFERS": "1"}, 8080, 1),
+        ({"IMAGE_CLONER_MAX_CONCURRENT_TRANSFERS": " 16 "}, 8080, 16),
+        ({"IMAGE_CLONER_MAX_CONCURRENT_TRANSFERS": "064"}, 8080, 64),
+    ],
+)
+def test_numbers(env: dict[str, str], port: int, transfers: int) -> None:
+    s = settings(**env)
+    assert (s.metrics_port, s.registry_options.max_concurrent_transfers) == (port, transfers)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "top"),
+    [
+        ("IMAGE_CLONER_METRICS_PORT", "0", 65535),
+        ("IMAGE_CLONER_METRICS_PORT", "65536", 65535),
+        ("IMAGE_CLONER_METRICS_PORT", "http", 65535),
+        ("IMAGE_CLONER_METRICS_PORT", "-1", 65535),
+        ("IMAGE_CLONER_METRICS_PORT", "80.5", 65535),
+        ("IMAGE_CLONER_METRICS_PORT", "\u0668\u0660", 65535),  # Arabic-Indic digits
+        ("IMAGE_CLONER_METRICS_PORT", "9" * 5000, 65535),
+        ("IMAGE_CLONER_MAX_CONCURRENT_TRANSFERS", "0", 64),
+        ("IMAGE_CLONER_MAX_CONCURRENT_TRANSFERS", "65", 64),
+    ],
+)
+def test_number_errors(name: str, value: str, top: int) -> None:
+    message = config_error({**BASE, name: value})
+    assert message.startswith(f"{name}: expected a whole number from 1 to {top}, got ")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("text", "text"), ("json", "json"), ("JSON", "json")]
+)
+def test_log_format(value: str, expected: str) -> None:
+    assert settings(IMAGE_CLONER_LOG_FORMAT=value).log_format == expected
+
+
+def test_log_format_error() -> None:
+    assert config_error({**BASE, "IMAGE_CLONER_LOG_FORMAT": "xml"}) == (
+        "IMAGE_CLONER_LOG_FORMAT: expected text or json, got 'xml'"
+    )
+
+
+def test_registry_options_for_the_copy_command(ca_pem: Path) -> None:
+    env = {**LOGIN, "IMAGE_CLONER_INSECURE_REGISTRIES": "a.local:1"}
+    options = registry_options_from_env(
+        env,
+        backup_host="Dest.local:5000",
+        extra_credentials={
+            "quay.io": Credentials("src", "srcpass"),
+            "dest.local:5000": Credentials("flag", "flagpass"),
+        },
+        extra_insecure_hosts=["B.local:2"],
+        ca_file=ca_pem,
+    )
+    # --dest-creds beats IMAGE_CLONER_USER/PASS for the same host.
+    assert dict(options.credentials) == {
+        "dest.local:5000": Credentials("flag", "flagpass"),
+        "quay.io": Credentials("src", "srcpass"),
+    }
+    assert options.insecure_hosts == {"a.local:1", "b.local:2"}
+    assert options.ca_file == ca_pem
+
+
+def test_registry_options_without_a_backup_host() -> None:
+    assert dict(registry_options_from_env({}, backup_host=None).credentials) == {}
+    with pytest.raises(
+        ConfigError, match="IMAGE_CLONER_USER: set, but there is no backup registry"
+    ):
+        registry_options_from_env(LOGIN, backup_host=None)
+
+
+def test_registry_options_flag_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^CA file: no such file: "):
+        registry_options_from_env({}, backup_host=None, ca_file=tmp_path / "missing.pem")
+    with pytest.raises(ConfigError, match=r"^insecure registry: invalid registry host"):
+        registry_options_from_env({}, backup_host=None, extra_insecure_hosts=["a b"])
+    with pytest.raises(ConfigError, match=r"^credentials: invalid registry host"):
+        registry_options_from_env(
+            {}, backup_host=None, extra_credentials={"-bad": Credentials("u", "p")}
+        )
+
+
+def test_parse_credentials() -> None:
+    assert parse_credentials("user:pa:ss", what="--src-creds") == Credentials("user", "pa:ss")
+    for bad in (PASSWORD, f":{PASSWORD}", "user:"):
+        with pytest.raises(ConfigError) as caught:
+            parse_credentials(bad, what="--dest-creds")
+        assert str(caught.value) == "--dest-creds: expected USERNAME:PASSWORD"
