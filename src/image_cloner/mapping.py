@@ -145,8 +145,8 @@ def target_for(source: Reference, backup: BackupLocation) -> Reference:
     path = f"{backup.prefix}/{source_path}" if backup.prefix else source_path
     if len(path) > MAX_PATH_LENGTH:
         raise InvalidReference(
-            f"cannot name a backup for {source.name!r}: its repository path {path!r}"
-            f" would be {len(path)} characters long, more than {MAX_PATH_LENGTH}"
+            f"cannot name a backup for {source.name!r}: its repository path would be"
+            f" {len(path)} characters long, more than {MAX_PATH_LENGTH}"
         )
     return Reference(Repository(backup.registry, path), source.tag, source.digest)
 

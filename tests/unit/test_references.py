@@ -289,9 +289,12 @@ def test_invalid_references(text: str, reason: str) -> None:
     with pytest.raises(InvalidReference) as caught:
         parse_reference(text)
     message = str(caught.value)
-    assert message.startswith(f"invalid reference {text!r}: ")
+    # Long input is cut short: messages end up in Events, which have a size limit.
+    shown = text if len(text) <= 120 else text[:100] + "…"
+    assert message.startswith(f"invalid reference {shown!r}: ")
     assert reason in message
-    assert "\n" not in message.replace(repr(text), "")
+    assert "\n" not in message
+    assert len(message) < 500
 
 
 # normalize_test.go TestParseRepositoryInfo: every spelling gives the same familiar

@@ -72,6 +72,11 @@ class InvalidReference(ValueError):
     """A reference, host, tag or digest that does not follow the grammar; the message says why."""
 
 
+def _shown(text: str) -> str:
+    """`text` quoted for an error message, cut short: messages end up in Events and logs."""
+    return repr(text if len(text) <= 120 else text[:100] + "…")
+
+
 def _looks_like_host(component: str) -> bool:
     """Docker's test for "is this first component a registry host or a Docker Hub namespace"."""
     return (
@@ -130,7 +135,7 @@ def _path_problem(path: str) -> str | None:
             if _COMPONENT_RE.fullmatch(component.lower()):
                 return "repository name must be lowercase"
             return (
-                f"invalid path component {component!r}: use lowercase letters and digits,"
+                f"invalid path component {_shown(component)}: use lowercase letters and digits,"
                 " joined by '.', '_', '__' or dashes"
             )
     if len(path) > MAX_PATH_LENGTH:
@@ -145,7 +150,7 @@ def _tag_problem(tag: str) -> str | None:
         return f"tag must not be more than 128 characters (has {len(tag)})"
     if not _TAG_RE.fullmatch(tag):
         return (
-            f"invalid tag {tag!r}: use letters, digits, '_', '.' and '-',"
+            f"invalid tag {_shown(tag)}: use letters, digits, '_', '.' and '-',"
             " not starting with '.' or '-'"
         )
     return None
@@ -154,13 +159,13 @@ def _tag_problem(tag: str) -> str | None:
 def _digest_problem(digest: str) -> str | None:
     algorithm, colon, encoded = digest.partition(":")
     if not colon or not _ALGORITHM_RE.fullmatch(algorithm) or not encoded:
-        return f"invalid digest {digest!r}: expected '<algorithm>:<hex>', e.g. 'sha256:…'"
+        return f"invalid digest {_shown(digest)}: expected '<algorithm>:<hex>', e.g. 'sha256:…'"
     if not _HEX_RE.fullmatch(encoded):
-        return f"invalid digest {digest!r}: the value after ':' must be hexadecimal"
+        return f"invalid digest {_shown(digest)}: the value after ':' must be hexadecimal"
     expected = _DIGEST_HEX_LENGTHS.get(algorithm)
     if expected is None:
         supported = ", ".join(_DIGEST_HEX_LENGTHS)
-        return f"unsupported digest algorithm {algorithm!r} (supported: {supported})"
+        return f"unsupported digest algorithm {_shown(algorithm)} (supported: {supported})"
     if len(encoded) != expected:
         return f"a {algorithm} digest has {expected} hex characters, not {len(encoded)}"
     if encoded != encoded.lower():
@@ -191,7 +196,7 @@ class Registry:
     def __post_init__(self) -> None:
         problem = _host_problem(self.host)
         if problem:
-            raise InvalidReference(f"invalid registry host {self.host!r}: {problem}")
+            raise InvalidReference(f"invalid registry host {_shown(self.host)}: {problem}")
         object.__setattr__(self, "host", _normalise_host(self.host))
 
     @property
@@ -237,7 +242,7 @@ class Repository:
             path = _OFFICIAL_PREFIX + path
         problem = _path_problem(path)
         if problem:
-            raise InvalidReference(f"invalid repository {self.path!r}: {problem}")
+            raise InvalidReference(f"invalid repository {_shown(self.path)}: {problem}")
         object.__setattr__(self, "path", path)
 
     @property
@@ -327,7 +332,7 @@ def parse_reference(text: str) -> Reference:
     """Parse an image reference as `docker pull` and the kubelet do; see the module docstring."""
 
     def invalid(reason: str) -> InvalidReference:
-        return InvalidReference(f"invalid reference {text!r}: {reason}")
+        return InvalidReference(f"invalid reference {_shown(text)}: {reason}")
 
     if not text:
         raise invalid("reference is empty")
@@ -338,7 +343,7 @@ def parse_reference(text: str) -> Reference:
     path, colon, tag = name_tag.partition(":")
     host_problem = _host_problem(host)
     if host_problem:
-        raise invalid(f"invalid registry host {host!r}: {host_problem}")
+        raise invalid(f"invalid registry host {_shown(host)}: {host_problem}")
     problem = (
         _path_problem(path)
         or (_tag_problem(tag) if colon else None)
