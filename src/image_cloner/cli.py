@@ -1,0 +1,217 @@
+"""The `image-cloner` command: argument parsing only, the work happens in the library.
+
+Exit statuses: 0 success, 1 the copy failed (the registry said no, was unreachable, or
+lied), 2 bad input or configuration. Failures print one line on stderr; the result (the
+destination reference with its digest) is the only thing printed on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+from rich.console import Console
+
+from image_cloner import __version__
+from image_cloner.mapping import is_backup, parse_backup_location, target_for
+from image_cloner.oci.copying import Copier, CopyResult
+from image_cloner.oci.errors import RegistryError
+from image_cloner.oci.options import Credentials, RegistryOptions
+from image_cloner.oci.references import InvalidReference, Reference, parse_reference
+from image_cloner.progress import CopyProgress
+from image_cloner.settings import (
+    REGISTRY,
+    ConfigError,
+    parse_credentials,
+    registry_options_from_env,
+)
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "build_parser", "main"]
+
+PROG = "image-cloner"
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Bad command line; reported in one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints the whole usage and exits; we want one line and our exit code.
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+Command = Callable[[argparse.Namespace, Mapping[str, str]], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every subcommand; each sets `command` to its handler."""
+    parser = _Parser(prog=PROG, description="Back up the container images your cluster runs.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+    _add_copy(commands)
+    return parser
+
+
+def _add_copy(commands: argparse._SubParsersAction[_Parser]) -> None:
+    copy = commands.add_parser(
+        "copy",
+        help="copy one image (every platform, digests unchanged) to another registry",
+        description=(
+            "Copy SRC to DST byte for byte, every platform. DST defaults to SRC's place "
+            f"in the backup registry ${REGISTRY}. Prints DST with its digest."
+        ),
+    )
+    copy.add_argument("source", metavar="SRC", help="image to copy, e.g. nginx:1.21.4-alpine")
+    copy.add_argument("target", metavar="DST", nargs="?", help="where to copy it")
+    copy.add_argument("--src-creds", metavar="USER[:PASS]", help="credentials for SRC's registry")
+    copy.add_argument(
+        "--dest-creds",
+        metavar="USER[:PASS]",
+        help="credentials for DST's registry (default: $IMAGE_CLONER_USER/$IMAGE_CLONER_PASS)",
+    )
+    copy.add_argument("--ca-file", type=Path, help="PEM CA bundle to trust besides the system's")
+    copy.add_argument(
+        "--insecure",
+        metavar="HOST",
+        action="append",
+        default=[],
+        help="registry host reached over plain HTTP or unverified TLS (repeatable)",
+    )
+    copy.add_argument("--force", action="store_true", help="copy even if DST already exists")
+    copy.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    copy.set_defaults(command=_copy_command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as error:
+        _fail(str(error))
+        return EXIT_BAD_INPUT
+    command: Command = args.command
+    try:
+        return command(args, os.environ)
+    except KeyboardInterrupt:
+        _fail(f"{PROG}: interrupted")
+        return EXIT_INTERRUPTED
+
+
+# --- copy ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CopyPlan:
+    source: Reference
+    target: Reference
+    options: RegistryOptions
+
+
+def _copy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    try:
+        plan = plan_copy(args, env)
+    except (ValueError, UsageError) as error:  # InvalidReference and ConfigError are ValueErrors
+        _fail(f"{PROG} copy: {error}")
+        return EXIT_BAD_INPUT
+    show_progress = not args.quiet and sys.stderr.isatty()
+    try:
+        result = asyncio.run(_copy(plan, force=args.force, show_progress=show_progress))
+    except RegistryError as error:
+        _fail(f"{PROG} copy: {plan.source} → {plan.target}: {error}")
+        return EXIT_FAILED
+    print(result.pinned.name, flush=True)
+    return EXIT_OK
+
+
+def plan_copy(args: argparse.Namespace, env: Mapping[str, str]) -> CopyPlan:
+    """References and registry options from the arguments and environment.
+
+    Raises `InvalidReference` / `ConfigError` (both `ValueError`) on bad input.
+    """
+    source = parse_reference(args.source)
+    backup_text = env.get(REGISTRY, "").strip()
+    backup = None
+    if backup_text:
+        try:
+            backup = parse_backup_location(backup_text)
+        except InvalidReference as error:
+            raise ConfigError(f"{REGISTRY}: {error}") from None
+    if args.target is not None:
+        target = parse_reference(args.target)
+    elif backup is None:
+        raise ConfigError(f"give DST, or set {REGISTRY} to the backup registry")
+    elif is_backup(source, backup):
+        raise ConfigError(f"{source} is already in the backup registry {backup}; give DST")
+    else:
+        target = target_for(source, backup)
+    extra = _flag_credentials(args, source, target)
+    options = registry_options_from_env(
+        env,
+        # IMAGE_CLONER_USER/PASS belong to the backup registry; without one, to DST's host.
+        backup_host=backup.registry.host if backup is not None else target.repository.registry.host,
+        extra_credentials=extra,
+        extra_insecure_hosts=args.insecure,
+        ca_file=args.ca_file,
+    )
+    return CopyPlan(source, target, options)
+
+
+def _flag_credentials(
+    args: argparse.Namespace, source: Reference, target: Reference
+) -> dict[str, Credentials]:
+    credentials: dict[str, Credentials] = {}
+    src_host = source.repository.registry.host
+    dst_host = target.repository.registry.host
+    if args.src_creds is not None:
+        credentials[src_host] = _credentials(args.src_creds, what="--src-creds")
+    if args.dest_creds is not None:
+        dest = _credentials(args.dest_creds, what="--dest-creds")
+        if credentials.get(dst_host, dest) != dest:
+            raise ConfigError(
+                f"--src-creds and --dest-creds differ but SRC and DST share the host {dst_host}"
+            )
+        credentials[dst_host] = dest
+    return credentials
+
+
+def _credentials(text: str, *, what: str) -> Credentials:
+    """`USER:PASS`; a bare `USER` asks for the password on the terminal, as skopeo does."""
+    if ":" not in text and text and sys.stdin.isatty():
+        return Credentials(text, getpass.getpass(f"Password for {text}: "))
+    return parse_credentials(text, what=what)
+
+
+async def _copy(plan: CopyPlan, *, force: bool, show_progress: bool) -> CopyResult:
+    async with Copier(plan.options) as copier:
+        if not show_progress:
+            return await copier.copy_image(plan.source, plan.target, force=force)
+        console = Console(stderr=True)
+        with CopyProgress(console, f"{plan.source} → {plan.target}") as progress:
+            result = await copier.copy_image(
+                plan.source, plan.target, force=force, progress=progress
+            )
+        if result.already_present:
+            console.print(f"already there: {plan.target}", highlight=False)
+        else:
+            console.print(
+                f"copied {plan.source} → {plan.target}: blobs {progress.summary()}, "
+                f"{result.manifests_pushed} manifests pushed",
+                highlight=False,
+            )
+        return result
+
+
+def _fail(message: str, stream: TextIO | None = None) -> None:
+    print(message.replace("\n", " "), file=stream or sys.stderr, flush=True)
