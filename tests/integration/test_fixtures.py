@@ -32,7 +32,12 @@ from tests.support.images import (
     ImageSpec,
     SyntheticImage,
 )
-from tests.support.registries import RegistryEndpoint, RegistryFactory, RunningRegistry
+from tests.support.registries import (
+    RegistryEndpoint,
+    RegistryFactory,
+    RunningRegistry,
+    registry_options,
+)
 from tests.support.token_issuer import DEFAULT_LIFETIME, SERVICE, TokenIssuer
 
 pytestmark = pytest.mark.integration
@@ -326,3 +331,14 @@ def test_large_layer_generation_keeps_memory_flat(tmp_path: Path) -> None:
     )
     peak_mib = int(result.stdout) / 1024
     assert peak_mib < 80
+
+
+def test_registry_options_carry_credentials_and_ca(
+    open_registry: RunningRegistry, auth_registry: RunningRegistry, token_registry: RunningRegistry
+) -> None:
+    options = registry_options(open_registry, auth_registry, token_registry)
+    assert set(options.credentials) == {auth_registry.host, token_registry.host}
+    assert options.credentials[auth_registry.host].password == "testpass"
+    assert options.ca_file == auth_registry.ca_file
+    assert options.ca_file is not None
+    assert "BEGIN CERTIFICATE" in options.ca_file.read_text()

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
+from image_cloner.oci.options import Credentials, RegistryOptions
 from tests.support.pki import TestPKI, make_cert_dir
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "RunningRegistry",
     "TokenAuthConfig",
     "free_port",
+    "registry_options",
     "stop_process",
     "wait_until_ready",
 ]
@@ -251,6 +253,22 @@ class RunningRegistry(RegistryEndpoint):
         path = self.workdir / "htpasswd"
         path.write_text(line + "\n")
         return path
+
+
+def registry_options(*endpoints: RegistryEndpoint) -> RegistryOptions:
+    """`RegistryOptions` for our copier to reach these endpoints (credentials, test CA).
+
+    Add anything else with `dataclasses.replace(options, max_concurrent_transfers=...)`.
+    """
+    credentials = {
+        e.host: Credentials(e.username, e.password)
+        for e in endpoints
+        if e.username is not None and e.password is not None
+    }
+    ca_files = {e.ca_file for e in endpoints if e.ca_file is not None}
+    if len(ca_files) > 1:
+        raise ValueError(f"endpoints trust different CAs: {sorted(map(str, ca_files))}")
+    return RegistryOptions(credentials=credentials, ca_file=next(iter(ca_files), None))
 
 
 def free_port() -> int:
