@@ -231,7 +231,10 @@ class Registry:
 
 @dataclass(frozen=True)
 class Repository:
-    """A repository in a registry; `path` is what goes into `/v2/<path>/...`."""
+    """A repository in a registry; `path` is what goes into `/v2/<path>/...`.
+
+    On Docker Hub a single-component path gets `library/` in front, as when parsed.
+    """
 
     registry: Registry
     path: str
