@@ -8,13 +8,13 @@ second, so they are created lazily: a unit-test run starts none.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from tests.support.images import ImageFactory, ImageSeeder
 from tests.support.pki import TestPKI, make_pki
-from tests.support.proxy import RegistryProxy
+from tests.support.proxy import ProxyFactory, RegistryProxy
 from tests.support.registries import (
     RegistryEndpoint,
     RegistryFactory,
@@ -98,9 +98,6 @@ def registry_factory(
         yield factory
     finally:
         factory.stop_all()
-
-
-ProxyFactory = Callable[[RegistryEndpoint], RegistryProxy]
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from pathlib import Path
 import jwt
 import pytest
 
-from tests.conftest import ProxyFactory
 from tests.support import skopeo
 from tests.support.images import (
     MIB,
@@ -32,6 +31,7 @@ from tests.support.images import (
     ImageSpec,
     SyntheticImage,
 )
+from tests.support.proxy import ProxyFactory
 from tests.support.registries import (
     RegistryEndpoint,
     RegistryFactory,

@@ -18,7 +18,7 @@ import ssl
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -36,7 +36,7 @@ from tests.support.registries import (
     wait_until_ready,
 )
 
-__all__ = ["ProxiedRequest", "RegistryProxy", "main"]
+__all__ = ["ProxiedRequest", "ProxyFactory", "RegistryProxy", "main"]
 
 CHUNK = 256 * 1024
 HOP_BY_HOP = frozenset(
@@ -339,6 +339,10 @@ class RegistryProxy(RegistryEndpoint):
 
     def __repr__(self) -> str:
         return f"<RegistryProxy {self.url} -> {self.upstream.url}>"
+
+
+ProxyFactory = Callable[[RegistryEndpoint], RegistryProxy]
+"""What the `proxy_factory` fixture is: upstream endpoint → started proxy."""
 
 
 if __name__ == "__main__":
