@@ -1,0 +1,166 @@
+"""WWW-Authenticate parsing, token scopes, and keeping secrets out of messages."""
+
+from __future__ import annotations
+
+import pytest
+from yarl import URL
+
+from image_cloner.oci.auth import Challenge, RegistryAuth, parse_challenges, request_scopes
+from image_cloner.oci.errors import (
+    AuthenticationError,
+    DigestMismatchError,
+    InvalidManifestError,
+    NotFoundError,
+    RegistryError,
+    RegistryUnavailableError,
+    UnsupportedMediaTypeError,
+    describe_url,
+    error_for_status,
+)
+from image_cloner.oci.options import Credentials
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (
+            # Docker Hub
+            'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+            'scope="repository:library/nginx:pull"',
+            [
+                Challenge(
+                    "bearer",
+                    {
+                        "realm": "https://auth.docker.io/token",
+                        "service": "registry.docker.io",
+                        "scope": "repository:library/nginx:pull",
+                    },
+                )
+            ],
+        ),
+        (
+            # several scopes in one quoted value contain commas
+            'Bearer realm="https://r/t", scope="repository:a:pull,push repository:b:pull"',
+            [
+                Challenge(
+                    "bearer",
+                    {"realm": "https://r/t", "scope": "repository:a:pull,push repository:b:pull"},
+                )
+            ],
+        ),
+        ('Basic realm="Registry Realm"', [Challenge("basic", {"realm": "Registry Realm"})]),
+        ("BASIC Realm=plain", [Challenge("basic", {"realm": "plain"})]),
+        (r'Basic realm="say \"hi\", \\ok"', [Challenge("basic", {"realm": r'say "hi", \ok'})]),
+        (
+            'Basic realm="a", Bearer realm="https://t/token",service=s',
+            [
+                Challenge("basic", {"realm": "a"}),
+                Challenge("bearer", {"realm": "https://t/token", "service": "s"}),
+            ],
+        ),
+        (
+            "Negotiate abc123==, Basic realm=x",
+            [Challenge("negotiate", {}), Challenge("basic", {"realm": "x"})],
+        ),
+        ("Bearer", [Challenge("bearer", {})]),
+        ("", []),
+    ],
+)
+def test_parse_challenges(header: str, expected: list[Challenge]) -> None:
+    assert parse_challenges(header) == expected
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "scopes"),
+    [
+        ("GET", "https://r/v2/library/nginx/manifests/latest", ("repository:library/nginx:pull",)),
+        ("HEAD", "https://r/v2/a/b/c/blobs/sha256:ab", ("repository:a/b/c:pull",)),
+        ("PUT", "https://r/v2/app/manifests/1", ("repository:app:pull,push",)),
+        ("POST", "https://r/v2/app/blobs/uploads/", ("repository:app:pull,push",)),
+        ("PATCH", "https://r/v2/app/blobs/uploads/u-1?_state=x", ("repository:app:pull,push",)),
+        # a repository may itself be called "blobs" or "manifests"
+        ("GET", "https://r/v2/x/blobs/y/blobs/sha256:ab", ("repository:x/blobs/y:pull",)),
+        ("GET", "https://r/v2/manifests/manifests/latest", ("repository:manifests:pull",)),
+        (
+            "POST",
+            "https://r/v2/backup/app/blobs/uploads/?mount=sha256:ab&from=src/app",
+            ("repository:backup/app:pull,push", "repository:src/app:pull"),
+        ),
+        ("GET", "https://r/v2/", ()),
+        ("GET", "https://r/v2/_catalog", ()),
+    ],
+)
+def test_request_scopes(method: str, url: str, scopes: tuple[str, ...]) -> None:
+    assert request_scopes(method, URL(url)) == scopes
+
+
+def test_docker_hub_credentials_apply_to_its_api_host() -> None:
+    auth = RegistryAuth({"docker.io": Credentials("u", "p"), "quay.io": Credentials("q", "r")})
+    assert auth.credentials_for("registry-1.docker.io") == Credentials("u", "p")
+    assert auth.credentials_for("index.docker.io") == Credentials("u", "p")
+    assert auth.credentials_for("quay.io") == Credentials("q", "r")
+    assert auth.credentials_for("ghcr.io") is None
+
+
+def test_reprs_never_show_passwords() -> None:
+    secret = "s3cr3t-Pa55"
+    auth = RegistryAuth({"quay.io": Credentials("me", secret)})
+    assert secret not in repr(auth)
+    assert secret not in repr(Credentials("me", secret))
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "https://user:pass@r.io/v2/x/blobs/uploads/1?_state=abc",
+            "https://r.io/v2/x/blobs/uploads/1",
+        ),
+        ("https://auth.r.io/token?service=r&scope=repository:x:pull#f", "https://auth.r.io/token"),
+        ("http://127.0.0.1:5000/v2/x/manifests/1", "http://127.0.0.1:5000/v2/x/manifests/1"),
+    ],
+)
+def test_urls_in_messages_lose_userinfo_and_query(url: str, shown: str) -> None:
+    assert describe_url(URL(url)) == shown
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "kind"),
+    [
+        (401, "UNAUTHORIZED", AuthenticationError),
+        (403, "DENIED", AuthenticationError),
+        (404, "MANIFEST_UNKNOWN", NotFoundError),
+        (404, None, NotFoundError),
+        (408, None, RegistryUnavailableError),
+        (429, "TOOMANYREQUESTS", RegistryUnavailableError),
+        (502, None, RegistryUnavailableError),
+        (400, "MANIFEST_INVALID", InvalidManifestError),
+        (400, "MANIFEST_BLOB_UNKNOWN", InvalidManifestError),
+        (400, "DIGEST_INVALID", DigestMismatchError),
+        (415, None, UnsupportedMediaTypeError),
+        (400, "SIZE_INVALID", RegistryError),
+    ],
+)
+def test_statuses_map_to_the_error_tree(
+    status: int, code: str | None, kind: type[Exception]
+) -> None:
+    error = error_for_status("PUT https://r/v2/x/manifests/1", status, code=code, message="m")
+    assert type(error) is kind
+    assert error.status == status
+    assert error.code == code
+    text = str(error)
+    assert text.startswith("PUT https://r/v2/x/manifests/1: ")
+    assert str(status) in text
+    assert "\n" not in text
+
+
+def test_every_error_is_a_registry_error() -> None:
+    for kind in (
+        AuthenticationError,
+        NotFoundError,
+        DigestMismatchError,
+        RegistryUnavailableError,
+        InvalidManifestError,
+        UnsupportedMediaTypeError,
+    ):
+        assert issubclass(kind, RegistryError)
