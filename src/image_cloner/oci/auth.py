@@ -274,9 +274,7 @@ class RegistryAuth:
             async with request.session.get(
                 realm,
                 params=params,
-                auth=aiohttp.BasicAuth(credentials.username, credentials.password)
-                if credentials is not None
-                else None,
+                headers={hdrs.AUTHORIZATION: _basic(credentials)} if credentials else None,
                 middlewares=(),
                 ssl=realm_authority not in self._insecure_hosts,
                 allow_redirects=False,

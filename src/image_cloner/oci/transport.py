@@ -311,6 +311,8 @@ class Transport:
         data: bytes | AsyncIterable[bytes] | None,
     ) -> ClientResponse:
         authority = url.raw_authority
+        if self._schemes.get(authority) == "http" and url.scheme == "https":
+            url = url.with_scheme("http")  # built (or retried) before we learnt it speaks HTTP
         undecided = authority not in self._schemes and url.scheme == "https"
         try:
             resp = await self._raw(method, url, headers=headers, data=data)
