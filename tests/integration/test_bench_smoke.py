@@ -1,0 +1,89 @@
+"""The benchmark harness runs end to end and produces every figure (`--quick`, tiny sizes).
+
+No timing is asserted: how fast a copy is on a shared machine is a measurement, not a test
+result. What must hold is that the harness runs both tools against real registries, that
+every figure it prints exists and makes sense, and that it exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TOOLS = ("image-cloner", "skopeo")
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    """Run `bench/copy_bench.py --quick` once, as `make bench` runs it; (stdout, JSON figures)."""
+    figures_path = tmp_path_factory.mktemp("bench") / "figures.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "bench/copy_bench.py",
+            "--quick",
+            "--rounds=2",
+            f"--json={figures_path}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout, json.loads(figures_path.read_text())
+
+
+def _positive(measurement: dict[str, Any]) -> None:
+    assert measurement["wall_s"] > 0
+    assert measurement["cpu_s"] > 0
+    assert measurement["max_rss_bytes"] > 0
+
+
+def test_every_round_measures_both_tools(bench_run: tuple[str, dict[str, Any]]) -> None:
+    _, figures = bench_run
+    for tool in TOOLS:
+        assert len(figures["rounds"][tool]) == 2
+        for measurement in figures["rounds"][tool]:
+            _positive(measurement)
+        _positive(figures["median"][tool])
+        assert figures["start_up"][tool]["wall_s"] > 0
+    assert set(figures["ratios"]) == {"wall", "cpu", "max_rss"}
+    assert all(ratio > 0 for ratio in figures["ratios"].values())
+
+
+def test_peak_rss_is_the_commands_own(bench_run: tuple[str, dict[str, Any]]) -> None:
+    """Each tool's RSS is well above what `/bin/true` measures, so no floor hides it."""
+    _, figures = bench_run
+    floor = figures["floor"]["max_rss_bytes"]
+    assert floor < 16 * 1024 * 1024, "the launcher's own memory leaks into the figures"
+    for tool in TOOLS:
+        assert figures["median"][tool]["max_rss_bytes"] > floor
+        assert figures["big"][tool]["max_rss_bytes"] > floor
+    assert figures["rss_big_vs_small"] > 0
+
+
+def test_already_backed_up_image_costs_one_request(
+    bench_run: tuple[str, dict[str, Any]],
+) -> None:
+    _, figures = bench_run
+    ours = figures["requests"]["image-cloner"]
+    assert ours["destination"] == 1, ours["destination_kinds"]
+    assert ours["source"] == 0
+    assert figures["requests"]["skopeo"]["destination"] >= 1
+
+
+def test_prints_the_tables(bench_run: tuple[str, dict[str, Any]]) -> None:
+    stdout, _ = bench_run
+    assert "ic/skopeo" in stdout
+    assert "with the big layer" in stdout
+    assert "already backed up" in stdout
