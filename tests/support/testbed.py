@@ -1,0 +1,572 @@
+"""A real Kubernetes control plane on loopback, for the e2e tests and the demo.
+
+The controller must be proven against a real kube-apiserver (RBAC, ServiceAccount tokens,
+rollouts), and these machines have no container runtime. So etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler and KWOK (fake nodes whose pods turn Ready) run as plain
+processes, built by `testbed/build.sh`. They share one process group, so `stop()` - or
+`python -m tests.support.testbed down` from another process - ends them all. Ports are free
+loopback ports and all state sits in one directory, so parallel runs never collide.
+
+Layout of a run directory: `kubeconfig` (cluster-admin), `logs/<component>.log`,
+`run/` (certificates, keys, etcd data, `state.json` with the process ids).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = ["BIN_ENV", "Testbed", "TestbedError", "default_bin_dir", "missing_binaries"]
+
+BIN_ENV = "IMAGE_CLONER_TESTBED_BIN"
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_DIR = REPO / ".testbed"
+BINARIES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kwok",
+)
+STAGES = "kwok-stages.yaml"
+NODE_NAMES = ("kwok-node-0", "kwok-node-1")
+# Generous: on a busy 2-core machine the apiserver alone can take half a minute to become ready.
+START_TIMEOUT = 180.0
+STOP_TIMEOUT = 15.0
+POLL_INTERVAL = 0.2
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.244.0.0/16"  # KWOK hands out pod IPs from here; must not overlap SERVICE_CIDR
+NODE_CAPACITY = {"cpu": "32", "memory": "256Gi", "pods": "110"}
+
+
+class TestbedError(RuntimeError):
+    """The test bed could not be built, started, reached or stopped; the message says why."""
+
+    __test__ = False
+
+
+def default_bin_dir() -> Path:
+    """Where build.sh puts the binaries: `$IMAGE_CLONER_TESTBED_BIN` or `<repo>/.testbed/bin`."""
+    return Path(os.environ.get(BIN_ENV) or REPO / ".testbed" / "bin")
+
+
+def missing_binaries(bin_dir: Path) -> list[str]:
+    """Names of the binaries (and the KWOK stages file) not present in `bin_dir`."""
+    return [name for name in (*BINARIES, STAGES) if not (bin_dir / name).is_file()]
+
+
+class Testbed:
+    """One control plane whose state lives in `directory`; `start()` it, then `stop()` it."""
+
+    __test__ = False
+
+    def __init__(
+        self, directory: Path, *, bin_dir: Path | None = None, die_with_parent: bool = False
+    ) -> None:
+        """With `die_with_parent`, the kernel kills the components when this process dies, even
+        by SIGKILL (a killed pytest must not leave a control plane running)."""
+        self.directory = directory.resolve()
+        # util-linux's setpriv sets PR_SET_PDEATHSIG, which survives its exec of the component.
+        self._launcher = ["setpriv", "--pdeathsig=KILL"] if die_with_parent else []
+        self.bin_dir = (bin_dir or default_bin_dir()).resolve()
+        self.kubeconfig = self.directory / "kubeconfig"
+        """Admin kubeconfig (client certificate in group system:masters)."""
+        self.logs = self.directory / "logs"
+        self.run_dir = self.directory / "run"
+        self.pki = self.run_dir / "pki"
+        self.ca_file = self.pki / "ca.crt"
+        """CA that signed the apiserver's serving certificate (and the client certificates)."""
+        self._state_file = self.run_dir / "state.json"
+        self._state: dict[str, Any] = {}
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @classmethod
+    def attach(cls, directory: Path, *, bin_dir: Path | None = None) -> Testbed:
+        """A handle on a test bed another process started in `directory` (to use or stop it)."""
+        testbed = cls(directory, bin_dir=bin_dir)
+        testbed._load_state()
+        return testbed
+
+    @property
+    def server(self) -> str:
+        """The apiserver's URL, e.g. `https://127.0.0.1:41234`."""
+        if "server" not in self._state:
+            raise TestbedError(f"no test bed running in {self.directory}")
+        return str(self._state["server"])
+
+    def __enter__(self) -> Testbed:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every component, create the fake nodes, and wait until the cluster is usable."""
+        missing = missing_binaries(self.bin_dir)
+        if missing:
+            raise TestbedError(
+                f"test bed binaries missing in {self.bin_dir}: {', '.join(missing)}; "
+                "build them with `make testbed` (testbed/build.sh)"
+            )
+        if not self._state:
+            self._load_state()
+        if self._alive_pids():
+            raise TestbedError(f"a test bed is already running in {self.directory}; stop it first")
+        self._remove_state(keep_logs=False)
+        for folder in (self.logs, self.pki, self.run_dir / "etcd"):
+            folder.mkdir(parents=True, exist_ok=True)
+        etcd_port, peer_port, api_port = _free_ports(3)
+        self._state = {"server": f"https://127.0.0.1:{api_port}", "pgid": None, "pids": {}}
+        _write_pki(self.pki)
+        self._write_admin_kubeconfig()
+        try:
+            self._start_components(etcd_port, peer_port, api_port)
+            self._create_nodes()
+        except BaseException:
+            self.stop(keep_logs=True)
+            raise
+
+    def stop(self, *, keep_logs: bool = False) -> None:
+        """Stop all components and remove the state directory (logs too, unless `keep_logs`).
+
+        Clients stop before the apiserver and the apiserver before etcd, so that none waits out a
+        timeout on a peer already gone; what still runs then gets SIGKILL, as a process group.
+        """
+        for pid in reversed(self._alive_pids()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while pid in self._alive_pids() and time.monotonic() < deadline:
+                time.sleep(POLL_INTERVAL / 4)
+        pgid = self._state.get("pgid")
+        if pgid is not None and self._alive_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pgid), signal.SIGKILL)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while self._alive_pids():
+                if time.monotonic() > deadline:
+                    raise TestbedError(f"processes {self._alive_pids()} survived SIGKILL")
+                time.sleep(POLL_INTERVAL / 4)
+        self._procs.clear()
+        self._state = {}
+        self._remove_state(keep_logs=keep_logs)
+
+    def _start_components(self, etcd_port: int, peer_port: int, api_port: int) -> None:
+        etcd_url, peer_url = f"http://127.0.0.1:{etcd_port}", f"http://127.0.0.1:{peer_port}"
+        self._spawn(
+            "etcd",
+            "--name=n0",
+            f"--data-dir={self.run_dir / 'etcd'}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=n0={peer_url}",
+            "--listen-metrics-urls=",
+            "--unsafe-no-fsync=true",
+        )
+        self._wait("etcd /health", lambda: _etcd_healthy(etcd_url))
+        pki = self.pki
+        self._spawn(
+            "kube-apiserver",
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={api_port}",
+            f"--cert-dir={self.run_dir / 'apiserver'}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={self.ca_file}",
+            f"--service-account-issuer={SA_ISSUER}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
+            "--allow-privileged=true",
+            # A loopback advertise address is refused by the endpoints reconciler.
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+        )
+        self._wait("kube-apiserver /readyz", self._apiserver_ready)
+        admin = f"--kubeconfig={self.kubeconfig}"
+        common = (admin, "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0")
+        self._spawn(
+            "kube-controller-manager",
+            *common,
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={self.ca_file}",
+            # Nodes are fake; a slow heartbeat on a busy machine must not evict the pods.
+            "--node-monitor-grace-period=2m",
+        )
+        self._spawn("kube-scheduler", *common)
+        self._spawn(
+            "kwok",
+            admin,
+            "--manage-all-nodes=true",
+            f"--config={self.bin_dir / STAGES}",
+            f"--cidr={POD_CIDR}",
+            "--node-ip=127.0.0.1",
+        )
+
+    def _create_nodes(self) -> None:
+        nodes = [_node_manifest(name) for name in NODE_NAMES]
+        self.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}),
+        )
+        self._wait(
+            "the default ServiceAccount", lambda: self._has_serviceaccount("default", "default")
+        )
+        self._wait("Ready fake nodes", self._nodes_ready)
+
+    # --- using the cluster ---------------------------------------------------
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl as cluster-admin; with `check`, failure raises TestbedError (with stderr)."""
+        cmd = [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args]
+        result = subprocess.run(
+            cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and result.returncode != 0:
+            raise TestbedError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def create_namespace(self, name: str) -> None:
+        """Create a namespace and wait for its `default` ServiceAccount (pods need it)."""
+        self.kubectl("create", "namespace", name)
+        self._wait(
+            f"ServiceAccount {name}/default", lambda: self._has_serviceaccount(name, "default")
+        )
+
+    def serviceaccount_kubeconfig(
+        self, namespace: str, name: str, *, path: Path, duration: str = "24h"
+    ) -> Path:
+        """Write a kubeconfig that authenticates as ServiceAccount `namespace/name`.
+
+        The token comes from the TokenRequest API, so the apiserver enforces exactly the RBAC
+        rights of that ServiceAccount. The ServiceAccount must exist.
+        """
+        token = self.kubectl(
+            "create", "token", name, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
+        user = {"token": token}
+        _write_kubeconfig(path, self.server, self.ca_file.read_bytes(), f"{namespace}:{name}", user)
+        return path
+
+    # --- internals -----------------------------------------------------------
+
+    def _load_state(self) -> None:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            self._state = json.loads(self._state_file.read_text())
+
+    def _spawn(self, name: str, *args: str) -> None:
+        pgid = self._state["pgid"]
+        with (self.logs / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [*self._launcher, str(self.bin_dir / name), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.run_dir,
+                # The first component leads a new process group; the others join it.
+                process_group=0 if pgid is None else pgid,
+            )
+        self._procs[proc.pid] = proc
+        self._state["pids"][name] = proc.pid
+        if pgid is None:
+            self._state["pgid"] = proc.pid
+        self._state_file.write_text(json.dumps(self._state))
+
+    def _wait(self, what: str, ready: Callable[[], bool], timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            for name, pid in self._state.get("pids", {}).items():
+                proc = self._procs.get(pid)
+                if proc is not None and proc.poll() is not None:
+                    tail = self._log_tail(name)
+                    raise TestbedError(f"{name} exited while waiting for {what}:\n{tail}")
+            if time.monotonic() > deadline:
+                raise TestbedError(
+                    f"timed out after {timeout:.0f}s waiting for {what}; logs in {self.logs}"
+                )
+            time.sleep(POLL_INTERVAL)
+
+    def _log_tail(self, name: str, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(
+                (self.logs / f"{name}.log").read_text(errors="replace").splitlines()[-lines:]
+            )
+        return "(no log)"
+
+    def _apiserver_ready(self) -> bool:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.load_cert_chain(self.pki / "admin.crt", self.pki / "admin.key")
+        try:
+            with urllib.request.urlopen(f"{self.server}/readyz", context=context, timeout=5):
+                return True
+        except OSError:  # URLError, HTTPError (503 while starting) and connection errors
+            return False
+
+    def _has_serviceaccount(self, namespace: str, name: str) -> bool:
+        result = self.kubectl("get", "serviceaccount", name, "-n", namespace, check=False)
+        return result.returncode == 0
+
+    def _nodes_ready(self) -> bool:
+        jsonpath = '{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}'
+        out = self.kubectl("get", "nodes", "-o", f"jsonpath={jsonpath}").stdout.split()
+        return len(out) >= len(NODE_NAMES) and all(status == "True" for status in out)
+
+    def _alive_pids(self) -> list[int]:
+        """Our recorded processes that still run (zombies and reused pids do not count)."""
+        pgid = self._state.get("pgid")
+        alive = []
+        for pid in self._state.get("pids", {}).values():
+            proc = self._procs.get(pid)
+            if proc is not None:
+                if proc.poll() is None:
+                    alive.append(pid)
+            elif _runs_in_group(pid, pgid):
+                alive.append(pid)
+        return alive
+
+    def _remove_state(self, *, keep_logs: bool) -> None:
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.kubeconfig.unlink(missing_ok=True)
+        if not keep_logs:
+            shutil.rmtree(self.logs, ignore_errors=True)
+
+    def _write_admin_kubeconfig(self) -> None:
+        user = {
+            "client-certificate-data": _b64(self.pki / "admin.crt"),
+            "client-key-data": _b64(self.pki / "admin.key"),
+        }
+        _write_kubeconfig(self.kubeconfig, self.server, self.ca_file.read_bytes(), "admin", user)
+
+
+def _runs_in_group(pid: int, pgid: object) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    # Fields after the command name: state, ppid, pgrp. A zombie is as good as gone.
+    return state[0] != "Z" and int(state[2]) == pgid
+
+
+def _free_ports(count: int) -> list[int]:
+    # Keep all sockets open until every port is picked, so the ports differ from each other.
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def _etcd_healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+            health: object = json.load(resp).get("health")
+            return health == "true"
+    except (OSError, ValueError):
+        return False
+
+
+def _node_manifest(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/arch": "amd64",
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/hostname": name,
+                "type": "kwok",
+            },
+        },
+        "status": {"capacity": NODE_CAPACITY, "allocatable": NODE_CAPACITY},
+    }
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _write_kubeconfig(
+    path: Path, server: str, ca_pem: bytes, user_name: str, user: dict[str, str]
+) -> None:
+    # JSON is valid YAML, and kubectl, kopf and kubernetes_asyncio all read it.
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "testbed",
+                "cluster": {
+                    "server": server,
+                    "certificate-authority-data": base64.b64encode(ca_pem).decode(),
+                },
+            }
+        ],
+        "users": [{"name": user_name, "user": user}],
+        "contexts": [{"name": "testbed", "context": {"cluster": "testbed", "user": user_name}}],
+        "current-context": "testbed",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _write_pki(directory: Path) -> None:
+    """CA, apiserver serving cert, admin client cert and ServiceAccount signing key (EC P-256)."""
+    ca_key = _new_key(directory / "ca.key")
+    ca = _name("image-cloner testbed CA")
+    _issue(
+        directory / "ca.crt", ca, ca_key, ca, ca_key, x509.BasicConstraints(ca=True, path_length=0)
+    )
+    sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.DNSName("kubernetes.default.svc"),
+    ]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "::1")]
+    serving_key = _new_key(directory / "apiserver.key")
+    server_auth = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
+    subject = _name("kube-apiserver")
+    _issue(
+        directory / "apiserver.crt",
+        subject,
+        serving_key,
+        ca,
+        ca_key,
+        x509.SubjectAlternativeName(sans),
+        server_auth,
+    )
+    admin = _name("testbed-admin", organization="system:masters")  # the group RBAC lets do anything
+    client_auth = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+    _issue(
+        directory / "admin.crt", admin, _new_key(directory / "admin.key"), ca, ca_key, client_auth
+    )
+    sa_key = _new_key(directory / "sa.key")  # the controller-manager signs tokens with it
+    public = sa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (directory / "sa.pub").write_bytes(public)  # the apiserver only reads EC keys as public keys
+
+
+def _name(common_name: str, *, organization: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization:
+        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    return x509.Name(attrs)
+
+
+def _new_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = ec.generate_private_key(ec.SECP256R1())
+    path.touch(mode=0o600)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.write_bytes(pem)
+    return key
+
+
+def _issue(
+    path: Path,
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *extensions: x509.ExtensionType,
+) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))  # tolerate a clock a little behind
+        .not_valid_after(now + datetime.timedelta(days=30))
+    )
+    for extension in extensions:
+        builder = builder.add_extension(
+            extension, critical=isinstance(extension, x509.BasicConstraints)
+        )
+    path.write_bytes(
+        builder.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`up`, `down` and `sa-kubeconfig` for testbed/cluster.sh and `make cluster-up/down`."""
+    parser = argparse.ArgumentParser(
+        prog="testbed/cluster.sh", description="The local Kubernetes test bed."
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=DEFAULT_DIR, help="state directory (default: .testbed)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="start the test bed and write DIR/kubeconfig")
+    commands.add_parser("down", help="stop the test bed and remove its state")
+    sa = commands.add_parser("sa-kubeconfig", help="write a kubeconfig for a ServiceAccount")
+    sa.add_argument("namespace")
+    sa.add_argument("name")
+    sa.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+    testbed = Testbed.attach(args.dir)
+    try:
+        if args.command == "up":
+            testbed.start()
+            sys.stdout.write(
+                f"test bed up: {testbed.server}\nexport KUBECONFIG={testbed.kubeconfig}\n"
+            )
+        elif args.command == "down":
+            testbed.stop()
+        else:
+            sys.stdout.write(
+                f"{testbed.serviceaccount_kubeconfig(args.namespace, args.name, path=args.out)}\n"
+            )
+    except TestbedError as exc:
+        sys.stderr.write(f"testbed: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
