@@ -1,0 +1,219 @@
+"""`image-cloner run`: kopf's watch streams, our work queue and the metrics server, one loop.
+
+Start-up order is the promise made to users: configuration was checked by the caller;
+the backup registry is checked (reachable, credentials accepted) and the result logged
+before kopf starts watching, so before any workload is touched. A failed check does not
+stop the controller: it keeps re-checking in the background and reports not-ready, and
+workloads whose images cannot be copied get a Warning Event and are retried.
+
+Shutdown (SIGTERM, SIGINT): stop taking work, give in-flight reconciles a grace period
+(interrupting a copy is safe: a tag is pushed last; a patch is atomic), then stop kopf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+import kopf
+
+from image_cloner.controller.handlers import WatchTracker, build_registry, operator_settings
+from image_cloner.controller.kube import Kube
+from image_cloner.controller.queue import WorkQueue
+from image_cloner.controller.reconcile import Reconciler
+from image_cloner.logs import CONTROLLER_LOGGER, LogFormat, configure_logging, log_event
+from image_cloner.metrics import Health, Metrics, MetricsServer
+from image_cloner.oci.copying import Copier
+from image_cloner.oci.errors import RegistryError
+from image_cloner.oci.references import Repository
+from image_cloner.settings import Settings
+from image_cloner.workloads import WorkloadKey
+
+__all__ = ["EXIT_BAD_CONFIG", "EXIT_FAILED", "EXIT_OK", "run"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_CONFIG = 2
+
+WORKERS = 4
+"""Workloads reconciled at once; blob transfers are limited separately by the copier."""
+
+SHUTDOWN_GRACE = 20.0
+"""Seconds in-flight reconciles get to finish on shutdown (a pod gets 30 by default)."""
+
+CHECK_REPOSITORY = "image-cloner-check"
+"""Repository (under the backup prefix) where the start-up check opens and cancels an upload."""
+
+RECHECK_BACKOFF = (5.0, 300.0)
+"""First and longest wait between checks of a backup registry that failed its check."""
+
+logger = logging.getLogger(CONTROLLER_LOGGER)
+
+
+def run(
+    settings: Settings,
+    *,
+    kubeconfig: str | None,
+    log_format: LogFormat | None = None,
+    log_level: str = "INFO",
+) -> int:
+    """Run the controller until SIGTERM/SIGINT; returns the process exit status."""
+    secrets = [c.password for c in settings.registry_options.credentials.values()]
+    configure_logging(
+        fmt=log_format or settings.log_format, level=log_level.upper(), secrets=secrets
+    )
+    # Our decision lines at DEBUG are the story; kopf's and aiohttp's are noise there.
+    for noisy in ("kopf", "aiohttp", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+    # kopf reports every handler call ("Handler 'deployments' succeeded"); keep its problems.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    try:
+        return asyncio.run(_serve(settings, kubeconfig=kubeconfig))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+async def _serve(settings: Settings, *, kubeconfig: str | None) -> int:
+    try:
+        kube = await Kube.connect(kubeconfig=kubeconfig)
+    except Exception as e:  # the client raises several types for unreadable configs
+        log_event(logger, logging.ERROR, "cannot load Kubernetes configuration", error=str(e))
+        return EXIT_BAD_CONFIG
+    health = Health()
+    metrics = Metrics(health=health)
+    queue: WorkQueue[WorkloadKey] = WorkQueue(name="workloads")
+    metrics.track_queue(lambda: queue.depth)
+    try:
+        async with Copier(settings.registry_options) as copier:
+            reconciler = Reconciler(kube=kube, copier=copier, settings=settings, metrics=metrics)
+            tracker = WatchTracker(queue=queue, health=health, kube=kube, settings=settings)
+            server = MetricsServer(metrics=metrics, health=health, port=settings.metrics_port)
+            await server.start()
+            try:
+                return await _operate(
+                    settings=settings,
+                    kube=kube,
+                    copier=copier,
+                    queue=queue,
+                    reconciler=reconciler,
+                    tracker=tracker,
+                    health=health,
+                )
+            finally:
+                await server.stop()
+    finally:
+        await kube.close()
+
+
+async def _operate(
+    *,
+    settings: Settings,
+    kube: Kube,
+    copier: Copier,
+    queue: WorkQueue[WorkloadKey],
+    reconciler: Reconciler,
+    tracker: WatchTracker,
+    health: Health,
+) -> int:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    checked = asyncio.Event()
+    kopf_stop = asyncio.Event()
+    kopf_ready = asyncio.Event()
+    registry = build_registry(kube=kube, tracker=tracker, on_startup=checked.wait)
+    background = [
+        asyncio.create_task(_check_registry(copier, settings, health, checked), name="check"),
+        asyncio.create_task(queue.run(reconciler, workers=WORKERS), name="queue"),
+        asyncio.create_task(_after(kopf_ready, tracker.resync_forever()), name="resync"),
+    ]
+    stop_waiter = asyncio.create_task(stopping.wait(), name="stop-waiter")
+    await asyncio.sleep(0)  # let the queue start its workers
+    # kopf stops what it started and treats every other task created after this point as
+    # its own; ours, and the tasks they spawn, stop through the queue's shutdown instead.
+    ours = asyncio.all_tasks()
+    kopf_tasks = await kopf.spawn_tasks(
+        registry=registry,
+        settings=operator_settings(),
+        standalone=True,
+        clusterwide=settings.namespace is None,
+        namespaces=[settings.namespace] if settings.namespace else [],
+        stop_flag=kopf_stop,
+        ready_flag=kopf_ready,
+    )
+    # spawn_tasks has just installed kopf's handlers; ours replace them, so that in-flight
+    # work gets its grace period before kopf goes away.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    operator = asyncio.create_task(kopf.run_tasks(kopf_tasks, ignored=ours), name="kopf")
+    log_event(
+        logger,
+        logging.INFO,
+        "starting controller",
+        backup=str(settings.backup),
+        namespace=settings.namespace or "(all)",
+        ignored=sorted(settings.ignored_namespaces),
+        workers=WORKERS,
+        metrics_port=settings.metrics_port,
+    )
+    await asyncio.wait([operator, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
+    log_event(logger, logging.INFO, "stopping controller")
+    await queue.shutdown(grace=SHUTDOWN_GRACE)
+    kopf_stop.set()
+    for task in (*background, stop_waiter):
+        task.cancel()
+    await asyncio.gather(*background, stop_waiter, return_exceptions=True)
+    try:
+        await operator
+    except Exception as e:
+        log_event(logger, logging.ERROR, "operator failed", error=f"{type(e).__name__}: {e}")
+        return EXIT_FAILED
+    log_event(logger, logging.INFO, "controller stopped")
+    return EXIT_OK
+
+
+async def _after(flag: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
+    try:
+        await flag.wait()
+    except asyncio.CancelledError:
+        work.close()  # never started: close it so it is not reported as never awaited
+        raise
+    await work
+
+
+async def _check_registry(
+    copier: Copier, settings: Settings, health: Health, checked: asyncio.Event
+) -> None:
+    """Check push access to the backup location until it works; log every outcome."""
+    backup = settings.backup
+    path = f"{backup.prefix}/{CHECK_REPOSITORY}" if backup.prefix else CHECK_REPOSITORY
+    repository = Repository(backup.registry, path)
+    delay, longest = RECHECK_BACKOFF
+    while True:
+        try:
+            await copier.check_push_access(repository)
+        except RegistryError as e:
+            health.set_registry_ok(False)
+            log_event(
+                logger,
+                logging.ERROR,
+                "backup registry check failed",
+                registry=str(backup),
+                error=str(e),
+                retry_in=delay,
+            )
+        else:
+            health.set_registry_ok(True)
+            log_event(
+                logger,
+                logging.INFO,
+                "backup registry check passed: reachable, push allowed",
+                registry=str(backup),
+            )
+            checked.set()
+            return
+        checked.set()
+        await asyncio.sleep(delay)
+        delay = min(longest, delay * 2)

@@ -1,0 +1,335 @@
+"""One workload, reconciled: read it, wait for its rollout, copy its images, patch, report.
+
+The queue hands us a key, never an event: we read the object as it is now and decide
+from that alone, so running twice, late, or after a restart is always safe. The order
+is what keeps users' workloads whole:
+
+1. nothing happens until the rollout is complete (`workloads.is_ready`); the watch
+   event that completes it brings the key back;
+2. every image of the pod template is copied and verified before anything is written;
+3. one JSON patch, guarded by `resourceVersion` and by a `test` of each old image,
+   rewrites them all; if the object changed meanwhile we read it again and start over;
+4. failures leave the workload untouched, become a Warning Event, and come back later:
+   per workload through the queue's backoff, per image through `ImageBackoff`, so an
+   image that keeps failing is not retried by every workload that uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from image_cloner.controller.kube import Conflict, JsonObject, Kube, KubeApiError
+from image_cloner.controller.queue import ExponentialBackoff, Retry
+from image_cloner.logs import CONTROLLER_LOGGER, WorkloadLog, log_event
+from image_cloner.mapping import is_backup, target_for
+from image_cloner.metrics import FailureReason, Metrics, SkipReason
+from image_cloner.oci.copying import Copier, CopyResult
+from image_cloner.oci.errors import RegistryError
+from image_cloner.oci.references import InvalidReference, Reference, parse_reference
+from image_cloner.settings import Settings
+from image_cloner.workloads import (
+    KINDS,
+    ContainerImage,
+    PatchError,
+    WorkloadKey,
+    build_patch,
+    images_of,
+    is_ready,
+)
+
+__all__ = ["CLONE_FAILED", "IMAGES_CLONED", "ImageBackoff", "Reconciler"]
+
+IMAGES_CLONED = "ImagesCloned"
+CLONE_FAILED = "CloneFailed"
+
+MAX_CONFLICTS = 5
+"""Times we re-read and decide again when the object changes under our patch."""
+
+IMAGE_BACKOFF_BASE = 5.0
+IMAGE_BACKOFF_CAP = 600.0
+
+logger = logging.getLogger(CONTROLLER_LOGGER)
+
+_SECRET_MESSAGES = {
+    "created": "pull secret created",
+    "updated": "pull secret updated",
+    "not-managed": "pull secret exists and is not managed by image-cloner: used as it is",
+}
+
+ImageKey = tuple[str, str]
+"""(source name, target name): one copy job."""
+
+
+class ImageBackoff:
+    """When each failing image may be tried again; shared by every workload using it."""
+
+    def __init__(
+        self,
+        *,
+        base: float = IMAGE_BACKOFF_BASE,
+        cap: float = IMAGE_BACKOFF_CAP,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._delays: ExponentialBackoff[ImageKey] = ExponentialBackoff(base=base, cap=cap)
+        self._clock = clock
+        self._blocked: dict[ImageKey, tuple[float, str]] = {}
+
+    def blocked(self, key: ImageKey) -> tuple[float, str] | None:
+        """(seconds left, last failure) while `key` is backing off, else None."""
+        entry = self._blocked.get(key)
+        if entry is None:
+            return None
+        left = entry[0] - self._clock()
+        return (left, entry[1]) if left > 0 else None
+
+    def failed(self, key: ImageKey, reason: str) -> float:
+        """Record a failed attempt; returns the seconds until the next one."""
+        delay = self._delays.when(key)
+        self._blocked[key] = (self._clock() + delay, reason)
+        return delay
+
+    def succeeded(self, key: ImageKey) -> None:
+        self._delays.forget(key)
+        self._blocked.pop(key, None)
+
+
+@dataclass(frozen=True)
+class _Rewrite:
+    container: ContainerImage
+    source: Reference
+    target: Reference
+
+
+class _Failed(Exception):
+    """This pass cannot finish; `message` goes into the Warning Event and the log."""
+
+    def __init__(self, message: str, *, after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.after = after
+
+
+class Reconciler:
+    """The queue's worker: `await reconciler(key)` brings one workload to the wanted state."""
+
+    def __init__(
+        self,
+        *,
+        kube: Kube,
+        copier: Copier,
+        settings: Settings,
+        metrics: Metrics,
+        image_backoff: ImageBackoff | None = None,
+    ) -> None:
+        self._kube = kube
+        self._copier = copier
+        self._settings = settings
+        self._metrics = metrics
+        self._image_backoff = image_backoff or ImageBackoff()
+        self._copies: dict[ImageKey, asyncio.Task[CopyResult]] = {}
+
+    async def __call__(self, key: WorkloadKey) -> None:
+        if key.namespace in self._settings.ignored_namespaces:
+            return
+        log = WorkloadLog(KINDS[key.kind].noun, name=key.name, namespace=key.namespace)
+        for _ in range(MAX_CONFLICTS):
+            obj = await self._read(key)
+            if obj is None:
+                return
+            try:
+                if await self._pass(key, obj, log):
+                    return
+            except _Failed as failure:
+                await self._report_failure(obj, failure, key)
+                raise Retry(failure.message, after=failure.after) from None
+        raise Retry(f"{key} changed under every one of {MAX_CONFLICTS} patches")
+
+    async def _read(self, key: WorkloadKey) -> JsonObject | None:
+        try:
+            return await self._kube.read_workload(key.kind, key.namespace, key.name)
+        except KubeApiError as e:
+            log_event(
+                logger, logging.WARNING, "cannot read workload", workload=str(key), error=str(e)
+            )
+            raise Retry(f"cannot read {key}: {e}") from None
+
+    async def _pass(self, key: WorkloadKey, obj: JsonObject, log: WorkloadLog) -> bool:
+        """One read-decide-act pass; False when the patch met a concurrent change."""
+        readiness = is_ready(obj)
+        if not readiness.ready:
+            # Not an error: the watch event that completes the rollout brings the key back.
+            log.not_ready(readiness.reason)
+            return True
+        log.inspecting()
+        plan = self._plan(obj, log)
+        if not plan:
+            return True
+        await self._copy_all(key, plan, log)
+        pull_secret = await self._ensure_pull_secret(key)
+        try:
+            await self._rewrite(key, obj, plan, log, pull_secret=pull_secret)
+        except Conflict as e:
+            log_event(
+                logger,
+                logging.DEBUG,
+                "workload changed meanwhile, reading it again",
+                name=key.name,
+                namespace=key.namespace,
+                status=e.status,
+            )
+            return False
+        return True
+
+    def _plan(self, obj: JsonObject, log: WorkloadLog) -> list[_Rewrite]:
+        plan: list[_Rewrite] = []
+        for container in images_of(obj):
+            log.checking_container(container.image, container=container.name)
+            try:
+                source = parse_reference(container.image)
+                if is_backup(source, self._settings.backup):
+                    log.already_cloned(container.image, container=container.name)
+                    self._metrics.image_skipped(SkipReason.ALREADY_BACKUP)
+                    continue
+                target = target_for(source, self._settings.backup)
+            except InvalidReference as e:
+                self._metrics.image_failed(FailureReason.INVALID_REFERENCE)
+                log.clone_failed(container.image, str(e), container=container.name)
+                raise _Failed(f"container {container.name}: {e}") from None
+            plan.append(_Rewrite(container, source, target))
+        return plan
+
+    async def _copy_all(self, key: WorkloadKey, plan: Sequence[_Rewrite], log: WorkloadLog) -> None:
+        outcomes = await asyncio.gather(*(self._copy(r, log) for r in plan))
+        failures = [outcome for outcome in outcomes if outcome is not None]
+        if failures:
+            # Come back when the images' backoff allows; else the queue's own backoff decides.
+            after = max(delay for _, delay in failures)
+            message = "; ".join(message for message, _ in failures)
+            raise _Failed(message, after=after if after > 0 else None)
+
+    async def _copy(self, rewrite: _Rewrite, log: WorkloadLog) -> tuple[str, float] | None:
+        """Copy one image; (message, retry delay) when it failed."""
+        source, target, name = rewrite.source, rewrite.target, rewrite.container.name
+        image_key = (source.name, target.name)
+        blocked = self._image_backoff.blocked(image_key)
+        if blocked is not None:
+            # The same words as the failure itself, so repeated Events count up as one.
+            left, reason = blocked
+            return f"{source} → {target}: {reason}", left
+        log.cloning(str(source), container=name, target=str(target))
+        try:
+            result = await self._copy_once(source, target)
+        except RegistryError as e:
+            log.clone_failed(str(source), str(e), container=name, target=str(target))
+            retry = self._image_backoff.blocked(image_key)
+            return f"{source} → {target}: {e}", retry[0] if retry else 0.0
+        if result.already_present:
+            log.already_cloned(str(source), container=name, target=str(target))
+        return None
+
+    async def _copy_once(self, source: Reference, target: Reference) -> CopyResult:
+        """One attempt per image however many workloads wait for it, counted once."""
+        key = (source.name, target.name)
+        task = self._copies.get(key)
+        if task is None:
+            task = asyncio.create_task(self._attempt(key, source, target))
+            self._copies[key] = task
+            task.add_done_callback(lambda done: self._forget_copy(key, done))
+        # One waiter being cancelled (its workload's worker) must not cancel the others'.
+        return await asyncio.shield(task)
+
+    def _forget_copy(self, key: ImageKey, task: asyncio.Task[CopyResult]) -> None:
+        if self._copies.get(key) is task:
+            del self._copies[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here: every waiter may have been cancelled
+
+    async def _attempt(self, key: ImageKey, source: Reference, target: Reference) -> CopyResult:
+        started = time.monotonic()
+        try:
+            result = await self._copier.copy_image(source, target)
+        except RegistryError as e:
+            self._metrics.image_failed(FailureReason.of(e))
+            self._image_backoff.failed(key, str(e))
+            raise
+        self._image_backoff.succeeded(key)
+        if result.already_present:
+            self._metrics.image_skipped(SkipReason.ALREADY_PRESENT)
+        else:
+            seconds = time.monotonic() - started
+            self._metrics.image_copied(bytes_copied=result.bytes_copied, seconds=seconds)
+        return result
+
+    async def _ensure_pull_secret(self, key: WorkloadKey) -> str | None:
+        name = self._settings.pull_secret_name
+        credentials = self._settings.backup_credentials
+        if name is None or credentials is None:
+            return None
+        try:
+            outcome = await self._kube.ensure_pull_secret(
+                key.namespace,
+                name,
+                registry_host=self._settings.backup.registry.host,
+                credentials=credentials,
+            )
+        except KubeApiError as e:
+            raise _Failed(f"cannot write pull secret {name}: {e}") from None
+        message = _SECRET_MESSAGES.get(outcome)
+        if message is not None:
+            # Field named so the log redactor, which masks "*secret" keys, leaves it readable.
+            log_event(logger, logging.INFO, message, pull_secret_name=name, namespace=key.namespace)
+        return name
+
+    async def _rewrite(
+        self,
+        key: WorkloadKey,
+        obj: JsonObject,
+        plan: Sequence[_Rewrite],
+        log: WorkloadLog,
+        *,
+        pull_secret: str | None,
+    ) -> None:
+        rewrites = {r.container.name: str(r.target) for r in plan}
+        try:
+            patch = build_patch(obj, rewrites, pull_secret=pull_secret)
+        except PatchError as e:
+            raise _Failed(f"cannot build the patch: {e}") from None
+        if not patch:
+            return
+        for r in plan:
+            log.updating(r.container.image, str(r.target), container=r.container.name)
+        try:
+            patched = await self._kube.patch_workload(key.kind, key.namespace, key.name, patch)
+        except Conflict:
+            raise
+        except KubeApiError as e:
+            raise _Failed(f"images copied, but the workload cannot be patched: {e}") from None
+        for r in plan:
+            log.updated(str(r.target), container=r.container.name)
+        self._metrics.workload_rewritten(key.kind)
+        message = "; ".join(f"{r.container.image} → {r.target}" for r in plan)
+        await self._post_event(patched, reason=IMAGES_CLONED, message=message)
+
+    async def _report_failure(self, obj: JsonObject, failure: _Failed, key: WorkloadKey) -> None:
+        log_event(
+            logger,
+            logging.WARNING,
+            "workload left untouched",
+            name=key.name,
+            namespace=key.namespace,
+            reason=failure.message,
+        )
+        await self._post_event(obj, reason=CLONE_FAILED, message=failure.message, warning=True)
+
+    async def _post_event(
+        self, obj: JsonObject, *, reason: str, message: str, warning: bool = False
+    ) -> None:
+        try:
+            await self._kube.post_event(obj, reason=reason, message=message, warning=warning)
+        except KubeApiError as e:
+            # The Event is a report, not the work: losing it must not undo or repeat the work.
+            log_event(logger, logging.WARNING, "cannot post event", event=reason, error=str(e))
