@@ -20,6 +20,7 @@ from typing import NoReturn, TextIO
 from rich.console import Console
 
 from image_cloner import __version__
+from image_cloner.logs import LOG_FORMATS
 from image_cloner.mapping import is_backup, parse_backup_location, target_for
 from image_cloner.oci.copying import Copier, CopyResult
 from image_cloner.oci.errors import RegistryError
@@ -29,6 +30,7 @@ from image_cloner.progress import CopyProgress
 from image_cloner.settings import (
     REGISTRY,
     ConfigError,
+    Settings,
     parse_credentials,
     registry_options_from_env,
 )
@@ -60,8 +62,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Back up the container images your cluster runs.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+    _add_run(commands)
     _add_copy(commands)
     return parser
+
+
+def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
+    run = commands.add_parser(
+        "run",
+        help="run the controller (configured by IMAGE_CLONER_* environment variables)",
+        description="Watch Deployments and DaemonSets, back up their images, rewrite them.",
+    )
+    run.add_argument(
+        "--kubeconfig",
+        help="kubeconfig file (default: in-cluster, else $KUBECONFIG or ~/.kube/config)",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text or json (default: $IMAGE_CLONER_LOG_FORMAT, else text)",
+    )
+    run.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="debug shows every decision (inspecting, checking, already cloned)",
+    )
+    run.set_defaults(command=_run_command)
+
+
+def _run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    try:
+        settings = Settings.from_env(env)
+    except ConfigError as error:
+        _fail(f"{PROG} run: {error}")
+        return EXIT_BAD_INPUT
+    # Imported here: kopf and the Kubernetes client are heavy, and `copy` needs neither.
+    from image_cloner.controller import app
+
+    return app.run(
+        settings, kubeconfig=args.kubeconfig, log_format=args.log_format, log_level=args.log_level
+    )
 
 
 def _add_copy(commands: argparse._SubParsersAction[_Parser]) -> None:
