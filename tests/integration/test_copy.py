@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from image_cloner.oci import (
     AuthenticationError,
@@ -32,8 +34,15 @@ from image_cloner.oci.references import Reference, parse_reference
 from image_cloner.oci.transport import Transport
 from tests.support import skopeo
 from tests.support.images import MIB, ImageKind, ImageSeeder, ImageSpec, SyntheticImage
+from tests.support.pki import TestPKI
 from tests.support.proxy import ProxyFactory
-from tests.support.registries import RegistryEndpoint, RunningRegistry, registry_options
+from tests.support.registries import (
+    RegistryEndpoint,
+    RegistryKind,
+    RunningRegistry,
+    free_port,
+    registry_options,
+)
 from tests.support.token_issuer import DEFAULT_LIFETIME, READER_PASSWORD, READER_USER, TokenIssuer
 
 pytestmark = pytest.mark.integration
@@ -458,3 +467,63 @@ async def test_memory_stays_flat_for_a_large_layer(
     before, after, copied = out.decode().split()
     assert int(copied) == sum(b.size for b in image.blobs) > 256 * MIB
     assert float(after) - float(before) < 40, f"peak RSS grew from {before} to {after} MiB"
+
+
+async def test_blob_downloads_follow_storage_redirects_without_credentials(
+    tmp_path: Path,
+    test_pki: TestPKI,
+    open_registry: RunningRegistry,
+    seed_image: ImageSeeder,
+) -> None:
+    """An htpasswd registry redirects blob GETs to its storage (S3-style, distribution's
+    `redirect` middleware) on another origin; the bytes are fetched there, never with our
+    Authorization header."""
+    source = RunningRegistry(tmp_path / "redirecting", kind=RegistryKind.HTPASSWD, pki=test_pki)
+    seen: list[tuple[str, str | None]] = []
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        seen.append((request.path, request.headers.get("Authorization")))
+        return web.FileResponse(source.data_dir / request.match_info["path"])
+
+    app = web.Application()
+    app.router.add_get("/{path:.*}", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    storage_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", storage_port).start()
+    config = json.loads(source.config_file.read_text())
+    # Another origin than the registry's 127.0.0.1: aiohttp must drop Authorization on the hop.
+    baseurl = f"http://localhost:{storage_port}/"
+    config["middleware"] = {"storage": [{"name": "redirect", "options": {"baseurl": baseurl}}]}
+    source.config_file.write_text(json.dumps(config))
+    try:
+        await asyncio.to_thread(source.start)
+        name = f"{unique('redirect')}/app:1"
+        image = await asyncio.to_thread(seed_image, source, name, ImageKind.INDEX)
+        async with Copier(options(source, open_registry)) as copier:
+            result = await copier.copy_image(ref(source, name), ref(open_registry, name))
+    finally:
+        await asyncio.to_thread(source.stop)
+        await runner.cleanup()
+    assert result.blobs_copied == len(image.blobs)
+    assert len(seen) == len(image.blobs)
+    assert all(authorization is None for _, authorization in seen)
+    assert_identical(open_registry, name, image)
+
+
+async def test_a_failing_mirror_is_tried_once_per_read_then_skipped(
+    open_registry: RunningRegistry,
+    auth_registry: RunningRegistry,
+    seed_image: ImageSeeder,
+    proxy_factory: ProxyFactory,
+) -> None:
+    mirror = proxy_factory(open_registry)
+    mirror.fail_next(1000, status=503)
+    name, copy_name = f"{unique('direct')}/app:1", f"{unique('copy')}/app:1"
+    image = seed_image(auth_registry, name, ImageKind.INDEX)
+    opts = dataclasses.replace(options(auth_registry), mirrors={auth_registry.host: (mirror.url,)})
+    async with Copier(opts) as copier:
+        result = await copier.copy_image(ref(auth_registry, name), ref(open_registry, copy_name))
+    assert result.digest == image.digest
+    reads = 1 + len(image.child_digests) + len(image.blobs)
+    assert [r.status for r in mirror.requests()] == [503] * reads  # no retries on a mirror

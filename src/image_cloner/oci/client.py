@@ -19,12 +19,9 @@ from aiohttp import ClientResponse, hdrs
 from yarl import URL
 
 from image_cloner.oci.errors import (
-    AuthenticationError,
     DigestMismatchError,
     InvalidManifestError,
-    NotFoundError,
     RegistryError,
-    RegistryUnavailableError,
     describe_url,
 )
 from image_cloner.oci.manifests import (
@@ -45,13 +42,6 @@ logger = logging.getLogger(__name__)
 
 CONTENT_DIGEST = "Docker-Content-Digest"
 CHUNK_SIZE = 1024 * 1024
-MIRROR_FALLBACK_ERRORS = (
-    NotFoundError,
-    RegistryUnavailableError,
-    AuthenticationError,
-    DigestMismatchError,
-)
-"""A mirror failing in one of these ways is skipped for the next mirror or the registry."""
 
 
 @dataclass(frozen=True)
@@ -78,28 +68,39 @@ class RegistryClient:
     def _url(self, tail: str) -> URL:
         return self.transport.url(self.authority, f"/v2/{self.repository.path}/{tail}")
 
-    def _read_urls(self, tail: str) -> list[URL]:
+    def _read_urls(self, tail: str) -> list[tuple[URL, bool]]:
+        """Where to read from, in order: (url, is_mirror).
+
+        A mirror gets one try without retries: if it is down or lacks the content, the
+        next endpoint is faster than backing off; the registry itself gets full retries.
+        """
         path = f"/v2/{self.repository.path}/{tail}"
-        mirrors = [URL(m.rstrip("/") + path, encoded=True) for m in self.mirrors]
-        return [*mirrors, self._url(tail)]
+        mirrors = [(URL(m.rstrip("/") + path, encoded=True), True) for m in self.mirrors]
+        return [*mirrors, (self._url(tail), False)]
 
     # --- manifests -----------------------------------------------------------------------
 
     async def get_manifest(self, identifier: str, *, expected: str | None = None) -> Manifest:
         """The manifest as served, its digest verified against `expected` (if a digest)
         and against the registry's `Docker-Content-Digest` (if sent)."""
-        for url in self._read_urls(f"manifests/{identifier}"):
+        for url, mirror in self._read_urls(f"manifests/{identifier}"):
             try:
-                return await self._get_manifest(url, expected)
-            except MIRROR_FALLBACK_ERRORS as exc:
-                if url.raw_authority == self.authority:
+                return await self._get_manifest(url, expected, retry=not mirror)
+            except RegistryError as exc:
+                if not mirror:
                     raise
                 logger.info("mirror %s failed, trying the next endpoint: %s", url.host, exc)
         raise AssertionError("unreachable: the registry itself is the last endpoint")
 
-    async def _get_manifest(self, url: URL, expected: str | None) -> Manifest:
+    async def _get_manifest(
+        self, url: URL, expected: str | None, *, retry: bool = True
+    ) -> Manifest:
         resp = await self.transport.request(
-            hdrs.METH_GET, url, headers={hdrs.ACCEPT: ACCEPT}, max_body=MAX_MANIFEST_SIZE
+            hdrs.METH_GET,
+            url,
+            headers={hdrs.ACCEPT: ACCEPT},
+            max_body=MAX_MANIFEST_SIZE,
+            retry=retry,
         )
         what = f"manifest {describe_url(url)}"
         try:
@@ -166,14 +167,14 @@ class RegistryClient:
     async def open_blob(self, descriptor: Descriptor) -> AsyncIterator[ClientResponse]:
         """A streaming GET of the blob (mirrors first); redirects to storage are followed."""
         async with AsyncExitStack() as stack:
-            for url in self._read_urls(f"blobs/{descriptor.digest}"):
+            for url, mirror in self._read_urls(f"blobs/{descriptor.digest}"):
                 try:
                     resp = await stack.enter_async_context(
-                        self.transport.stream(hdrs.METH_GET, url, headers={})
+                        self.transport.stream(hdrs.METH_GET, url, headers={}, retry=not mirror)
                     )
                     break
-                except MIRROR_FALLBACK_ERRORS as exc:
-                    if url.raw_authority == self.authority:
+                except RegistryError as exc:
+                    if not mirror:
                         raise
                     logger.info("mirror %s failed, trying the next endpoint: %s", url.host, exc)
             if resp.content_length is not None and resp.content_length != descriptor.size:
@@ -235,7 +236,9 @@ class RegistryClient:
     async def cancel_upload(self, session: UploadSession) -> None:
         """Best effort: DELETE an upload session we will not finish."""
         try:
-            await self.transport.request(hdrs.METH_DELETE, session.location, ok=(202, 204, 404))
+            await self.transport.request(
+                hdrs.METH_DELETE, session.location, ok=(202, 204, 404), retry=False
+            )
         except RegistryError as exc:
             logger.debug("could not cancel upload session: %s", exc)
 

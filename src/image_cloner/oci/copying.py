@@ -30,7 +30,9 @@ import aiohttp
 from image_cloner.oci.auth import RegistryAuth
 from image_cloner.oci.client import CHUNK_SIZE, RegistryClient, UploadSession
 from image_cloner.oci.errors import (
+    AuthenticationError,
     DigestMismatchError,
+    NotFoundError,
     RegistryError,
     RegistryUnavailableError,
 )
@@ -142,9 +144,12 @@ class _SingleFlight(Generic[T]):
         if not task.cancelled():
             task.exception()  # retrieved: waiters that got cancelled must not leave it unreported
 
-    def cancel_all(self) -> None:
-        for task in self._tasks.values():
+    async def cancel_all(self) -> None:
+        """Cancel what still runs and wait for it to clean up (e.g. cancel upload sessions)."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _all(works: Iterable[Awaitable[None]]) -> None:
@@ -228,7 +233,7 @@ class Copier:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         for flights in (self._images, self._manifests, self._blobs):
-            flights.cancel_all()
+            await flights.cancel_all()
         await self._transport.close()
 
     def _client(self, repository: Repository, *, pull: bool) -> RegistryClient:
@@ -344,11 +349,16 @@ class Copier:
             return BlobOutcome.SKIPPED
         session: UploadSession | None = None
         if (home := self._mount_source(job, blob.digest)) is not None:
-            session = await target.start_upload(mount=(blob.digest, home))
-            if session is None:
-                self._remember(target, blob.digest)
-                return BlobOutcome.MOUNTED
-            logger.debug("mount of %s from %s refused; uploading", blob.digest, home.name)
+            try:
+                session = await target.start_upload(mount=(blob.digest, home))
+            except (NotFoundError, AuthenticationError) as exc:
+                # Some registries answer a refused mount with an error, not with 202.
+                logger.debug("mount of %s from %s failed: %s", blob.digest, home.name, exc)
+            else:
+                if session is None:
+                    self._remember(target, blob.digest)
+                    return BlobOutcome.MOUNTED
+                logger.debug("mount of %s from %s refused; uploading", blob.digest, home.name)
 
         async def upload_once() -> None:
             nonlocal session

@@ -211,8 +211,12 @@ class Transport:
         headers: dict[str, str] | None = None,
         data: bytes | None = None,
         max_body: int = MAX_BODY,
+        retry: bool = True,
     ) -> Response:
-        """Send with retries; read a body of at most `max_body` bytes. Raises `RegistryError`."""
+        """Send (with retries unless `retry=False`); read a body of at most `max_body` bytes.
+
+        Raises `RegistryError`.
+        """
 
         async def once() -> Response:
             async with self._checked(method, url, ok=ok, headers=headers, data=data) as resp:
@@ -225,11 +229,17 @@ class Transport:
                         )
                 return Response(resp.status, resp.headers, resp.url, body)
 
-        return await self.with_retries(once)
+        return await self.with_retries(once) if retry else await once()
 
     @asynccontextmanager
     async def stream(
-        self, method: str, url: URL, *, ok: tuple[int, ...] = (200,), headers: dict[str, str]
+        self,
+        method: str,
+        url: URL,
+        *,
+        ok: tuple[int, ...] = (200,),
+        headers: dict[str, str],
+        retry: bool = True,
     ) -> AsyncIterator[ClientResponse]:
         """A response whose body the caller streams; retried until its headers arrive."""
 
@@ -238,7 +248,7 @@ class Transport:
             await self._check(resp, method, url, ok)
             return resp
 
-        resp = await self.with_retries(once)
+        resp = await self.with_retries(once) if retry else await once()
         try:
             yield resp
         finally:
