@@ -77,6 +77,12 @@ def render(results: Results) -> str:
             f"{ratios['max_rss']:.2f}x",
         )
     )
+    net = {t: results.median(t).wall_s - median(results.start_up[t]).wall_s for t in Tool}
+    ours, theirs = net[Tool.IMAGE_CLONER], net[Tool.SKOPEO]
+    lines.append(
+        f"wall time without start-up (median copy - median start-up): image-cloner {ours:.2f} s, "
+        f"skopeo {theirs:.2f} s, ratio {ours / theirs:.2f}x"
+    )
     lines += ["", f"2. Peak RSS with a big layer: {results.big_image}"]
     lines.append(_row("", "tool", "wall s", "CPU s", "peak RSS MiB"))
     for tool, measurement in results.big.items():
