@@ -10,11 +10,12 @@ containerd's `hosts.toml` mirrors do.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import quote
 
+import aiohttp
 from aiohttp import ClientResponse, hdrs
 from yarl import URL
 
@@ -22,12 +23,14 @@ from image_cloner.oci.errors import (
     DigestMismatchError,
     InvalidManifestError,
     RegistryError,
+    RegistryUnavailableError,
     describe_url,
 )
 from image_cloner.oci.manifests import (
     ACCEPT,
     MAX_MANIFEST_SIZE,
     Descriptor,
+    Digester,
     Manifest,
     check_digest,
     digest_of,
@@ -36,12 +39,59 @@ from image_cloner.oci.manifests import (
 from image_cloner.oci.references import Repository
 from image_cloner.oci.transport import Transport
 
-__all__ = ["CONTENT_DIGEST", "RegistryClient", "UploadSession"]
+__all__ = ["CONTENT_DIGEST", "BlobStream", "RegistryClient", "UploadSession"]
 
 logger = logging.getLogger(__name__)
 
 CONTENT_DIGEST = "Docker-Content-Digest"
 CHUNK_SIZE = 1024 * 1024
+
+
+class BlobStream:
+    """A blob download as an upload body, hashed on the way.
+
+    The last chunk is held back until the digest is checked, so a registry never receives
+    the complete body of a blob that does not match. A failure is also kept in `error`:
+    aiohttp reports an exception raised by a request body as a generic send error.
+    """
+
+    def __init__(
+        self,
+        resp: ClientResponse,
+        descriptor: Descriptor,
+        *,
+        source: str,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.descriptor = descriptor
+        self.error: RegistryError | None = None
+        self._resp = resp
+        self._what = f"blob {descriptor.digest} from {source}"
+        self._on_progress = on_progress
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        digester = Digester(self.descriptor.digest, size=self.descriptor.size)
+        pending = b""
+        try:
+            async for chunk in self._resp.content.iter_chunked(CHUNK_SIZE):
+                digester.update(chunk)
+                if pending:
+                    yield self._sent(pending)
+                pending = chunk
+            digester.verify(self._what)
+        except DigestMismatchError as exc:
+            self.error = exc
+            raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.error = RegistryUnavailableError(f"GET {self._what}: {type(exc).__name__}: {exc}")
+            raise self.error from None
+        if pending:
+            yield self._sent(pending)
+
+    def _sent(self, chunk: bytes) -> bytes:
+        if self._on_progress is not None:
+            self._on_progress(len(chunk))
+        return chunk
 
 
 @dataclass(frozen=True)
@@ -164,8 +214,11 @@ class RegistryClient:
         return resp.status == 200
 
     @asynccontextmanager
-    async def open_blob(self, descriptor: Descriptor) -> AsyncIterator[ClientResponse]:
-        """A streaming GET of the blob (mirrors first); redirects to storage are followed."""
+    async def open_blob(
+        self, descriptor: Descriptor, *, on_progress: Callable[[int], None] | None = None
+    ) -> AsyncIterator[BlobStream]:
+        """A streaming GET of the blob (mirrors first; redirects to storage are followed),
+        as an iterable of chunks whose digest and size are verified on the way."""
         async with AsyncExitStack() as stack:
             for url, mirror in self._read_urls(f"blobs/{descriptor.digest}"):
                 try:
@@ -182,7 +235,7 @@ class RegistryClient:
                     f"blob {descriptor.digest}: registry sends {resp.content_length} bytes, "
                     f"expected {descriptor.size}"
                 )
-            yield resp
+            yield BlobStream(resp, descriptor, source=self.repository.name, on_progress=on_progress)
 
     async def start_upload(
         self, *, mount: tuple[str, Repository] | None = None

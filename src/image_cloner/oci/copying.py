@@ -20,23 +20,21 @@ import asyncio
 import enum
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
+from collections.abc import Callable, Coroutine, Hashable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
-from typing import Generic, Protocol, Self, TypeVar
-
-import aiohttp
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from image_cloner.oci.auth import RegistryAuth
-from image_cloner.oci.client import CHUNK_SIZE, RegistryClient, UploadSession
+from image_cloner.oci.client import RegistryClient, UploadSession
 from image_cloner.oci.errors import (
     AuthenticationError,
     DigestMismatchError,
     NotFoundError,
     RegistryError,
-    RegistryUnavailableError,
 )
-from image_cloner.oci.manifests import Descriptor, Digester, ImageIndex, Manifest
+from image_cloner.oci.manifests import Descriptor, ImageIndex, Manifest
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Reference, Repository
 from image_cloner.oci.transport import RetryPolicy, Transport
@@ -119,98 +117,65 @@ class _Job:
     progress: ProgressListener | None
 
 
+@dataclass
+class _Flight(Generic[T]):
+    task: asyncio.Task[T]
+    waiters: int = 0
+
+
 class _SingleFlight(Generic[T]):
-    """One task per key; everyone asking for the same key while it runs awaits that task."""
+    """One task per key; everyone asking for the same key while it runs awaits that task.
+
+    The work is cancelled only when every caller waiting for it has been cancelled (say,
+    all copies that needed a blob failed elsewhere), so that it cleans up after itself.
+    """
 
     def __init__(self) -> None:
-        self._tasks: dict[Hashable, asyncio.Task[T]] = {}
+        self._flights: dict[Hashable, _Flight[T]] = {}
 
-    async def run(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:
-        task = self._tasks.get(key)
-        if task is None:
-
-            async def run_work() -> T:
-                return await work()
-
-            task = asyncio.create_task(run_work())
-            self._tasks[key] = task
-            task.add_done_callback(lambda done: self._forget(key, done))
-        # shield: one waiter giving up (cancelled) must not cancel the work for the others.
-        return await asyncio.shield(task)
+    async def run(self, key: Hashable, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = _Flight(asyncio.create_task(work()))
+            self._flights[key] = flight
+            flight.task.add_done_callback(lambda done: self._forget(key, done))
+        flight.waiters += 1
+        try:
+            # shield: one waiter being cancelled must not cancel the work for the others.
+            return await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            if flight.waiters == 0 and not flight.task.done():
+                flight.task.cancel()
 
     def _forget(self, key: Hashable, task: asyncio.Task[T]) -> None:
-        if self._tasks.get(key) is task:
-            del self._tasks[key]
+        flight = self._flights.get(key)
+        if flight is not None and flight.task is task:
+            del self._flights[key]
         if not task.cancelled():
             task.exception()  # retrieved: waiters that got cancelled must not leave it unreported
 
     async def cancel_all(self) -> None:
         """Cancel what still runs and wait for it to clean up (e.g. cancel upload sessions)."""
-        tasks = list(self._tasks.values())
+        tasks = [flight.task for flight in self._flights.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _all(works: Iterable[Awaitable[None]]) -> None:
+async def _all(works: Iterable[Coroutine[Any, Any, None]]) -> None:
     """Run concurrently; on the first failure cancel the rest and raise that failure."""
     try:
         async with asyncio.TaskGroup() as group:
             for work in works:
-                group.create_task(_awaited(work))
+                group.create_task(work)
     except BaseExceptionGroup as failures:
         raise _first(failures) from None
-
-
-async def _awaited(work: Awaitable[None]) -> None:
-    await work
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     first = group.exceptions[0]
     return _first(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-class _VerifiedBody:
-    """The source blob as an upload body, hashed on the way.
-
-    The last chunk is held back until the digest is checked, so a registry never receives
-    the complete body of a blob that does not match; the failure is kept in `error`
-    because aiohttp reports a failing body as a generic send error.
-    """
-
-    def __init__(self, job: _Job, descriptor: Descriptor, resp: aiohttp.ClientResponse) -> None:
-        self.job = job
-        self.descriptor = descriptor
-        self.resp = resp
-        self.error: RegistryError | None = None
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        digester = Digester(self.descriptor.digest, size=self.descriptor.size)
-        progress = self.job.progress
-        pending = b""
-        try:
-            async for chunk in self.resp.content.iter_chunked(CHUNK_SIZE):
-                digester.update(chunk)
-                if pending:
-                    yield pending
-                    if progress is not None:
-                        progress.blob_advanced(self.descriptor, len(pending))
-                pending = chunk
-            digester.verify(f"blob {self.descriptor.digest} from {self.job.source.repository.name}")
-        except DigestMismatchError as exc:
-            self.error = exc
-            raise
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self.error = RegistryUnavailableError(
-                f"GET blob {self.descriptor.digest} from {self.job.source.repository.name}: "
-                f"{type(exc).__name__}: {exc}"
-            )
-            raise self.error from None
-        if pending:
-            yield pending
-            if progress is not None:
-                progress.blob_advanced(self.descriptor, len(pending))
 
 
 class Copier:
@@ -378,13 +343,15 @@ class Copier:
         return BlobOutcome.COPIED
 
     async def _stream(self, job: _Job, blob: Descriptor, session: UploadSession) -> None:
-        if job.progress is not None:
-            job.progress.blob_started(blob)
-        async with job.source.open_blob(blob) as resp:
-            body = _VerifiedBody(job, blob, resp)
+        progress = job.progress
+        if progress is not None:
+            progress.blob_started(blob)
+        advanced = None if progress is None else partial(progress.blob_advanced, blob)
+        async with job.source.open_blob(blob, on_progress=advanced) as body:
             try:
                 await job.target.upload_blob(session, blob, body)
             except RegistryError:
+                # aiohttp reports a failing body as a send error; say what really happened.
                 if body.error is not None:
                     raise body.error from None
                 raise
