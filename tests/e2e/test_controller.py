@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from tests.support import skopeo
-from tests.support.controller import ControllerProcess, wait_until
+from tests.support.controller import ControllerProcess, controller_kubeconfig, wait_until
 from tests.support.images import ImageSeeder, ImageSpec, SyntheticImage
 from tests.support.pki import TestPKI
 from tests.support.proxy import RegistryProxy
@@ -41,7 +41,6 @@ from tests.support.testbed import Testbed
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 CONTROLLER_NAMESPACE = "image-cloner-system"
-SERVICE_ACCOUNT = "image-cloner"
 ANNOTATION = "image-cloner.io/original-images"
 PULL_SECRET = "image-cloner-pull"
 ROLLOUT = 90.0
@@ -89,22 +88,8 @@ def upstream(
 
 @pytest.fixture(scope="module")
 def sa_kubeconfig(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A kubeconfig for the controller's ServiceAccount, with exactly the examples' rights."""
-    testbed.kubectl("apply", "-f", str(EXAMPLES / "rbac.yml"))
-    testbed.kubectl("apply", "-f", str(EXAMPLES / "rbac-pull-secrets.yml"))
-    user = f"system:serviceaccount:{CONTROLLER_NAMESPACE}:{SERVICE_ACCOUNT}"
-
-    def allowed() -> bool:
-        checks = [("patch", "deployments.apps"), ("create", "secrets")]
-        return all(
-            testbed.kubectl("auth", "can-i", verb, what, f"--as={user}", check=False).returncode
-            == 0
-            for verb, what in checks
-        )
-
-    wait_until(allowed, timeout=30, what="RBAC of examples/rbac*.yml to take effect")
-    path = tmp_path_factory.mktemp("sa") / "kubeconfig"
-    return testbed.serviceaccount_kubeconfig(CONTROLLER_NAMESPACE, SERVICE_ACCOUNT, path=path)
+    """The controller's ServiceAccount, with exactly the rights of examples/rbac*.yml."""
+    return controller_kubeconfig(testbed, tmp_path_factory.mktemp("sa") / "kubeconfig")
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,15 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from tests.support.registries import free_port, stop_process, wait_until_ready
+from tests.support.testbed import Testbed
 
-__all__ = ["ControllerProcess", "LogLine", "wait_until"]
+__all__ = ["ControllerProcess", "LogLine", "controller_kubeconfig", "wait_until"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO_ROOT / "examples"
+CONTROLLER_NAMESPACE = "image-cloner-system"
+SERVICE_ACCOUNT = "image-cloner"
+RBAC_TIMEOUT = 30.0
 START_TIMEOUT = 60.0
 POLL = 0.1
 
@@ -159,6 +164,28 @@ class ControllerProcess:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def controller_kubeconfig(testbed: Testbed, path: Path) -> Path:
+    """Apply examples/rbac*.yml and write a kubeconfig for that ServiceAccount's token.
+
+    The controller then runs with exactly the rights the install instructions give it.
+    """
+    testbed.kubectl("apply", "-f", str(EXAMPLES / "rbac.yml"))
+    testbed.kubectl("apply", "-f", str(EXAMPLES / "rbac-pull-secrets.yml"))
+    user = f"system:serviceaccount:{CONTROLLER_NAMESPACE}:{SERVICE_ACCOUNT}"
+
+    def allowed() -> bool:
+        # RBAC reaches the authorizer through an informer: wait for the last rule we rely on.
+        checks = [("patch", "deployments.apps"), ("patch", "events"), ("create", "secrets")]
+        return all(
+            testbed.kubectl("auth", "can-i", verb, what, f"--as={user}", check=False).returncode
+            == 0
+            for verb, what in checks
+        )
+
+    wait_until(allowed, timeout=RBAC_TIMEOUT, what="RBAC of examples/rbac*.yml", interval=0.3)
+    return testbed.serviceaccount_kubeconfig(CONTROLLER_NAMESPACE, SERVICE_ACCOUNT, path=path)
 
 
 def wait_until(

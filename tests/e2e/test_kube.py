@@ -1,0 +1,156 @@
+"""The controller's own Kubernetes calls against the real apiserver, with the examples' RBAC.
+
+`controller/kube.py` is the whole list of what the controller does to a cluster beyond
+watching, so each call is checked here as the ServiceAccount the install gives it: the
+guarded JSON patch refuses a stale object, repeated Events count up, the pull Secret is
+created, left alone, updated, and never taken from its owner; and the watch-vs-list check
+of `WatchTracker` finds a workload the watch never showed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from image_cloner.controller.handlers import WatchTracker
+from image_cloner.controller.kube import Conflict, Kube
+from image_cloner.controller.queue import WorkQueue
+from image_cloner.metrics import Health
+from image_cloner.oci.options import Credentials
+from image_cloner.settings import Settings
+from image_cloner.workloads import DEPLOYMENT, WorkloadKey, build_patch
+from tests.support.controller import controller_kubeconfig
+from tests.support.testbed import Testbed
+
+SECRET = "image-cloner-pull"
+REGISTRY = "localhost:5000"
+
+
+@pytest.fixture(scope="module")
+def sa_kubeconfig(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return controller_kubeconfig(testbed, tmp_path_factory.mktemp("sa") / "kubeconfig")
+
+
+@pytest.fixture
+async def kube(sa_kubeconfig: Path) -> AsyncIterator[Kube]:
+    client = await Kube.connect(kubeconfig=str(sa_kubeconfig))
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def create_deployment(testbed: Testbed, namespace: str, name: str) -> None:
+    testbed.kubectl("create", "deployment", name, "--image=nginx:1.21.4-alpine", "-n", namespace)
+
+
+def cluster_events(testbed: Testbed, namespace: str, reason: str) -> list[dict[str, Any]]:
+    items = json.loads(testbed.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
+    return [e for e in items["items"] if e.get("reason") == reason]
+
+
+async def test_patch_guarded_by_resource_version_refuses_a_stale_object(
+    kube: Kube, testbed: Testbed, namespace: str
+) -> None:
+    create_deployment(testbed, namespace, "web")
+    stale = await kube.read_workload("Deployment", namespace, "web")
+    assert stale is not None
+    testbed.kubectl("label", "deployment/web", "edited=yes", "-n", namespace)
+
+    patch = build_patch(stale, {"nginx": f"{REGISTRY}/nginx:1.21.4-alpine"})
+    with pytest.raises(Conflict):
+        await kube.patch_workload("Deployment", namespace, "web", patch)
+
+    fresh = await kube.read_workload("Deployment", namespace, "web")
+    assert fresh is not None
+    patched = await kube.patch_workload(
+        "Deployment", namespace, "web", build_patch(fresh, {"nginx": f"{REGISTRY}/nginx:x"})
+    )
+    assert patched["metadata"]["labels"]["edited"] == "yes"
+    assert patched["spec"]["template"]["spec"]["containers"][0]["image"] == f"{REGISTRY}/nginx:x"
+    assert await kube.read_workload("Deployment", namespace, "gone") is None
+
+
+async def test_repeated_events_count_up_instead_of_piling_up(
+    kube: Kube, testbed: Testbed, namespace: str
+) -> None:
+    create_deployment(testbed, namespace, "web")
+    obj = await kube.read_workload("Deployment", namespace, "web")
+    assert obj is not None
+    for _ in range(3):
+        await kube.post_event(obj, reason="CloneFailed", message="registry down", warning=True)
+    await kube.post_event(obj, reason="ImagesCloned", message="a → b")
+
+    (failed,) = cluster_events(testbed, namespace, "CloneFailed")
+    assert (failed["type"], failed["count"], failed["message"]) == ("Warning", 3, "registry down")
+    assert failed["involvedObject"]["uid"] == obj["metadata"]["uid"]
+    assert failed["involvedObject"]["kind"] == "Deployment"
+    assert failed["reportingComponent"] == "image-cloner"
+    (cloned,) = cluster_events(testbed, namespace, "ImagesCloned")
+    assert (cloned["type"], cloned["count"]) == ("Normal", 1)
+
+
+async def test_pull_secret_is_created_kept_updated_and_never_taken_over(
+    kube: Kube, testbed: Testbed, namespace: str
+) -> None:
+    login = Credentials("robot", "first-password")
+    ensure = kube.ensure_pull_secret
+    assert await ensure(namespace, SECRET, registry_host=REGISTRY, credentials=login) == "created"
+    assert await ensure(namespace, SECRET, registry_host=REGISTRY, credentials=login) == "unchanged"
+    rotated = Credentials("robot", "second-password")
+    assert await ensure(namespace, SECRET, registry_host=REGISTRY, credentials=rotated) == "updated"
+
+    secret = json.loads(
+        testbed.kubectl("get", "secret", SECRET, "-n", namespace, "-o", "json").stdout
+    )
+    assert secret["type"] == "kubernetes.io/dockerconfigjson"
+    config = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
+    assert config["auths"][REGISTRY]["password"] == "second-password"
+    assert base64.b64decode(config["auths"][REGISTRY]["auth"]) == b"robot:second-password"
+
+    # A Secret of that name the user made is theirs: read, never changed.
+    other = f"{namespace}-user"
+    testbed.kubectl("create", "namespace", other)
+    try:
+        testbed.kubectl("create", "secret", "generic", SECRET, "--from-literal=k=v", "-n", other)
+        outcome = await ensure(other, SECRET, registry_host=REGISTRY, credentials=login)
+        assert outcome == "not-managed"
+        kept = json.loads(
+            testbed.kubectl("get", "secret", SECRET, "-n", other, "-o", "json").stdout
+        )
+        assert kept["data"] == {"k": base64.b64encode(b"v").decode()}
+    finally:
+        testbed.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+async def test_resync_finds_what_the_watch_did_not_show(
+    kube: Kube, testbed: Testbed, namespace: str
+) -> None:
+    create_deployment(testbed, namespace, "web")
+    testbed.kubectl("rollout", "status", "deployment/web", "-n", namespace, "--timeout=90s")
+    settings = Settings.from_env(
+        {"IMAGE_CLONER_REGISTRY": REGISTRY, "IMAGE_CLONER_NAMESPACE": namespace}
+    )
+    now = [0.0]
+    health = Health(staleness=60, clock=lambda: now[0])
+    queue: WorkQueue[WorkloadKey] = WorkQueue()
+    tracker = WatchTracker(queue=queue, health=health, kube=kube, settings=settings)
+
+    # Nothing seen on the watch: the listing shows the watch is behind; the Ready one is queued.
+    assert await tracker.resync(DEPLOYMENT) == 1
+    assert queue.depth == 1
+    assert "Deployment watch has had no event or listing yet" in health.problems()
+
+    # Once the watch has delivered the current version, a listing proves the stream current.
+    current = await kube.read_workload("Deployment", namespace, "web")
+    assert current is not None
+    tracker.observe(DEPLOYMENT, "MODIFIED", current)
+    now[0] = 100.0
+    assert health.watch_age("Deployment") == 100.0
+    assert await tracker.resync(DEPLOYMENT) == 0
+    assert health.watch_age("Deployment") == 0.0
