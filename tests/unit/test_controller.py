@@ -50,17 +50,22 @@ def test_kopf_is_reduced_to_watching() -> None:
 
 
 @pytest.mark.parametrize(
-    ("env", "message"),
+    ("env", "args", "message"),
     [
-        ({}, "IMAGE_CLONER_REGISTRY is not set"),
-        ({"IMAGE_CLONER_REGISTRY": "localhost:5000", "IMAGE_CLONER_USER": "u"}, "IMAGE_CLONER_"),
+        ({}, [], "IMAGE_CLONER_REGISTRY is not set"),
+        ({"IMAGE_CLONER_REGISTRY": "localhost:5000", "IMAGE_CLONER_USER": "u"}, [], "_PASS"),
+        (
+            {"IMAGE_CLONER_REGISTRY": "localhost:5000"},
+            ["--kubeconfig=/nonexistent/kubeconfig"],
+            "no such kubeconfig file",
+        ),
     ],
 )
 def test_run_refuses_bad_configuration_with_exit_2_and_one_line(
-    env: dict[str, str], message: str
+    env: dict[str, str], args: list[str], message: str
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "image_cloner", "run"],
+        [sys.executable, "-m", "image_cloner", "run", *args],
         env={"PATH": "/usr/bin:/bin", **env},
         capture_output=True,
         text=True,

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -70,6 +71,10 @@ def run(
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
     # kopf reports every handler call ("Handler 'deployments' succeeded"); keep its problems.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    if kubeconfig is not None and not Path(kubeconfig).is_file():
+        # The client would only complain of a missing "current-context".
+        log_event(logger, logging.ERROR, "no such kubeconfig file", path=kubeconfig)
+        return EXIT_BAD_CONFIG
     try:
         return asyncio.run(_serve(settings, kubeconfig=kubeconfig))
     except KeyboardInterrupt:
