@@ -168,7 +168,7 @@ class Reconciler:
         plan = self._plan(obj, log)
         if not plan:
             return True
-        await self._copy_all(key, plan, log)
+        await self._copy_all(plan, log)
         pull_secret = await self._ensure_pull_secret(key)
         try:
             await self._rewrite(key, obj, plan, log, pull_secret=pull_secret)
@@ -202,7 +202,7 @@ class Reconciler:
             plan.append(_Rewrite(container, source, target))
         return plan
 
-    async def _copy_all(self, key: WorkloadKey, plan: Sequence[_Rewrite], log: WorkloadLog) -> None:
+    async def _copy_all(self, plan: Sequence[_Rewrite], log: WorkloadLog) -> None:
         outcomes = await asyncio.gather(*(self._copy(r, log) for r in plan))
         failures = [outcome for outcome in outcomes if outcome is not None]
         if failures:
