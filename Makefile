@@ -69,7 +69,7 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-unit: venv
+unit: venv testbed
 	$(VENV)/bin/pytest -q tests/unit
 
 integration: setup
