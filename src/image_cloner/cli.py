@@ -20,7 +20,7 @@ from typing import NoReturn, TextIO
 from rich.console import Console
 
 from image_cloner import __version__
-from image_cloner.logs import LOG_FORMATS
+from image_cloner.logs import LOG_FORMATS, LOG_LEVELS
 from image_cloner.mapping import is_backup, parse_backup_location, target_for
 from image_cloner.oci.copying import Copier, CopyResult
 from image_cloner.oci.errors import RegistryError
@@ -84,9 +84,9 @@ def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     run.add_argument(
         "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default="info",
-        help="debug shows every decision (inspecting, checking, already cloned)",
+        choices=LOG_LEVELS,
+        help="debug shows every decision (inspecting, checking, already cloned)"
+        " (default: $IMAGE_CLONER_LOG_LEVEL, else info)",
     )
     run.set_defaults(command=_run_command)
 

@@ -25,8 +25,10 @@ from urllib.parse import quote
 __all__ = [
     "CONTROLLER_LOGGER",
     "LOG_FORMATS",
+    "LOG_LEVELS",
     "JsonFormatter",
     "LogFormat",
+    "LogLevel",
     "RedactingFilter",
     "Redactor",
     "TextFormatter",
@@ -37,6 +39,9 @@ __all__ = [
 
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 
 CONTROLLER_LOGGER = "controller.image-cloner"
 """The logger name the seed's decision lines use."""

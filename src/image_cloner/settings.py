@@ -18,12 +18,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import TypeVar
 from urllib.parse import urlsplit
 
-from image_cloner.logs import LOG_FORMATS, LogFormat
+from image_cloner.logs import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
 from image_cloner.mapping import BackupLocation, parse_backup_location
 from image_cloner.oci.options import DEFAULT_MAX_CONCURRENT_TRANSFERS, Credentials, RegistryOptions
 from image_cloner.oci.references import InvalidReference, Registry
+
+T = TypeVar("T", bound=str)
 
 __all__ = [
     "DEFAULT_IGNORED_NAMESPACES",
@@ -48,6 +51,7 @@ PULL_SECRET = "IMAGE_CLONER_PULL_SECRET"
 MANAGE_PULL_SECRET = "IMAGE_CLONER_MANAGE_PULL_SECRET"
 METRICS_PORT = "IMAGE_CLONER_METRICS_PORT"
 LOG_FORMAT = "IMAGE_CLONER_LOG_FORMAT"
+LOG_LEVEL = "IMAGE_CLONER_LOG_LEVEL"
 MAX_CONCURRENT_TRANSFERS = "IMAGE_CLONER_MAX_CONCURRENT_TRANSFERS"
 
 DEFAULT_IGNORED_NAMESPACES = frozenset({"kube-system"})
@@ -99,6 +103,10 @@ class Settings:
     log_format: LogFormat = "text"
     """`text` (like the seed's log lines) or `json` (one object per line)."""
 
+    log_level: LogLevel = "info"
+    """`debug` shows every decision (inspecting, checking, already cloned); `info` the
+    copies, rewrites and failures; `warning` and `error` only problems."""
+
     @property
     def backup_credentials(self) -> Credentials | None:
         """The backup registry's login, for the pull Secret."""
@@ -129,6 +137,7 @@ class Settings:
             pull_secret_name=secret_name if manage and has_credentials else None,
             metrics_port=_integer(env, METRICS_PORT, default=DEFAULT_METRICS_PORT, top=65535),
             log_format=_log_format(env),
+            log_level=_choice(env, LOG_LEVEL, LOG_LEVELS, default="info"),
         )
 
 
@@ -327,8 +336,12 @@ def _integer(env: Mapping[str, str], name: str, *, default: int, top: int) -> in
 
 
 def _log_format(env: Mapping[str, str]) -> LogFormat:
-    value = (_get(env, LOG_FORMAT) or "text").lower()
-    for known in LOG_FORMATS:
-        if value == known:
-            return known
-    raise ConfigError(f"{LOG_FORMAT}: expected text or json, got {value!r}")
+    return _choice(env, LOG_FORMAT, LOG_FORMATS, default="text")
+
+
+def _choice(env: Mapping[str, str], name: str, known: tuple[T, ...], *, default: T) -> T:
+    value = (_get(env, name) or default).lower()
+    for choice in known:
+        if value == choice:
+            return choice
+    raise ConfigError(f"{name}: expected {' or '.join(known)}, got {value!r}")

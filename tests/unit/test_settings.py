@@ -364,3 +364,16 @@ def test_parse_credentials() -> None:
         with pytest.raises(ConfigError) as caught:
             parse_credentials(bad, what="--dest-creds")
         assert str(caught.value) == "--dest-creds: expected USERNAME:PASSWORD"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("", "info"), ("debug", "debug"), ("WARNING", "warning")]
+)
+def test_log_level(value: str, expected: str) -> None:
+    assert settings(IMAGE_CLONER_LOG_LEVEL=value).log_level == expected
+
+
+def test_log_level_error() -> None:
+    assert config_error({**BASE, "IMAGE_CLONER_LOG_LEVEL": "verbose"}) == (
+        "IMAGE_CLONER_LOG_LEVEL: expected debug or info or warning or error, got 'verbose'"
+    )

@@ -25,7 +25,7 @@ from image_cloner.controller.handlers import WatchTracker, build_registry, opera
 from image_cloner.controller.kube import Kube
 from image_cloner.controller.queue import WorkQueue
 from image_cloner.controller.reconcile import Reconciler
-from image_cloner.logs import CONTROLLER_LOGGER, LogFormat, configure_logging, log_event
+from image_cloner.logs import CONTROLLER_LOGGER, LogFormat, LogLevel, configure_logging, log_event
 from image_cloner.metrics import Health, Metrics, MetricsServer
 from image_cloner.oci.copying import Copier
 from image_cloner.oci.errors import RegistryError
@@ -59,12 +59,14 @@ def run(
     *,
     kubeconfig: str | None,
     log_format: LogFormat | None = None,
-    log_level: str = "INFO",
+    log_level: LogLevel | None = None,
 ) -> int:
     """Run the controller until SIGTERM/SIGINT; returns the process exit status."""
     secrets = [c.password for c in settings.registry_options.credentials.values()]
     configure_logging(
-        fmt=log_format or settings.log_format, level=log_level.upper(), secrets=secrets
+        fmt=log_format or settings.log_format,
+        level=(log_level or settings.log_level).upper(),
+        secrets=secrets,
     )
     # Our decision lines at DEBUG are the story; kopf's and aiohttp's are noise there.
     for noisy in ("kopf", "aiohttp", "asyncio"):
