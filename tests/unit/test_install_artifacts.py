@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from image_cloner import settings as settings_module
 from image_cloner.settings import Settings
 from tests.support.testbed import default_bin_dir
 
@@ -33,23 +34,12 @@ SERVICE_ACCOUNT = "image-cloner"
 PULL_SECRET = "image-cloner-pull"
 IMAGE = "ghcr.io/image-cloner/image-cloner:0.1.0"
 
-# The settings the controller reads (the team's settings interface); anything else in
-# a ConfigMap would be silently ignored, so it is a mistake.
+# The settings the controller reads, from the settings module's own names; anything
+# else in a ConfigMap would be silently ignored, so it is a mistake.
 SETTINGS = {
-    "IMAGE_CLONER_REGISTRY",
-    "IMAGE_CLONER_USER",
-    "IMAGE_CLONER_PASS",
-    "IMAGE_CLONER_CA_FILE",
-    "IMAGE_CLONER_INSECURE_REGISTRIES",
-    "IMAGE_CLONER_REGISTRY_MIRRORS",
-    "IMAGE_CLONER_IGNORE_NAMESPACES",
-    "IMAGE_CLONER_POD_NAMESPACE",
-    "IMAGE_CLONER_NAMESPACE",
-    "IMAGE_CLONER_PULL_SECRET",
-    "IMAGE_CLONER_MANAGE_PULL_SECRET",
-    "IMAGE_CLONER_METRICS_PORT",
-    "IMAGE_CLONER_LOG_FORMAT",
-    "IMAGE_CLONER_MAX_CONCURRENT_TRANSFERS",
+    value
+    for value in vars(settings_module).values()
+    if isinstance(value, str) and value.startswith("IMAGE_CLONER_")
 }
 
 # The whole of what the controller may do without pull-Secret management, as
