@@ -418,12 +418,15 @@ async def test_a_mirror_without_the_image_falls_back_to_the_registry(
 
 
 MEMORY_SCRIPT = """
-import asyncio, pathlib, resource, sys
+import asyncio, pathlib, sys
 from image_cloner.oci import Copier, Credentials, RegistryOptions
 from image_cloner.oci.references import parse_reference as parse
 
 def peak_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries the peak RSS of the forked copy of pytest over
+    # exec into ru_maxrss, which would hide (or fake) this process's own growth.
+    status = pathlib.Path("/proc/self/status").read_text()
+    return next(int(l.split()[1]) for l in status.splitlines() if l.startswith("VmHWM:")) / 1024
 
 async def main(small, large, target, ca_file, user, password):
     login = {target.split("/")[0]: Credentials(user, password)}
