@@ -259,7 +259,9 @@ class Testbed:
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120.0
     ) -> subprocess.CompletedProcess[str]:
         """Run kubectl as cluster-admin; with `check`, failure raises TestbedError (with stderr)."""
-        cmd = [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args]
+        # Discovery cache inside the run directory: it goes away with the cluster.
+        cache = f"--cache-dir={self.run_dir / 'kubectl-cache'}"
+        cmd = [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", cache, *args]
         result = subprocess.run(
             cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False
         )
