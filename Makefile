@@ -55,7 +55,7 @@ uv.lock: pyproject.toml | $(UV)
 testbed:
 	testbed/build.sh
 
-cluster-up: testbed
+cluster-up: venv testbed
 	testbed/cluster.sh up
 
 cluster-down:
