@@ -76,19 +76,31 @@ def demo(keep_dir: Path | None, story: Story) -> int:
         story.failed(str(exc))
         return 1
     stack = contextlib.ExitStack()
-    status = 0
+    kept, status, failure = False, 0, ""
     try:
         world = run_demo(directory, story, stack, keep=keep_dir is not None)
+        if keep_dir is not None:
+            stack.pop_all()
+            kept = True
+            _explain_kept(world, story, time.monotonic() - started)
     except DemoError as exc:
-        story.failed(str(exc))
-        status = 1
+        status, failure = 1, str(exc)
     except (KeyboardInterrupt, Interrupted):
-        story.failed("interrupted")
-        status = EXIT_INTERRUPTED
-    if status == 0 and keep_dir is not None:
-        stack.pop_all()
-        _explain_kept(world, story, time.monotonic() - started)
-        return 0
+        status, failure = EXIT_INTERRUPTED, "interrupted; everything it started is stopped"
+    finally:  # also for a bug's exception, which then goes on with its traceback
+        if not kept:
+            left = _clean_up(directory, stack, story)
+            if left:
+                status, failure = status or 1, f"{failure}\nstill running after cleanup: {left}"
+            else:
+                story.ok(f"stopped every process and removed {directory}")
+            story.say(f"the demo took {time.monotonic() - started:.1f} s")
+    if failure:
+        story.failed(failure.strip())  # last, so it is what the reader sees
+    return status
+
+
+def _clean_up(directory: Path, stack: contextlib.ExitStack, story: Story) -> list[int]:
     # Cleanup must finish: a second Ctrl-C would leave processes behind.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
@@ -97,12 +109,7 @@ def demo(keep_dir: Path | None, story: Story) -> int:
         stack.close()
     finally:
         left = _sweep(directory)
-    if left:
-        story.failed(f"processes still running after cleanup: {left}")
-        return status or 1
-    story.ok(f"stopped every process and removed {directory}")
-    story.say(f"the demo took {time.monotonic() - started:.1f} s")
-    return status
+    return left
 
 
 def down(directory: Path, story: Story) -> int:

@@ -108,7 +108,6 @@ def run_demo(directory: Path, story: Story, stack: contextlib.ExitStack, *, keep
             lambda: _image(testbed) == target,
             timeout=CLONE_TIMEOUT,
             what=f"the controller to rewrite deployment/{DEPLOYMENT} to {target}",
-            log_file=controller.log_file,
             interval=POLL,
         )
         echo.drain()
@@ -133,6 +132,11 @@ def _step(story: Story, number: int, title: str) -> Iterator[None]:
     started = time.monotonic()
     try:
         yield
+    except AssertionError as exc:
+        # A wait that timed out: its first line says what was awaited; the controller log
+        # tail after it repeats what the echo already showed.
+        reason = str(exc).splitlines()[0]
+        raise DemoError(f"step {number} ({title}): {reason}") from exc
     except _FAILURES as exc:
         raise DemoError(f"step {number} ({title}): {exc}") from exc
     story.say(f"({time.monotonic() - started:.1f} s)")

@@ -114,8 +114,14 @@ class Story:
         self._write(f"{_INDENT}{self._paint('warn', '!')} {text}")
 
     def failed(self, text: str) -> None:
+        """To stderr, after everything written so far: the reason the demo exits non-zero."""
         lines = text.splitlines() or [""]
-        self._write("", self._paint("error", f"demo failed: {lines[0]}"), *lines[1:])
+        with self._lock:
+            self._stream.flush()
+            colour = self._colour and sys.stderr.isatty()
+            first = f"{_STYLES['error']}demo failed:{_RESET}" if colour else "demo failed:"
+            sys.stderr.write("\n".join(["", f"{first} {lines[0]}", *lines[1:]]) + "\n")
+            sys.stderr.flush()
 
     def controller(self, line: LogLine) -> None:
         """One controller log line: `controller │ 18:51:25.484 DEBUG msg {fields}`."""
