@@ -192,9 +192,8 @@ def test_keep_leaves_a_working_demo_and_down_removes_it(kept: Path, tmp_path: Pa
     ).stdout
     assert image == target
     backup_inspect = one(r"^ +(skopeo inspect .*docker://localhost:\d+/\S+)$", out)
-    index = json.loads(
-        subprocess.run(shlex.split(backup_inspect), capture_output=True, check=True).stdout
-    )
+    pulled = subprocess.run(shlex.split(backup_inspect), capture_output=True, check=True)
+    assert len(json.loads(pulled.stdout)["manifests"]) == 2
     log_file = Path(one(r"tail -f (\S+)", out))
     assert "image already cloned" in log_file.read_text()
     metrics_url = one(r"curl -s (http://127\.0\.0\.1:\d+/metrics)", out)
