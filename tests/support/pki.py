@@ -1,8 +1,9 @@
-"""A throw-away certificate authority for the test registries, token issuer and proxies.
+"""Throw-away certificate authorities for the test registries, token issuer, proxies and test bed.
 
 Real TLS is part of what the copy engine must get right (custom CA bundle, no fallback to plain
-HTTP), so the TLS registries use certificates from a CA made here instead of disabling
-verification. Keys are EC P-256: generating them takes milliseconds, which keeps start-up fast.
+HTTP), and the Kubernetes test bed needs a CA for the apiserver and its client certificates, so
+certificates come from a CA made here instead of disabling verification. Keys are EC P-256:
+generating them takes milliseconds, which keeps start-up fast. Private keys are written 0600.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +20,105 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["TestPKI", "make_cert_dir", "make_pki"]
+__all__ = ["CertificateAuthority", "TestPKI", "make_cert_dir", "make_pki", "write_key_pair"]
 
 VALIDITY = datetime.timedelta(days=7)
 # Backdated so that a clock a little behind ours still accepts the certificates.
 BACKDATE = datetime.timedelta(hours=1)
 SERVER_NAMES = ("localhost",)
 SERVER_IPS = ("127.0.0.1", "::1")
+
+
+class CertificateAuthority:
+    """A self-signed CA whose certificate and key are written when it is made; issues leaves.
+
+    Every certificate is valid from an hour ago for `validity`, carries a subject key identifier,
+    basic constraints and key usage (all critical but the identifier), and is signed with SHA-256.
+    """
+
+    def __init__(
+        self,
+        cert_file: Path,
+        key_file: Path,
+        *,
+        common_name: str,
+        validity: datetime.timedelta = VALIDITY,
+    ) -> None:
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.validity = validity
+        self._key = _new_key(key_file)
+        self._name = _name(common_name)
+        self.certificate = self._sign(
+            self._name, self._key.public_key(), x509.BasicConstraints(ca=True, path_length=0)
+        )
+        _write_cert(cert_file, self.certificate)
+
+    def issue_server(
+        self, cert_file: Path, key_file: Path, *, common_name: str, names: Sequence[str]
+    ) -> None:
+        """A serving certificate (EKU serverAuth) for `names`: DNS names and IP addresses."""
+        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names if not _is_ip(n)]
+        sans += [x509.IPAddress(ipaddress.ip_address(n)) for n in names if _is_ip(n)]
+        server_auth = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
+        self.issue(
+            cert_file,
+            key_file,
+            common_name=common_name,
+            extensions=(server_auth, x509.SubjectAlternativeName(sans)),
+        )
+
+    def issue_client(
+        self, cert_file: Path, key_file: Path, *, common_name: str, organization: str | None = None
+    ) -> None:
+        """A client certificate (EKU clientAuth); Kubernetes reads `organization` as a group."""
+        client_auth = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+        self.issue(
+            cert_file,
+            key_file,
+            common_name=common_name,
+            organization=organization,
+            extensions=(client_auth,),
+        )
+
+    def issue(
+        self,
+        cert_file: Path,
+        key_file: Path,
+        *,
+        common_name: str,
+        organization: str | None = None,
+        extensions: Sequence[x509.ExtensionType] = (),
+    ) -> None:
+        """A leaf certificate with a new key; `extensions` are added as non-critical."""
+        key = _new_key(key_file)
+        leaf = x509.BasicConstraints(ca=False, path_length=None)
+        subject = _name(common_name, organization=organization)
+        _write_cert(cert_file, self._sign(subject, key.public_key(), leaf, *extensions))
+
+    def _sign(
+        self,
+        subject: x509.Name,
+        public_key: ec.EllipticCurvePublicKey,
+        constraints: x509.BasicConstraints,
+        *extensions: x509.ExtensionType,
+    ) -> x509.Certificate:
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self._name)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(now + self.validity)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(constraints, critical=True)
+            .add_extension(_key_usage(ca=constraints.ca), critical=True)
+        )
+        for extension in extensions:
+            builder = builder.add_extension(extension, critical=False)
+        return builder.sign(self._key, hashes.SHA256())
 
 
 @dataclass(frozen=True)
@@ -48,35 +142,6 @@ class TestPKI:
 def make_pki(directory: Path) -> TestPKI:
     """Write a CA, a server certificate and a token-signing certificate into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "image-cloner test CA")])
-    ca_cert = (
-        _builder(ca_name, ca_name, ca_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(ca=True), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_sans: list[x509.GeneralName] = [x509.DNSName(name) for name in SERVER_NAMES]
-    server_sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in SERVER_IPS]
-    server_cert = (
-        _builder(_leaf_name("127.0.0.1"), ca_name, server_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(ca=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(server_sans), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    signing_key = ec.generate_private_key(ec.SECP256R1())
-    signing_cert = (
-        _builder(_leaf_name("image-cloner test token signer"), ca_name, signing_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(ca=False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-
     pki = TestPKI(
         directory=directory,
         ca_cert=directory / "ca.crt",
@@ -86,12 +151,15 @@ def make_pki(directory: Path) -> TestPKI:
         signing_cert=directory / "signing.crt",
         signing_key=directory / "signing.key",
     )
-    _write_cert(pki.ca_cert, ca_cert)
-    _write_key(pki.ca_key, ca_key)
-    _write_cert(pki.server_cert, server_cert)
-    _write_key(pki.server_key, server_key)
-    _write_cert(pki.signing_cert, signing_cert)
-    _write_key(pki.signing_key, signing_key)
+    ca = CertificateAuthority(pki.ca_cert, pki.ca_key, common_name="image-cloner test CA")
+    ca.issue_server(
+        pki.server_cert,
+        pki.server_key,
+        common_name="127.0.0.1",
+        names=(*SERVER_NAMES, *SERVER_IPS),
+    )
+    # A plain leaf: the registry only checks that the token's `x5c` chains to this CA.
+    ca.issue(pki.signing_cert, pki.signing_key, common_name="image-cloner test token signer")
     return pki
 
 
@@ -102,24 +170,28 @@ def make_cert_dir(directory: Path, ca_file: Path) -> Path:
     return directory
 
 
-def _builder(
-    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
-) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+def write_key_pair(private_file: Path, public_file: Path) -> None:
+    """A bare EC key pair (no certificate), e.g. for signing ServiceAccount tokens."""
+    public = _new_key(private_file).public_key()
+    pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    public_file.write_bytes(pem)
 
 
-def _leaf_name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def _name(common_name: str, *, organization: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization:
+        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    return x509.Name(attrs)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _key_usage(*, ca: bool) -> x509.KeyUsage:
@@ -136,15 +208,19 @@ def _key_usage(*, ca: bool) -> x509.KeyUsage:
     )
 
 
-def _write_cert(path: Path, cert: x509.Certificate) -> None:
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+def _new_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    path.write_bytes(pem)
+    # 0600 before the key is in it (chmod too: touch keeps the mode of an existing file).
+    path.touch(mode=0o600)
     path.chmod(0o600)
+    path.write_bytes(pem)
+    return key
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

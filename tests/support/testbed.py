@@ -17,7 +17,6 @@ import argparse
 import base64
 import contextlib
 import datetime
-import ipaddress
 import json
 import os
 import shutil
@@ -33,10 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from tests.support.pki import CertificateAuthority, write_key_pair
 
 __all__ = ["BIN_ENV", "Testbed", "TestbedError", "default_bin_dir", "missing_binaries"]
 
@@ -61,6 +57,7 @@ SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"  # KWOK hands out pod IPs from here; must not overlap SERVICE_CIDR
 NODE_CAPACITY = {"cpu": "32", "memory": "256Gi", "pods": "110"}
+PKI_VALIDITY = datetime.timedelta(days=30)
 
 
 class TestbedError(RuntimeError):
@@ -457,82 +454,27 @@ def _write_kubeconfig(
 
 def _write_pki(directory: Path) -> None:
     """CA, apiserver serving cert, admin client cert and ServiceAccount signing key (EC P-256)."""
-    ca_key = _new_key(directory / "ca.key")
-    ca = _name("image-cloner testbed CA")
-    _issue(
-        directory / "ca.crt", ca, ca_key, ca, ca_key, x509.BasicConstraints(ca=True, path_length=0)
+    ca = CertificateAuthority(
+        directory / "ca.crt",
+        directory / "ca.key",
+        common_name="image-cloner testbed CA",
+        validity=PKI_VALIDITY,
     )
-    sans: list[x509.GeneralName] = [
-        x509.DNSName("localhost"),
-        x509.DNSName("kubernetes.default.svc"),
-    ]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "::1")]
-    serving_key = _new_key(directory / "apiserver.key")
-    server_auth = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
-    subject = _name("kube-apiserver")
-    _issue(
+    ca.issue_server(
         directory / "apiserver.crt",
-        subject,
-        serving_key,
-        ca,
-        ca_key,
-        x509.SubjectAlternativeName(sans),
-        server_auth,
+        directory / "apiserver.key",
+        common_name="kube-apiserver",
+        names=("localhost", "kubernetes.default.svc", "127.0.0.1", "::1"),
     )
-    admin = _name("testbed-admin", organization="system:masters")  # the group RBAC lets do anything
-    client_auth = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
-    _issue(
-        directory / "admin.crt", admin, _new_key(directory / "admin.key"), ca, ca_key, client_auth
+    ca.issue_client(
+        directory / "admin.crt",
+        directory / "admin.key",
+        common_name="testbed-admin",
+        organization="system:masters",  # the group RBAC lets do anything
     )
-    sa_key = _new_key(directory / "sa.key")  # the controller-manager signs tokens with it
-    public = sa_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    (directory / "sa.pub").write_bytes(public)  # the apiserver only reads EC keys as public keys
-
-
-def _name(common_name: str, *, organization: str | None = None) -> x509.Name:
-    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-    if organization:
-        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
-    return x509.Name(attrs)
-
-
-def _new_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    key = ec.generate_private_key(ec.SECP256R1())
-    path.touch(mode=0o600)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    path.write_bytes(pem)
-    return key
-
-
-def _issue(
-    path: Path,
-    subject: x509.Name,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Name,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    *extensions: x509.ExtensionType,
-) -> None:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))  # tolerate a clock a little behind
-        .not_valid_after(now + datetime.timedelta(days=30))
-    )
-    for extension in extensions:
-        builder = builder.add_extension(
-            extension, critical=isinstance(extension, x509.BasicConstraints)
-        )
-    path.write_bytes(
-        builder.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
-    )
+    # The controller-manager signs tokens with sa.key; the apiserver only reads EC keys as
+    # public keys, hence sa.pub.
+    write_key_pair(directory / "sa.key", directory / "sa.pub")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
