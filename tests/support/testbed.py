@@ -14,7 +14,6 @@ Layout of a run directory: `kubeconfig` (cluster-admin), `logs/<component>.log`,
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import datetime
 import json
@@ -32,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tests.support.kubeconfig import certificate_user, token_user, write_kubeconfig
 from tests.support.pki import CertificateAuthority, write_key_pair
 
 __all__ = ["BIN_ENV", "Testbed", "TestbedError", "default_bin_dir", "missing_binaries"]
@@ -284,9 +284,13 @@ class Testbed:
         token = self.kubectl(
             "create", "token", name, "-n", namespace, f"--duration={duration}"
         ).stdout.strip()
-        user = {"token": token}
-        _write_kubeconfig(path, self.server, self.ca_file.read_bytes(), f"{namespace}:{name}", user)
-        return path
+        return write_kubeconfig(
+            path,
+            server=self.server,
+            ca_file=self.ca_file,
+            user_name=f"{namespace}:{name}",
+            user=token_user(token),
+        )
 
     # --- internals -----------------------------------------------------------
 
@@ -371,11 +375,13 @@ class Testbed:
             shutil.rmtree(self.logs, ignore_errors=True)
 
     def _write_admin_kubeconfig(self) -> None:
-        user = {
-            "client-certificate-data": _b64(self.pki / "admin.crt"),
-            "client-key-data": _b64(self.pki / "admin.key"),
-        }
-        _write_kubeconfig(self.kubeconfig, self.server, self.ca_file.read_bytes(), "admin", user)
+        write_kubeconfig(
+            self.kubeconfig,
+            server=self.server,
+            ca_file=self.ca_file,
+            user_name="admin",
+            user=certificate_user(self.pki / "admin.crt", self.pki / "admin.key"),
+        )
 
 
 def _runs_in_group(pid: int, pgid: object) -> bool:
@@ -421,35 +427,6 @@ def _node_manifest(name: str) -> dict[str, Any]:
         },
         "status": {"capacity": NODE_CAPACITY, "allocatable": NODE_CAPACITY},
     }
-
-
-def _b64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
-
-
-def _write_kubeconfig(
-    path: Path, server: str, ca_pem: bytes, user_name: str, user: dict[str, str]
-) -> None:
-    # JSON is valid YAML, and kubectl, kopf and kubernetes_asyncio all read it.
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "testbed",
-                "cluster": {
-                    "server": server,
-                    "certificate-authority-data": base64.b64encode(ca_pem).decode(),
-                },
-            }
-        ],
-        "users": [{"name": user_name, "user": user}],
-        "contexts": [{"name": "testbed", "context": {"cluster": "testbed", "user": user_name}}],
-        "current-context": "testbed",
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _write_pki(directory: Path) -> None:
