@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, TextIO
 
-from rich.console import Console
-
 from image_cloner import __version__
 from image_cloner.logs import LOG_FORMATS, LOG_LEVELS
 from image_cloner.mapping import is_backup, parse_backup_location, target_for
@@ -26,7 +24,6 @@ from image_cloner.oci.copying import Copier, CopyResult
 from image_cloner.oci.errors import RegistryError
 from image_cloner.oci.options import Credentials, RegistryOptions
 from image_cloner.oci.references import InvalidReference, Reference, parse_reference
-from image_cloner.progress import CopyProgress
 from image_cloner.settings import (
     REGISTRY,
     ConfigError,
@@ -238,6 +235,11 @@ async def _copy(plan: CopyPlan, *, force: bool, show_progress: bool) -> CopyResu
     async with Copier(plan.options) as copier:
         if not show_progress:
             return await copier.copy_image(plan.source, plan.target, force=force)
+        # Imported only for a terminal: rich costs start-up time every piped copy would pay.
+        from rich.console import Console
+
+        from image_cloner.progress import CopyProgress
+
         console = Console(stderr=True)
         with CopyProgress(console, f"{plan.source} → {plan.target}") as progress:
             result = await copier.copy_image(
