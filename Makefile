@@ -15,11 +15,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEBS := docker-registry skopeo apache2-utils openssl ca-certificates
 
-.PHONY: help setup debs venv lint unit integration e2e test demo demo-keep bench \
+.PHONY: help setup debs venv lock lint unit integration e2e test demo demo-keep demo-down bench \
         testbed cluster-up cluster-down clean
 
 help:
 	@echo "make demo          the controller end to end on local registries and the test bed"
+	@echo "make demo-keep     the same, left running to explore (make demo-down stops it)"
 	@echo "make test          lint + unit + integration + e2e tests (does all set-up)"
 	@echo "make bench         copy benchmarks side by side with skopeo"
 	@echo "make cluster-up    start the local Kubernetes test bed (.testbed/kubeconfig)"
@@ -39,15 +40,16 @@ $(UV):
 	python3 -m venv .tools/uv
 	.tools/uv/bin/pip install -q uv==$(UV_VERSION)
 
+# --locked: a uv.lock that no longer matches pyproject.toml is an error, never silently redone.
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --quiet
+	$(UV) sync --locked --quiet
 	@touch $@
 
 debs: .stamps/debs
 venv: $(VENV)/.synced
 setup: debs venv
 
-uv.lock: pyproject.toml | $(UV)
+lock: | $(UV)
 	$(UV) lock
 
 # --- Kubernetes test bed (issue: testbed) ------------------------------------
@@ -64,8 +66,8 @@ cluster-down:
 # --- checks -----------------------------------------------------------------
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
@@ -88,6 +90,9 @@ demo: setup testbed
 
 demo-keep: setup testbed
 	scripts/demo.sh --keep
+
+demo-down: venv
+	scripts/demo.sh --down
 
 bench: setup
 	$(PY) bench/copy_bench.py

@@ -241,7 +241,9 @@ def test_deployment_complete_progressing_condition_is_ready() -> None:
 def test_daemonset_readiness_follows_kubectl(
     generation: int, status: dict[str, int], ready: bool, reason: str
 ) -> None:
-    verdict = is_ready(daemonset(generation=generation, **status))
+    obj = daemonset(generation=generation)
+    obj["status"] = status
+    verdict = is_ready(obj)
     assert (verdict.ready, verdict.reason) == (ready, reason)
 
 
