@@ -11,17 +11,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
-from tests.support.registries import free_port, stop_process, wait_until_ready
+from tests.support.processes import ServiceProcess, free_port
 from tests.support.testbed import Testbed
 
 __all__ = ["ControllerProcess", "LogLine", "controller_kubeconfig", "wait_until"]
@@ -38,7 +36,7 @@ LogLine = dict[str, Any]
 T = TypeVar("T")
 
 
-class ControllerProcess:
+class ControllerProcess(ServiceProcess):
     """`image-cloner run --log-format json --log-level debug` with `env` on a free metrics port."""
 
     def __init__(self, workdir: Path, *, kubeconfig: Path, env: Mapping[str, str]) -> None:
@@ -47,12 +45,7 @@ class ControllerProcess:
         self.metrics_port = free_port()
         self.env = {**env, "IMAGE_CLONER_METRICS_PORT": str(self.metrics_port)}
         self.log_file = workdir / "controller.log"
-        self._process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
         """Start it and wait until its metrics endpoint answers."""
@@ -70,30 +63,18 @@ class ControllerProcess:
             "--log-format=json",
             "--log-level=debug",
         ]
-        with self.log_file.open("ab") as log:
-            self._process = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
-        try:
-            wait_until_ready(
-                self._process,
-                f"http://127.0.0.1:{self.metrics_port}/healthz",
-                ca_file=None,
-                log_file=self.log_file,
-                timeout=START_TIMEOUT,
-            )
-        except BaseException:
-            self.stop()
-            raise
+        self._launch(
+            command,
+            ready_url=f"http://127.0.0.1:{self.metrics_port}/healthz",
+            ca_file=None,
+            env=env,
+            cwd=REPO_ROOT,
+            timeout=START_TIMEOUT,
+        )
 
     def stop(self) -> int | None:
         """SIGTERM (SIGKILL if it hangs); returns its exit status (None if it was not running)."""
-        if self._process is None:
-            return None
-        stop_process(self._process)
-        code = self._process.returncode
-        self._process = None
-        return code
+        return self._terminate()
 
     def kill(self) -> None:
         """SIGKILL: a crash, with no chance to clean up."""
@@ -155,15 +136,6 @@ class ControllerProcess:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def controller_kubeconfig(testbed: Testbed, path: Path) -> Path:

@@ -15,26 +15,20 @@ import argparse
 import json
 import re
 import ssl
-import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
 from tests.support.pki import TestPKI
-from tests.support.registries import (
-    RegistryEndpoint,
-    free_port,
-    stop_process,
-    wait_until_ready,
-)
+from tests.support.processes import ServiceProcess, free_port
+from tests.support.registries import RegistryEndpoint
 
 __all__ = ["ProxiedRequest", "ProxyFactory", "RegistryProxy", "main"]
 
@@ -229,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     web.run_app(app, host="127.0.0.1", port=args.port, ssl_context=tls, print=None)
 
 
-class RegistryProxy(RegistryEndpoint):
+class RegistryProxy(RegistryEndpoint, ServiceProcess):
     """The proxy as a registry endpoint: same scheme, credentials and CA as its upstream.
 
     TLS upstreams get a TLS proxy (server certificate from the test PKI), so clients configured
@@ -248,11 +242,10 @@ class RegistryProxy(RegistryEndpoint):
         self.ca_file = upstream.ca_file
         self.cert_dir = upstream.cert_dir
         self.log_file = workdir / "proxy.log"
-        self._process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> None:
-        if self._process is not None and self._process.poll() is None:
+        if self.running:
             return
         command = [
             sys.executable,
@@ -265,26 +258,13 @@ class RegistryProxy(RegistryEndpoint):
             command.append(f"--ca-file={self.upstream.ca_file}")
         if self.scheme == "https":
             command += [f"--tls-cert={self.pki.server_cert}", f"--tls-key={self.pki.server_key}"]
-        with self.log_file.open("ab") as log:
-            self._process = subprocess.Popen(
-                command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
-        try:
-            wait_until_ready(
-                self._process,
-                f"{self.url}/_proxy/requests",
-                ca_file=self.ca_file,
-                log_file=self.log_file,
-            )
-        except BaseException:
-            self.stop()
-            raise
+        self._launch(
+            command, ready_url=f"{self.url}/_proxy/requests", ca_file=self.ca_file, cwd=REPO_ROOT
+        )
         self.reset()
 
     def stop(self) -> None:
-        if self._process is not None:
-            stop_process(self._process)
-            self._process = None
+        self._terminate()
 
     def requests(self) -> list[ProxiedRequest]:
         """Every request forwarded or answered since the last `reset()`, in order."""
@@ -324,18 +304,6 @@ class RegistryProxy(RegistryEndpoint):
         request = urllib.request.Request(f"{self.url}{path}", data=data, method=method)
         with urllib.request.urlopen(request, context=self.ssl_context(), timeout=10) as response:
             return json.load(response)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<RegistryProxy {self.url} -> {self.upstream.url}>"

@@ -5,8 +5,8 @@ how the copy engine behaves against a registry's actual auth challenges, upload 
 digest checks and error bodies. Each registry gets a free port, its own temp dir and log file,
 and is always stopped by whoever started it (use it as a context manager or call `stop()`).
 
-The small process helpers here (`free_port`, `wait_until_ready`, `stop_process`) are shared by
-the token issuer and the proxy.
+The process helpers (`free_port`, `wait_until_ready`, `stop_process` and the timeouts) belong to
+`tests.support.processes`; they are re-exported here for the code that imports them from here.
 """
 
 from __future__ import annotations
@@ -14,23 +14,29 @@ from __future__ import annotations
 import enum
 import json
 import os
-import socket
 import ssl
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
 from image_cloner.oci.options import Credentials, RegistryOptions
 from tests.support.pki import TestPKI, make_cert_dir
+from tests.support.processes import (
+    READY_TIMEOUT,
+    STOP_TIMEOUT,
+    ServiceProcess,
+    client_ssl_context,
+    free_port,
+    stop_process,
+    wait_until_ready,
+)
 
 __all__ = [
     "HTTP_SECRET",
+    "READY_TIMEOUT",
     "REGISTRY_BINARY",
+    "STOP_TIMEOUT",
     "TEST_PASSWORD",
     "TEST_USER",
     "RegistryEndpoint",
@@ -51,8 +57,6 @@ TEST_PASSWORD = "testpass"
 # Fixed so that upload sessions started before a restart stay valid after it (the registry
 # signs its upload state with this secret; a random one per start would invalidate them).
 HTTP_SECRET = "image-cloner-test-http-secret"
-READY_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
 
 Role = Literal["src", "dest", "inspect"]
 """Which side of a skopeo command the flags are for; `inspect` means unprefixed flags."""
@@ -113,10 +117,10 @@ class RegistryEndpoint:
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A client SSL context trusting the test CA (None for plain HTTP)."""
-        return _client_ssl_context(self.ca_file)
+        return client_ssl_context(self.ca_file)
 
 
-class RunningRegistry(RegistryEndpoint):
+class RunningRegistry(RegistryEndpoint, ServiceProcess):
     """A `docker-registry serve` process on 127.0.0.1 with filesystem storage in `workdir`.
 
     `stop()` then `start()` restarts it on the same port with the same data, for
@@ -149,15 +153,10 @@ class RunningRegistry(RegistryEndpoint):
         self.password = TEST_PASSWORD if with_password else None
         self.ca_file = None if pki is None or kind is RegistryKind.OPEN else pki.ca_cert
         self.cert_dir = None
-        self._process: subprocess.Popen[bytes] | None = None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.ca_file is not None:
             self.cert_dir = make_cert_dir(workdir / "certs.d", self.ca_file)
         self._write_config(pki, token)
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
         """Start (or restart) the registry and wait until `/v2/` answers."""
@@ -165,43 +164,20 @@ class RunningRegistry(RegistryEndpoint):
             return
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         env["REGISTRY_HTTP_SECRET"] = HTTP_SECRET
-        with self.log_file.open("ab") as log:
-            self._process = subprocess.Popen(
-                [REGISTRY_BINARY, "serve", str(self.config_file)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        try:
-            wait_until_ready(
-                self._process, f"{self.url}/v2/", ca_file=self.ca_file, log_file=self.log_file
-            )
-        except BaseException:
-            self.stop()
-            raise
+        self._launch(
+            [REGISTRY_BINARY, "serve", str(self.config_file)],
+            ready_url=f"{self.url}/v2/",
+            ca_file=self.ca_file,
+            env=env,
+            new_session=True,
+        )
 
     def stop(self) -> None:
         """Stop the registry (data and port are kept for a later `start()`)."""
-        if self._process is not None:
-            stop_process(self._process)
-            self._process = None
+        self._terminate()
 
     def log_text(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<RunningRegistry {self.kind} {self.url}>"
@@ -269,63 +245,6 @@ def registry_options(*endpoints: RegistryEndpoint) -> RegistryOptions:
     if len(ca_files) > 1:
         raise ValueError(f"endpoints trust different CAs: {sorted(map(str, ca_files))}")
     return RegistryOptions(credentials=credentials, ca_file=next(iter(ca_files), None))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_until_ready(
-    process: subprocess.Popen[bytes],
-    url: str,
-    *,
-    ca_file: Path | None,
-    log_file: Path,
-    timeout: float = READY_TIMEOUT,
-) -> None:
-    """Poll `url` until it answers with any HTTP status; fail early if the process dies."""
-    context = _client_ssl_context(ca_file)
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"{process.args!r} exited with {process.returncode}:\n{_tail(log_file)}"
-            )
-        try:
-            with urllib.request.urlopen(url, timeout=2, context=context):
-                return
-        except urllib.error.HTTPError:
-            return  # 401 and friends: it is up and answering
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} not ready after {timeout}s:\n{_tail(log_file)}")
-        time.sleep(0.05)
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if it does not exit in time; always reaps the process."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    process.wait()
-
-
-def _client_ssl_context(ca_file: Path | None) -> ssl.SSLContext | None:
-    return None if ca_file is None else ssl.create_default_context(cafile=str(ca_file))
-
-
-def _tail(log_file: Path, lines: int = 30) -> str:
-    if not log_file.exists():
-        return "(no log)"
-    return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
 
 
 class RegistryFactory:

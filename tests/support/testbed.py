@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -28,11 +27,11 @@ import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from tests.support.kubeconfig import certificate_user, token_user, write_kubeconfig
 from tests.support.pki import CertificateAuthority, write_key_pair
+from tests.support.processes import Service, free_ports, log_tail
 
 __all__ = ["BIN_ENV", "Testbed", "TestbedError", "default_bin_dir", "missing_binaries"]
 
@@ -76,7 +75,7 @@ def missing_binaries(bin_dir: Path) -> list[str]:
     return [name for name in (*BINARIES, STAGES) if not (bin_dir / name).is_file()]
 
 
-class Testbed:
+class Testbed(Service):
     """One control plane whose state lives in `directory`; `start()` it, then `stop()` it."""
 
     __test__ = False
@@ -115,18 +114,6 @@ class Testbed:
             raise TestbedError(f"no test bed running in {self.directory}")
         return str(self._state["server"])
 
-    def __enter__(self) -> Testbed:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # --- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
@@ -144,7 +131,7 @@ class Testbed:
         self._remove_state(keep_logs=False)
         for folder in (self.logs, self.pki, self.run_dir / "etcd"):
             folder.mkdir(parents=True, exist_ok=True)
-        etcd_port, peer_port, api_port = _free_ports(3)
+        etcd_port, peer_port, api_port = free_ports(3)
         self._state = {"server": f"https://127.0.0.1:{api_port}", "pgid": None, "pids": {}}
         _write_pki(self.pki)
         self._write_admin_kubeconfig()
@@ -322,20 +309,13 @@ class Testbed:
             for name, pid in self._state.get("pids", {}).items():
                 proc = self._procs.get(pid)
                 if proc is not None and proc.poll() is not None:
-                    tail = self._log_tail(name)
+                    tail = log_tail(self.logs / f"{name}.log", lines=20)
                     raise TestbedError(f"{name} exited while waiting for {what}:\n{tail}")
             if time.monotonic() > deadline:
                 raise TestbedError(
                     f"timed out after {timeout:.0f}s waiting for {what}; logs in {self.logs}"
                 )
             time.sleep(POLL_INTERVAL)
-
-    def _log_tail(self, name: str, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(
-                (self.logs / f"{name}.log").read_text(errors="replace").splitlines()[-lines:]
-            )
-        return "(no log)"
 
     def _apiserver_ready(self) -> bool:
         context = ssl.create_default_context(cafile=str(self.ca_file))
@@ -391,15 +371,6 @@ def _runs_in_group(pid: int, pgid: object) -> bool:
         return False
     # Fields after the command name: state, ppid, pgrp. A zombie is as good as gone.
     return state[0] != "Z" and int(state[2]) == pgid
-
-
-def _free_ports(count: int) -> list[int]:
-    # Keep all sockets open until every port is picked, so the ports differ from each other.
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def _etcd_healthy(url: str) -> bool:

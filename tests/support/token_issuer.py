@@ -19,7 +19,6 @@ import binascii
 import datetime
 import json
 import ssl
-import subprocess
 import sys
 import time
 import urllib.request
@@ -27,8 +26,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import jwt
 from aiohttp import web
@@ -36,14 +34,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.support.pki import TestPKI
-from tests.support.registries import (
-    TEST_PASSWORD,
-    TEST_USER,
-    TokenAuthConfig,
-    free_port,
-    stop_process,
-    wait_until_ready,
-)
+from tests.support.processes import ServiceProcess, free_port
+from tests.support.registries import TEST_PASSWORD, TEST_USER, TokenAuthConfig
 
 __all__ = [
     "DEFAULT_LIFETIME",
@@ -193,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     web.run_app(app, host="127.0.0.1", port=args.port, ssl_context=tls, print=None)
 
 
-class TokenIssuer:
+class TokenIssuer(ServiceProcess):
     """Runs the token server as a subprocess over TLS from the test PKI, on a free port."""
 
     def __init__(self, workdir: Path, *, pki: TestPKI, lifetime: int = DEFAULT_LIFETIME) -> None:
@@ -204,7 +196,6 @@ class TokenIssuer:
         self.url = f"https://127.0.0.1:{self.port}"
         self.realm = f"{self.url}/token"
         self.log_file = workdir / "token-issuer.log"
-        self._process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
     def auth_config(self) -> TokenAuthConfig:
@@ -214,7 +205,7 @@ class TokenIssuer:
         )
 
     def start(self) -> None:
-        if self._process is not None and self._process.poll() is None:
+        if self.running:
             return
         command = [
             sys.executable,
@@ -227,25 +218,12 @@ class TokenIssuer:
             f"--signing-key={self.pki.signing_key}",
             f"--lifetime={self.lifetime}",
         ]
-        with self.log_file.open("ab") as log:
-            self._process = subprocess.Popen(
-                command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
-        try:
-            wait_until_ready(
-                self._process,
-                f"{self.url}/_stats",
-                ca_file=self.pki.ca_cert,
-                log_file=self.log_file,
-            )
-        except BaseException:
-            self.stop()
-            raise
+        self._launch(
+            command, ready_url=f"{self.url}/_stats", ca_file=self.pki.ca_cert, cwd=REPO_ROOT
+        )
 
     def stop(self) -> None:
-        if self._process is not None:
-            stop_process(self._process)
-            self._process = None
+        self._terminate()
 
     def stats(self) -> dict[str, Any]:
         """{"tokens_issued": N, "issued": [{"user", "access", "lifetime"}, ...]}."""
@@ -264,18 +242,6 @@ class TokenIssuer:
         with urllib.request.urlopen(request, context=context, timeout=10) as response:
             result: dict[str, Any] = json.load(response)
             return result
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":
