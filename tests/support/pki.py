@@ -20,13 +20,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CertificateAuthority", "TestPKI", "make_cert_dir", "make_pki", "write_key_pair"]
+__all__ = [
+    "CertificateAuthority",
+    "ControlPlanePKI",
+    "TestPKI",
+    "make_cert_dir",
+    "make_control_plane_pki",
+    "make_pki",
+    "write_key_pair",
+]
 
 VALIDITY = datetime.timedelta(days=7)
 # Backdated so that a clock a little behind ours still accepts the certificates.
 BACKDATE = datetime.timedelta(hours=1)
 SERVER_NAMES = ("localhost",)
 SERVER_IPS = ("127.0.0.1", "::1")
+CONTROL_PLANE_VALIDITY = datetime.timedelta(days=30)
 
 
 class CertificateAuthority:
@@ -160,6 +169,55 @@ def make_pki(directory: Path) -> TestPKI:
     )
     # A plain leaf: the registry only checks that the token's `x5c` chains to this CA.
     ca.issue(pki.signing_cert, pki.signing_key, common_name="image-cloner test token signer")
+    return pki
+
+
+@dataclass(frozen=True)
+class ControlPlanePKI:
+    """Paths of the PEM files `make_control_plane_pki` writes for the Kubernetes test bed."""
+
+    ca_cert: Path
+    """Signed the apiserver's serving certificate and the client certificates."""
+    ca_key: Path
+    apiserver_cert: Path
+    """Serving certificate for localhost, kubernetes.default.svc, 127.0.0.1 and ::1."""
+    apiserver_key: Path
+    admin_cert: Path
+    """Client certificate of `testbed-admin` in group system:masters (RBAC lets it do anything)."""
+    admin_key: Path
+    sa_key: Path
+    """The controller-manager signs ServiceAccount tokens with this key."""
+    sa_pub: Path
+    """The same key's public half: the apiserver only reads EC keys as public keys."""
+
+    @classmethod
+    def at(cls, directory: Path) -> ControlPlanePKI:
+        """The paths in `directory` (whether or not the files exist yet)."""
+        return cls(
+            *(directory / name for name in ("ca.crt", "ca.key", "apiserver.crt", "apiserver.key")),
+            *(directory / name for name in ("admin.crt", "admin.key", "sa.key", "sa.pub")),
+        )
+
+
+def make_control_plane_pki(
+    directory: Path, *, validity: datetime.timedelta = CONTROL_PLANE_VALIDITY
+) -> ControlPlanePKI:
+    """Write the test bed's CA, apiserver and admin certificates and ServiceAccount key pair."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pki = ControlPlanePKI.at(directory)
+    ca = CertificateAuthority(
+        pki.ca_cert, pki.ca_key, common_name="image-cloner testbed CA", validity=validity
+    )
+    ca.issue_server(
+        pki.apiserver_cert,
+        pki.apiserver_key,
+        common_name="kube-apiserver",
+        names=("localhost", "kubernetes.default.svc", "127.0.0.1", "::1"),
+    )
+    ca.issue_client(
+        pki.admin_cert, pki.admin_key, common_name="testbed-admin", organization="system:masters"
+    )
+    write_key_pair(pki.sa_key, pki.sa_pub)
     return pki
 
 

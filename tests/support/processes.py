@@ -4,13 +4,16 @@ Registries, the token issuer, the proxy, the controller and the Kubernetes test 
 services that someone starts and must stop again, even when a test fails: `Service` gives them
 the context-manager half of that. The ones that are a single child process (`ServiceProcess`) also
 share how they start (output appended to a log file, ready once a URL answers, stopped again if it
-never does) and stop (SIGTERM, then SIGKILL if it does not exit in time).
+never does) and stop (SIGTERM, then SIGKILL if it does not exit in time). The test bed's
+components form a `ProcessGroup`, which a later process can still find and stop.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -25,6 +28,7 @@ from typing import Self
 __all__ = [
     "READY_TIMEOUT",
     "STOP_TIMEOUT",
+    "ProcessGroup",
     "Service",
     "ServiceProcess",
     "client_ssl_context",
@@ -111,6 +115,82 @@ class ServiceProcess(Service):
         return code
 
 
+class ProcessGroup:
+    """Named processes in one process group; the first one spawned leads it, the others join.
+
+    `pgid` and `pids` are plain data for a state file: a group rebuilt from them in another
+    process finds its processes through /proc, so it can stop what an earlier process started.
+    """
+
+    def __init__(
+        self,
+        *,
+        pgid: int | None = None,
+        pids: Mapping[str, int] | None = None,
+        launcher: Sequence[str] = (),
+    ) -> None:
+        """`launcher` goes before every command (e.g. `setpriv --pdeathsig=KILL`)."""
+        self.pgid = pgid
+        self.pids: dict[str, int] = dict(pids or {})
+        self._launcher = list(launcher)
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def spawn(self, name: str, command: Sequence[str], *, log_file: Path, cwd: Path) -> None:
+        """Start `command` as `name`, its output appended to `log_file`."""
+        with log_file.open("ab") as log:
+            proc = subprocess.Popen(
+                [*self._launcher, *command],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                process_group=0 if self.pgid is None else self.pgid,
+            )
+        self._procs[proc.pid] = proc
+        self.pids[name] = proc.pid
+        if self.pgid is None:
+            self.pgid = proc.pid
+
+    def exited(self) -> str | None:
+        """The name of a process spawned by this object that has exited, if any."""
+        for name, pid in self.pids.items():
+            proc = self._procs.get(pid)
+            if proc is not None and proc.poll() is not None:
+                return name
+        return None
+
+    def alive(self) -> list[int]:
+        """Our recorded processes that still run (zombies and reused pids do not count)."""
+        alive = []
+        for pid in self.pids.values():
+            proc = self._procs.get(pid)
+            if proc is not None:
+                if proc.poll() is None:
+                    alive.append(pid)
+            elif _runs_in_group(pid, self.pgid):
+                alive.append(pid)
+        return alive
+
+    def stop(self, *, timeout: float, poll: float) -> None:
+        """SIGTERM each in the reverse order of spawning, waiting up to `timeout` for each, then
+        SIGKILL the group; RuntimeError if something survives that too."""
+        for pid in reversed(self.alive()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while pid in self.alive() and time.monotonic() < deadline:
+                time.sleep(poll)
+        if self.pgid is not None and self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pgid, signal.SIGKILL)
+            deadline = time.monotonic() + timeout
+            while self.alive():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"processes {self.alive()} survived SIGKILL")
+                time.sleep(poll)
+        self._procs.clear()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nobody listens on right now."""
     return free_ports(1)[0]
@@ -175,3 +255,12 @@ def log_tail(log_file: Path, lines: int = 30) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
     return "(no log)"
+
+
+def _runs_in_group(pid: int, pgid: int | None) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    # Fields after the command name: state, ppid, pgrp. A zombie is as good as gone.
+    return state[0] != "Z" and int(state[2]) == pgid

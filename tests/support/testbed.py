@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -30,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.kubeconfig import certificate_user, token_user, write_kubeconfig
-from tests.support.pki import CertificateAuthority, write_key_pair
-from tests.support.processes import Service, free_ports, log_tail
+from tests.support.pki import ControlPlanePKI, make_control_plane_pki
+from tests.support.processes import ProcessGroup, Service, free_ports, log_tail
 
 __all__ = ["BIN_ENV", "Testbed", "TestbedError", "default_bin_dir", "missing_binaries"]
 
@@ -56,7 +54,6 @@ SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"  # KWOK hands out pod IPs from here; must not overlap SERVICE_CIDR
 NODE_CAPACITY = {"cpu": "32", "memory": "256Gi", "pods": "110"}
-PKI_VALIDITY = datetime.timedelta(days=30)
 
 
 class TestbedError(RuntimeError):
@@ -94,11 +91,12 @@ class Testbed(Service):
         self.logs = self.directory / "logs"
         self.run_dir = self.directory / "run"
         self.pki = self.run_dir / "pki"
-        self.ca_file = self.pki / "ca.crt"
+        self._certs = ControlPlanePKI.at(self.pki)
+        self.ca_file = self._certs.ca_cert
         """CA that signed the apiserver's serving certificate (and the client certificates)."""
         self._state_file = self.run_dir / "state.json"
         self._state: dict[str, Any] = {}
-        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._group = ProcessGroup(launcher=self._launcher)
 
     @classmethod
     def attach(cls, directory: Path, *, bin_dir: Path | None = None) -> Testbed:
@@ -126,14 +124,15 @@ class Testbed(Service):
             )
         if not self._state:
             self._load_state()
-        if self._alive_pids():
+        if self._group.alive():
             raise TestbedError(f"a test bed is already running in {self.directory}; stop it first")
         self._remove_state(keep_logs=False)
         for folder in (self.logs, self.pki, self.run_dir / "etcd"):
             folder.mkdir(parents=True, exist_ok=True)
         etcd_port, peer_port, api_port = free_ports(3)
         self._state = {"server": f"https://127.0.0.1:{api_port}", "pgid": None, "pids": {}}
-        _write_pki(self.pki)
+        self._group = ProcessGroup(launcher=self._launcher)
+        make_control_plane_pki(self.pki)
         self._write_admin_kubeconfig()
         try:
             self._start_components(etcd_port, peer_port, api_port)
@@ -148,22 +147,11 @@ class Testbed(Service):
         Clients stop before the apiserver and the apiserver before etcd, so that none waits out a
         timeout on a peer already gone; what still runs then gets SIGKILL, as a process group.
         """
-        for pid in reversed(self._alive_pids()):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT
-            while pid in self._alive_pids() and time.monotonic() < deadline:
-                time.sleep(POLL_INTERVAL / 4)
-        pgid = self._state.get("pgid")
-        if pgid is not None and self._alive_pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(int(pgid), signal.SIGKILL)
-            deadline = time.monotonic() + STOP_TIMEOUT
-            while self._alive_pids():
-                if time.monotonic() > deadline:
-                    raise TestbedError(f"processes {self._alive_pids()} survived SIGKILL")
-                time.sleep(POLL_INTERVAL / 4)
-        self._procs.clear()
+        try:
+            self._group.stop(timeout=STOP_TIMEOUT, poll=POLL_INTERVAL / 4)
+        except RuntimeError as exc:
+            raise TestbedError(str(exc)) from exc
+        self._group = ProcessGroup(launcher=self._launcher)
         self._state = {}
         self._remove_state(keep_logs=keep_logs)
 
@@ -182,7 +170,7 @@ class Testbed(Service):
             "--unsafe-no-fsync=true",
         )
         self._wait("etcd /health", lambda: _etcd_healthy(etcd_url))
-        pki = self.pki
+        certs = self._certs
         self._spawn(
             "kube-apiserver",
             f"--etcd-servers={etcd_url}",
@@ -190,12 +178,12 @@ class Testbed(Service):
             "--advertise-address=127.0.0.1",
             f"--secure-port={api_port}",
             f"--cert-dir={self.run_dir / 'apiserver'}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}",
-            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--tls-cert-file={certs.apiserver_cert}",
+            f"--tls-private-key-file={certs.apiserver_key}",
             f"--client-ca-file={self.ca_file}",
             f"--service-account-issuer={SA_ISSUER}",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-account-key-file={certs.sa_pub}",
+            f"--service-account-signing-key-file={certs.sa_key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
             "--allow-privileged=true",
@@ -209,7 +197,7 @@ class Testbed(Service):
         self._spawn(
             "kube-controller-manager",
             *common,
-            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--service-account-private-key-file={certs.sa_key}",
             f"--root-ca-file={self.ca_file}",
             # Nodes are fake; a slow heartbeat on a busy machine must not evict the pods.
             "--node-monitor-grace-period=2m",
@@ -284,33 +272,22 @@ class Testbed(Service):
     def _load_state(self) -> None:
         with contextlib.suppress(FileNotFoundError, ValueError):
             self._state = json.loads(self._state_file.read_text())
+        pgid, pids = self._state.get("pgid"), self._state.get("pids", {})
+        self._group = ProcessGroup(pgid=pgid, pids=pids, launcher=self._launcher)
 
     def _spawn(self, name: str, *args: str) -> None:
-        pgid = self._state["pgid"]
-        with (self.logs / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [*self._launcher, str(self.bin_dir / name), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.run_dir,
-                # The first component leads a new process group; the others join it.
-                process_group=0 if pgid is None else pgid,
-            )
-        self._procs[proc.pid] = proc
-        self._state["pids"][name] = proc.pid
-        if pgid is None:
-            self._state["pgid"] = proc.pid
+        command = [str(self.bin_dir / name), *args]
+        self._group.spawn(name, command, log_file=self.logs / f"{name}.log", cwd=self.run_dir)
+        self._state.update(pgid=self._group.pgid, pids=self._group.pids)
         self._state_file.write_text(json.dumps(self._state))
 
     def _wait(self, what: str, ready: Callable[[], bool], timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
-            for name, pid in self._state.get("pids", {}).items():
-                proc = self._procs.get(pid)
-                if proc is not None and proc.poll() is not None:
-                    tail = log_tail(self.logs / f"{name}.log", lines=20)
-                    raise TestbedError(f"{name} exited while waiting for {what}:\n{tail}")
+            exited = self._group.exited()
+            if exited is not None:
+                tail = log_tail(self.logs / f"{exited}.log", lines=20)
+                raise TestbedError(f"{exited} exited while waiting for {what}:\n{tail}")
             if time.monotonic() > deadline:
                 raise TestbedError(
                     f"timed out after {timeout:.0f}s waiting for {what}; logs in {self.logs}"
@@ -319,7 +296,7 @@ class Testbed(Service):
 
     def _apiserver_ready(self) -> bool:
         context = ssl.create_default_context(cafile=str(self.ca_file))
-        context.load_cert_chain(self.pki / "admin.crt", self.pki / "admin.key")
+        context.load_cert_chain(self._certs.admin_cert, self._certs.admin_key)
         try:
             with urllib.request.urlopen(f"{self.server}/readyz", context=context, timeout=5):
                 return True
@@ -335,19 +312,6 @@ class Testbed(Service):
         out = self.kubectl("get", "nodes", "-o", f"jsonpath={jsonpath}").stdout.split()
         return len(out) >= len(NODE_NAMES) and all(status == "True" for status in out)
 
-    def _alive_pids(self) -> list[int]:
-        """Our recorded processes that still run (zombies and reused pids do not count)."""
-        pgid = self._state.get("pgid")
-        alive = []
-        for pid in self._state.get("pids", {}).values():
-            proc = self._procs.get(pid)
-            if proc is not None:
-                if proc.poll() is None:
-                    alive.append(pid)
-            elif _runs_in_group(pid, pgid):
-                alive.append(pid)
-        return alive
-
     def _remove_state(self, *, keep_logs: bool) -> None:
         shutil.rmtree(self.run_dir, ignore_errors=True)
         self.kubeconfig.unlink(missing_ok=True)
@@ -360,17 +324,8 @@ class Testbed(Service):
             server=self.server,
             ca_file=self.ca_file,
             user_name="admin",
-            user=certificate_user(self.pki / "admin.crt", self.pki / "admin.key"),
+            user=certificate_user(self._certs.admin_cert, self._certs.admin_key),
         )
-
-
-def _runs_in_group(pid: int, pgid: object) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    # Fields after the command name: state, ppid, pgrp. A zombie is as good as gone.
-    return state[0] != "Z" and int(state[2]) == pgid
 
 
 def _etcd_healthy(url: str) -> bool:
@@ -398,31 +353,6 @@ def _node_manifest(name: str) -> dict[str, Any]:
         },
         "status": {"capacity": NODE_CAPACITY, "allocatable": NODE_CAPACITY},
     }
-
-
-def _write_pki(directory: Path) -> None:
-    """CA, apiserver serving cert, admin client cert and ServiceAccount signing key (EC P-256)."""
-    ca = CertificateAuthority(
-        directory / "ca.crt",
-        directory / "ca.key",
-        common_name="image-cloner testbed CA",
-        validity=PKI_VALIDITY,
-    )
-    ca.issue_server(
-        directory / "apiserver.crt",
-        directory / "apiserver.key",
-        common_name="kube-apiserver",
-        names=("localhost", "kubernetes.default.svc", "127.0.0.1", "::1"),
-    )
-    ca.issue_client(
-        directory / "admin.crt",
-        directory / "admin.key",
-        common_name="testbed-admin",
-        organization="system:masters",  # the group RBAC lets do anything
-    )
-    # The controller-manager signs tokens with sa.key; the apiserver only reads EC keys as
-    # public keys, hence sa.pub.
-    write_key_pair(directory / "sa.key", directory / "sa.pub")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
