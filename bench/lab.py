@@ -19,12 +19,11 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from tests.support import skopeo
 from tests.support.images import ImageFactory, ImageSpec, SyntheticImage, push_image
 from tests.support.pki import make_pki
+from tests.support.processes import Service
 from tests.support.proxy import RegistryProxy
 from tests.support.registries import RegistryEndpoint, RegistryKind, RunningRegistry
 
@@ -54,7 +53,7 @@ class RequestCount:
         return self.source + self.destination
 
 
-class Lab:
+class Lab(Service):
     """A source registry (open, plain HTTP) and fresh destinations (htpasswd + TLS) on demand.
 
     Use as a context manager: every process it started is stopped on the way out.
@@ -75,16 +74,10 @@ class Lab:
         if not IMAGE_CLONER.exists():
             raise RuntimeError(f"{IMAGE_CLONER} not found: run `make venv` first")
 
-    def __enter__(self) -> Self:
+    def start(self) -> None:
         self._stack.enter_context(self.source)
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
         self._stack.close()
 
     def seed(self, spec: ImageSpec, name: str) -> SyntheticImage:
