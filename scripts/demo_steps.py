@@ -167,31 +167,23 @@ def _registries(
 def _backup_registry(
     workdir: Path, pki: TestPKI, story: Story, stack: contextlib.ExitStack
 ) -> RunningRegistry:
-    registry = RunningRegistry(workdir, kind=RegistryKind.HTPASSWD, pki=pki)
-    stack.callback(registry.stop)
+    def started(port: int | None) -> RunningRegistry:
+        registry = RunningRegistry(workdir, kind=RegistryKind.HTPASSWD, pki=pki, port=port)
+        stack.callback(registry.stop)
+        registry.start()
+        return registry
+
     if port_free(PREFERRED_PORT):
-        _pin_port(registry, PREFERRED_PORT)
         try:
-            registry.start()
+            return started(PREFERRED_PORT)
         except RuntimeError:  # taken between our check and its start: any free port will do
-            registry = RunningRegistry(workdir, kind=RegistryKind.HTPASSWD, pki=pki)
-            stack.callback(registry.stop)
-        else:
-            return registry
+            pass
+    registry = started(None)
     story.warn(
         f"port {PREFERRED_PORT} is taken, so the backup registry listens on {registry.port}: "
         f"images become localhost:{registry.port}/..."
     )
-    registry.start()
     return registry
-
-
-def _pin_port(registry: RunningRegistry, port: int) -> None:
-    """Move a registry that has not started yet to `port` (RunningRegistry picks a free one)."""
-    config = json.loads(registry.config_file.read_text())
-    config["http"]["addr"] = f"127.0.0.1:{port}"
-    registry.config_file.write_text(json.dumps(config, indent=2))
-    registry.port, registry.host = port, f"127.0.0.1:{port}"
 
 
 def _controller(

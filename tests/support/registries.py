@@ -135,6 +135,7 @@ class RunningRegistry(RegistryEndpoint, ServiceProcess):
         kind: RegistryKind = RegistryKind.OPEN,
         pki: TestPKI | None = None,
         token: TokenAuthConfig | None = None,
+        port: int | None = None,
     ) -> None:
         if kind is not RegistryKind.OPEN and pki is None:
             raise ValueError(f"a {kind} registry needs the test PKI for TLS")
@@ -145,7 +146,7 @@ class RunningRegistry(RegistryEndpoint, ServiceProcess):
         self.data_dir = workdir / "data"
         self.log_file = workdir / "registry.log"
         self.config_file = workdir / "config.yml"
-        self.port = free_port()
+        self.port = port or free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.scheme = "http" if kind is RegistryKind.OPEN else "https"
         with_password = kind is not RegistryKind.OPEN
