@@ -37,11 +37,22 @@ T = TypeVar("T")
 
 
 class ControllerProcess(ServiceProcess):
-    """`image-cloner run --log-format json --log-level debug` with `env` on a free metrics port."""
+    """`image-cloner run --log-format json --log-level debug` with `env` on a free metrics port.
 
-    def __init__(self, workdir: Path, *, kubeconfig: Path, env: Mapping[str, str]) -> None:
+    `log_format="text"` runs it with the human format instead (then only `log_text()` reads it).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        kubeconfig: Path,
+        env: Mapping[str, str],
+        log_format: str = "json",
+    ) -> None:
         self.workdir = workdir
         self.kubeconfig = kubeconfig
+        self.log_format = log_format
         self.metrics_port = free_port()
         self.env = {**env, "IMAGE_CLONER_METRICS_PORT": str(self.metrics_port)}
         self.log_file = workdir / "controller.log"
@@ -60,7 +71,7 @@ class ControllerProcess(ServiceProcess):
             "image_cloner",
             "run",
             f"--kubeconfig={self.kubeconfig}",
-            "--log-format=json",
+            f"--log-format={self.log_format}",
             "--log-level=debug",
         ]
         self._launch(
