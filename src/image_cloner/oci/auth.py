@@ -39,7 +39,7 @@ from image_cloner.oci.errors import (
     read_body,
 )
 from image_cloner.oci.options import Credentials
-from image_cloner.oci.references import DOCKER_HUB, DOCKER_HUB_API, Registry
+from image_cloner.oci.references import DOCKER_HUB, DOCKER_HUB_API, InvalidReference, Registry
 
 __all__ = [
     "Challenge",
@@ -260,8 +260,11 @@ class RegistryAuth:
             raise AuthenticationError(f"{authority}: Bearer challenge without a usable realm")
         credentials = self.credentials_for(authority)
         realm_authority = realm.raw_authority
-        plain_ok = realm_authority in self._insecure_hosts or Registry(realm_authority).is_loopback
-        if realm.scheme == "http" and credentials is not None and not plain_ok:
+        if (
+            realm.scheme == "http"
+            and credentials is not None
+            and not self._plain_ok(realm_authority)
+        ):
             raise AuthenticationError(
                 f"{authority}: refusing to send credentials to plain-HTTP token realm "
                 f"{describe_url(realm)}"
@@ -285,6 +288,15 @@ class RegistryAuth:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RegistryUnavailableError(f"{what}: {type(exc).__name__}") from None
         return self._parse_token(what, body)
+
+    def _plain_ok(self, authority: str) -> bool:
+        """May credentials go to this realm host over plain HTTP (loopback or insecure)?"""
+        if authority in self._insecure_hosts:
+            return True
+        try:
+            return Registry(authority).is_loopback
+        except InvalidReference:  # a URL host need not be a valid image-name host (`auth_x`)
+            return False
 
     @staticmethod
     def _token_error(what: str, response: ClientResponse, *, anonymous: bool) -> RegistryError:
