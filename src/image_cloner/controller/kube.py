@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import aiohttp
 import kopf
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
@@ -287,6 +288,11 @@ class Kube:
             )
         except k8s.ApiException as e:
             raise KubeApiError(int(e.status or 0), _status_message(e)) from None
+        except (aiohttp.ClientError, TimeoutError) as e:
+            # Refused, reset, TLS trouble or no answer in time: a failed request like any
+            # other (status 0), which callers retry; it must not escape them and end a task.
+            reason = str(e) or type(e).__name__
+            raise KubeApiError(0, f"cannot reach the apiserver: {reason}") from None
         return dict(result or {})
 
 
