@@ -88,13 +88,22 @@ class ImageBackoff:
 
     def failed(self, key: ImageKey, reason: str) -> float:
         """Record a failed attempt; returns the seconds until the next one."""
+        now = self._clock()
+        self._prune(now)
         delay = self._delays.when(key)
-        self._blocked[key] = (self._clock() + delay, reason)
+        self._blocked[key] = (now + delay, reason)
         return delay
 
     def succeeded(self, key: ImageKey) -> None:
         self._delays.forget(key)
         self._blocked.pop(key, None)
+
+    def _prune(self, now: float) -> None:
+        # An image free for longer than the cap that nobody tried again belongs to workloads
+        # that were deleted or fixed; without this its entry would stay for the process's life.
+        cap = self._delays.cap
+        for key in [k for k, (until, _) in self._blocked.items() if now - until > cap]:
+            self.succeeded(key)
 
 
 @dataclass(frozen=True)
