@@ -132,6 +132,8 @@ class _SingleFlight(Generic[T]):
 
     def __init__(self) -> None:
         self._flights: dict[Hashable, _Flight[T]] = {}
+        self._winding_down: set[asyncio.Task[T]] = set()
+        """Work cancelled because nobody waits for it any more, still cleaning up."""
 
     async def run(self, key: Hashable, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         flight = self._flights.get(key)
@@ -146,7 +148,16 @@ class _SingleFlight(Generic[T]):
         finally:
             flight.waiters -= 1
             if flight.waiters == 0 and not flight.task.done():
-                flight.task.cancel()
+                self._abandon(key, flight.task)
+
+    def _abandon(self, key: Hashable, task: asyncio.Task[T]) -> None:
+        """Cancel work nobody waits for; a later caller starts afresh rather than join a
+        task that is winding down (it would get that task's CancelledError)."""
+        task.cancel()
+        if (flight := self._flights.get(key)) is not None and flight.task is task:
+            del self._flights[key]
+        self._winding_down.add(task)
+        task.add_done_callback(self._winding_down.discard)
 
     def _forget(self, key: Hashable, task: asyncio.Task[T]) -> None:
         flight = self._flights.get(key)
@@ -160,7 +171,8 @@ class _SingleFlight(Generic[T]):
         tasks = [flight.task for flight in self._flights.values()]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Work already cancelled is not cancelled again: that would cut its clean-up short.
+        await asyncio.gather(*tasks, *self._winding_down, return_exceptions=True)
 
 
 async def _all(works: Iterable[Coroutine[Any, Any, None]]) -> None:

@@ -1,0 +1,65 @@
+"""Review findings in the copy engine, against real registries."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+
+from image_cloner.oci import Copier, RetryPolicy
+from image_cloner.oci.references import parse_reference
+from tests.support.images import ImageKind, ImageSeeder
+from tests.support.proxy import ProxyFactory
+from tests.support.registries import RunningRegistry, registry_options
+
+pytestmark = pytest.mark.integration
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def open_uploads(registry: RunningRegistry, repo: str) -> list[Path]:
+    """Upload sessions distribution keeps on disk for `repo`.
+
+    A session is its `_uploads/<uuid>/data` file; DELETE removes it (distribution 2.8 then
+    leaves a stray `hashstates/` directory behind, which is no open session).
+    """
+    uploads = registry.data_dir / "docker/registry/v2/repositories" / repo / "_uploads"
+    return sorted(uploads.glob("*/data"))
+
+
+async def test_an_interrupted_copy_leaves_no_upload_session_open(
+    open_registry: RunningRegistry,
+    auth_registry: RunningRegistry,
+    seed_image: ImageSeeder,
+    proxy_factory: ProxyFactory,
+) -> None:
+    """Ctrl-C during a copy (asyncio.run cancels the CLI's task) while every blob transfer
+    has its upload session open, waiting to retry a source that answers 503: each session
+    is cancelled (DELETE) before the Copier closes, none is left in the registry."""
+    source = proxy_factory(open_registry)
+    name, repo = f"{unique('src')}/app:1", unique("interrupted") + "/app"
+    image = seed_image(open_registry, name, ImageKind.SINGLE)
+    source.fail_next(100, status=503, path=r"/blobs/")
+    slow_retries = RetryPolicy(base_delay=60, jitter=0)
+
+    async def cli() -> None:
+        async with Copier(registry_options(source, auth_registry), retry=slow_retries) as copier:
+            await copier.copy_image(
+                parse_reference(source.ref(name)), parse_reference(auth_registry.ref(f"{repo}:1"))
+            )
+
+    task = asyncio.create_task(cli())
+    for _ in range(300):
+        if len(open_uploads(auth_registry, repo)) == len(image.blobs):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"expected {len(image.blobs)} open upload sessions")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert open_uploads(auth_registry, repo) == []
