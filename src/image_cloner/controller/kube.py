@@ -63,6 +63,7 @@ class KubeApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"Kubernetes API error {status}: {message}")
         self.status = status
+        self.message = message
 
 
 class Conflict(KubeApiError):
@@ -153,7 +154,7 @@ class Kube:
             )
         except KubeApiError as e:
             if e.status in (409, 422):
-                raise Conflict(e.status, str(e)) from None
+                raise Conflict(e.status, e.message) from None
             raise
 
     # --- events ---------------------------------------------------------------

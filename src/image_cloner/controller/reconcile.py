@@ -182,6 +182,11 @@ class Reconciler:
         try:
             await self._rewrite(key, obj, plan, log, pull_secret=pull_secret)
         except Conflict as e:
+            fresh = await self._read(key)
+            if fresh is not None and _version(fresh) == _version(obj):
+                # Unchanged, so the apiserver refused the patch itself (an admission policy, a
+                # validation error: 422 as well); reading it again would only repeat that.
+                raise _Failed(f"images copied, but the workload cannot be patched: {e}") from None
             log_event(
                 logger,
                 logging.DEBUG,
@@ -342,3 +347,7 @@ class Reconciler:
         except KubeApiError as e:
             # The Event is a report, not the work: losing it must not undo or repeat the work.
             log_event(logger, logging.WARNING, "cannot post event", event=reason, error=str(e))
+
+
+def _version(obj: JsonObject) -> object:
+    return (obj.get("metadata") or {}).get("resourceVersion")
