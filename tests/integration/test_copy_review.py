@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from image_cloner.oci import Copier, RetryPolicy
@@ -63,3 +65,43 @@ async def test_an_interrupted_copy_leaves_no_upload_session_open(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert open_uploads(auth_registry, repo) == []
+
+
+async def test_a_refused_mount_session_waiting_for_a_transfer_slot_is_cancelled_too(
+    open_registry: RunningRegistry,
+    auth_registry: RunningRegistry,
+    seed_image: ImageSeeder,
+    proxy_factory: ProxyFactory,
+) -> None:
+    """A mount answered 202 opens an upload session before the transfer waits for a slot;
+    a copy interrupted during that wait cancels the session as well."""
+    source = proxy_factory(open_registry)
+    name, first, second = f"{unique('src')}/app:1", unique("home") + "/app", unique("z") + "/app"
+    image = seed_image(open_registry, name, ImageKind.SINGLE)
+    opts = dataclasses.replace(registry_options(source, auth_registry), max_concurrent_transfers=1)
+    async with Copier(opts, retry=RetryPolicy(base_delay=60, jitter=0)) as copier:
+        src = parse_reference(source.ref(name))
+        await copier.copy_image(src, parse_reference(auth_registry.ref(f"{first}:1")))
+        # The copier now mounts these blobs from `first`; make those mounts fail (202).
+        assert auth_registry.username is not None
+        assert auth_registry.password is not None
+        login = aiohttp.encode_basic_auth(auth_registry.username, auth_registry.password)
+        async with aiohttp.ClientSession(headers={"Authorization": login}) as session:
+            for digest in image.blob_digests:
+                url = f"{auth_registry.url}/v2/{first}/blobs/{digest}"
+                async with session.delete(url, ssl=auth_registry.ssl_context()) as resp:
+                    assert resp.status == 202
+        source.fail_next(100, status=503, path=r"/blobs/")
+        task = asyncio.create_task(
+            copier.copy_image(src, parse_reference(auth_registry.ref(f"{second}:1")))
+        )
+        for _ in range(300):
+            if len(open_uploads(auth_registry, second)) == len(image.blobs):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"expected {len(image.blobs)} open upload sessions")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert open_uploads(auth_registry, second) == []

@@ -349,8 +349,12 @@ class Copier:
                 await target.cancel_upload(current)
                 raise
 
-        async with self._transport.transfer_slot(job.source.authority, target.authority):
-            await self._transport.with_retries(upload_once)
+        try:
+            async with self._transport.transfer_slot(job.source.authority, target.authority):
+                await self._transport.with_retries(upload_once)
+        finally:
+            if session is not None:  # a refused mount's session, never used (e.g. cancelled
+                await target.cancel_upload(session)  # while waiting for a transfer slot)
         self._remember(target, blob.digest)
         return BlobOutcome.COPIED
 
