@@ -85,11 +85,13 @@ async def test_a_refused_mount_session_waiting_for_a_transfer_slot_is_cancelled_
         # The copier now mounts these blobs from `first`; make those mounts fail (202).
         assert auth_registry.username is not None
         assert auth_registry.password is not None
+        tls = auth_registry.ssl_context()
+        assert tls is not None
         login = aiohttp.encode_basic_auth(auth_registry.username, auth_registry.password)
         async with aiohttp.ClientSession(headers={"Authorization": login}) as session:
             for digest in image.blob_digests:
                 url = f"{auth_registry.url}/v2/{first}/blobs/{digest}"
-                async with session.delete(url, ssl=auth_registry.ssl_context()) as resp:
+                async with session.delete(url, ssl=tls) as resp:
                     assert resp.status == 202
         source.fail_next(100, status=503, path=r"/blobs/")
         task = asyncio.create_task(
