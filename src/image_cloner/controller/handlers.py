@@ -105,6 +105,9 @@ class WatchTracker:
 
     async def resync(self, kind: WorkloadKind) -> int:
         """List `kind`; enqueue workloads the watch is behind on; returns how many."""
+        # Seen before the listing began yet absent from it: deleted, though a relisting watch
+        # (after a broken stream) sends no DELETED for it. Forget it, or it stays for good.
+        known = {key for key in self._seen if key.kind == kind.kind}
         try:
             items = await self._kube.list_workloads(kind.kind, namespace=self._settings.namespace)
         except KubeApiError as e:
@@ -116,9 +119,14 @@ class WatchTracker:
         for item in items:
             meta = item.get("metadata") or {}
             key = WorkloadKey(kind.kind, str(meta.get("namespace")), str(meta.get("name")))
+            known.discard(key)
             if self._seen.get(key) != meta.get("resourceVersion"):
                 behind += 1
                 self._consider(kind, key, item)
+        scope = self._settings.namespace
+        for key in known:
+            if scope is None or key.namespace == scope:
+                self._seen.pop(key, None)
         if behind:
             log_event(
                 logger,
