@@ -1,0 +1,186 @@
+"""Review findings in the controller, on the real apiserver, each pinned by a test.
+
+- A patch the apiserver refuses for what it is (an admission policy, a validation error:
+  both 422, like a failed JSON-patch `test`) is a failure to report, not a concurrent edit
+  to re-read: the user gets a `CloneFailed` Event naming the refusal.
+- The watch tracker forgets workloads that were deleted while the watch did not say so
+  (kopf relists after a broken stream but sends no DELETED for what vanished meanwhile).
+
+The reconciler and the tracker run in-process as the ServiceAccount of examples/rbac*.yml,
+against a real registry and the test bed.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from image_cloner.controller.handlers import WatchTracker
+from image_cloner.controller.kube import Kube
+from image_cloner.controller.queue import Retry, WorkQueue
+from image_cloner.controller.reconcile import CLONE_FAILED, Reconciler
+from image_cloner.metrics import Health, Metrics
+from image_cloner.oci.copying import Copier
+from image_cloner.settings import Settings
+from image_cloner.workloads import DEPLOYMENT, WorkloadKey
+from tests.support.controller import controller_kubeconfig, wait_until
+from tests.support.images import ImageSeeder
+from tests.support.registries import RunningRegistry
+from tests.support.testbed import Testbed
+
+
+@pytest.fixture(scope="module")
+def sa_kubeconfig(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return controller_kubeconfig(testbed, tmp_path_factory.mktemp("sa") / "kubeconfig")
+
+
+@pytest.fixture
+async def kube(sa_kubeconfig: Path) -> AsyncIterator[Kube]:
+    client = await Kube.connect(kubeconfig=str(sa_kubeconfig))
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def workload(testbed: Testbed, namespace: str, name: str) -> dict[str, Any]:
+    out = testbed.kubectl("get", "deployment", name, "-n", namespace, "-o", "json").stdout
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def cluster_events(testbed: Testbed, namespace: str, reason: str) -> list[dict[str, Any]]:
+    items = json.loads(testbed.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
+    return [e for e in items["items"] if e.get("reason") == reason]
+
+
+@pytest.fixture
+def deny_images(testbed: Testbed) -> Iterator[Any]:
+    """`deny_images(namespace, prefix)`: a ValidatingAdmissionPolicy refusing those images."""
+    created: list[str] = []
+
+    def deny(namespace: str, prefix: str) -> None:
+        name = f"review-deny-{uuid.uuid4().hex[:6]}"
+        created.append(name)
+        expression = f"object.spec.template.spec.containers.all(c, !c.image.startsWith('{prefix}'))"
+        policy = {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": ["apps"],
+                            "apiVersions": ["v1"],
+                            "operations": ["UPDATE"],
+                            "resources": ["deployments"],
+                        }
+                    ]
+                },
+                "validations": [{"expression": expression, "message": "backup images refused"}],
+            },
+        }
+        binding = {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+                },
+            },
+        }
+        manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": [policy, binding]})
+        testbed.kubectl("apply", "-f", "-", input=manifest)
+
+    yield deny
+    for name in created:
+        testbed.kubectl(
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            name,
+            "--ignore-not-found",
+            check=False,
+        )
+
+
+async def test_a_patch_refused_by_an_admission_policy_becomes_a_clone_failed_event(
+    *,
+    kube: Kube,
+    testbed: Testbed,
+    namespace: str,
+    open_registry: RunningRegistry,
+    seed_image: ImageSeeder,
+    deny_images: Any,
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    source = f"{open_registry.host}/review-{suffix}/app:1"
+    seed_image(open_registry, f"review-{suffix}/app:1", "index")
+    backup = f"{open_registry.host}/backup-{suffix}"
+    testbed.kubectl("create", "deployment", "web", f"--image={source}", "-n", namespace)
+    testbed.kubectl("rollout", "status", "deployment/web", "-n", namespace, "--timeout=90s")
+
+    deny_images(namespace, f"{backup}/")
+
+    def policy_active() -> bool:
+        probe = testbed.kubectl(
+            "set",
+            "image",
+            "deployment/web",
+            f"*={backup}/probe:1",
+            "-n",
+            namespace,
+            "--dry-run=server",
+            check=False,
+        )
+        return probe.returncode != 0 and "backup images refused" in probe.stderr
+
+    wait_until(policy_active, timeout=30, what="the admission policy to take effect")
+
+    settings = Settings.from_env({"IMAGE_CLONER_REGISTRY": backup})
+    async with Copier(settings.registry_options) as copier:
+        reconciler = Reconciler(
+            kube=kube, copier=copier, settings=settings, metrics=Metrics(health=Health())
+        )
+        with pytest.raises(Retry) as caught:
+            await reconciler(WorkloadKey("Deployment", namespace, "web"))
+
+    assert "backup images refused" in caught.value.reason
+    assert caught.value.after is None, "backed off by the queue, not retried at once"
+    failed = cluster_events(testbed, namespace, CLONE_FAILED)
+    assert len(failed) == 1
+    assert "backup images refused" in failed[0]["message"]
+    assert "error 422: Kubernetes API error" not in failed[0]["message"]
+    image = workload(testbed, namespace, "web")["spec"]["template"]["spec"]["containers"][0]
+    assert image["image"] == source, "the workload is untouched"
+
+
+async def test_the_watch_tracker_forgets_workloads_deleted_behind_its_back(
+    kube: Kube, testbed: Testbed, namespace: str
+) -> None:
+    for name in ("gone", "kept"):
+        testbed.kubectl("create", "deployment", name, "--image=nginx:1", "-n", namespace)
+    settings = Settings.from_env(
+        {"IMAGE_CLONER_REGISTRY": "localhost:5000", "IMAGE_CLONER_NAMESPACE": namespace}
+    )
+    queue: WorkQueue[WorkloadKey] = WorkQueue()
+    tracker = WatchTracker(queue=queue, health=Health(), kube=kube, settings=settings)
+    for name in ("gone", "kept"):
+        current = await kube.read_workload("Deployment", namespace, name)
+        assert current is not None
+        tracker.observe(DEPLOYMENT, None, current)
+
+    # Deleted while the stream was down: the relist that follows sends no DELETED event.
+    testbed.kubectl("delete", "deployment", "gone", "-n", namespace)
+    await tracker.resync(DEPLOYMENT)
+
+    assert set(tracker._seen) == {WorkloadKey("Deployment", namespace, "kept")}
