@@ -75,6 +75,12 @@ class BlobStream:
         try:
             async for chunk in self._resp.content.iter_chunked(CHUNK_SIZE):
                 digester.update(chunk)
+                if digester.size > self.descriptor.size:
+                    # Fail before the held-back chunk goes out: the target may already
+                    # hold `size` bytes, a complete body, once it is sent.
+                    raise DigestMismatchError(
+                        f"{self._what}: more than the expected {self.descriptor.size} bytes"
+                    )
                 if pending:
                     yield self._sent(pending)
                 pending = chunk
