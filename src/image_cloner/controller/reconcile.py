@@ -321,6 +321,8 @@ class Reconciler:
         except Conflict:
             raise
         except KubeApiError as e:
+            if e.status == 404:
+                return  # deleted while its images were copied: nothing left to rewrite
             raise _Failed(f"images copied, but the workload cannot be patched: {e}") from None
         for r in plan:
             log.updated(str(r.target), container=r.container.name)
