@@ -3,6 +3,8 @@
 - A patch the apiserver refuses for what it is (an admission policy, a validation error:
   both 422, like a failed JSON-patch `test`) is a failure to report, not a concurrent edit
   to re-read: the user gets a `CloneFailed` Event naming the refusal.
+- A workload deleted while its images are copied is simply gone: no Warning Event about a
+  patch that could not find it, no retry.
 - The watch tracker forgets workloads that were deleted while the watch did not say so
   (kopf relists after a broken stream but sends no DELETED for what vanished meanwhile).
 
@@ -25,7 +27,8 @@ from image_cloner.controller.kube import Kube
 from image_cloner.controller.queue import Retry, WorkQueue
 from image_cloner.controller.reconcile import CLONE_FAILED, Reconciler
 from image_cloner.metrics import Health, Metrics
-from image_cloner.oci.copying import Copier
+from image_cloner.oci.copying import Copier, CopyResult, ProgressListener
+from image_cloner.oci.references import Reference
 from image_cloner.settings import Settings
 from image_cloner.workloads import DEPLOYMENT, WorkloadKey
 from tests.support.controller import controller_kubeconfig, wait_until
@@ -184,3 +187,41 @@ async def test_the_watch_tracker_forgets_workloads_deleted_behind_its_back(
     await tracker.resync(DEPLOYMENT)
 
     assert set(tracker._seen) == {WorkloadKey("Deployment", namespace, "kept")}
+
+
+async def test_a_workload_deleted_while_its_images_are_copied_gets_no_clone_failed_event(
+    *,
+    kube: Kube,
+    testbed: Testbed,
+    namespace: str,
+    open_registry: RunningRegistry,
+    seed_image: ImageSeeder,
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    source = f"{open_registry.host}/review-{suffix}/app:1"
+    seed_image(open_registry, f"review-{suffix}/app:1", "index")
+    testbed.kubectl("create", "deployment", "web", f"--image={source}", "-n", namespace)
+    testbed.kubectl("rollout", "status", "deployment/web", "-n", namespace, "--timeout=90s")
+
+    class DeletedMeanwhile(Copier):
+        """A real copy, during which the user deletes the workload."""
+
+        async def copy_image(
+            self,
+            source: Reference,
+            target: Reference,
+            *,
+            force: bool = False,
+            progress: ProgressListener | None = None,
+        ) -> CopyResult:
+            testbed.kubectl("delete", "deployment", "web", "-n", namespace)
+            return await super().copy_image(source, target, force=force, progress=progress)
+
+    settings = Settings.from_env({"IMAGE_CLONER_REGISTRY": f"{open_registry.host}/b-{suffix}"})
+    async with DeletedMeanwhile(settings.registry_options) as copier:
+        reconciler = Reconciler(
+            kube=kube, copier=copier, settings=settings, metrics=Metrics(health=Health())
+        )
+        await reconciler(WorkloadKey("Deployment", namespace, "web"))  # done, not Retry
+
+    assert cluster_events(testbed, namespace, CLONE_FAILED) == []
