@@ -8,11 +8,13 @@ building here would hide a 20-minute compile inside a test timeout.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from image_cloner.controller.kube import Kube
+from tests.support.controller import controller_kubeconfig
 from tests.support.testbed import Testbed, default_bin_dir, missing_binaries
 
 
@@ -51,3 +53,19 @@ def namespace(testbed: Testbed) -> Iterator[str]:
     testbed.create_namespace(name)
     yield name
     testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def sa_kubeconfig(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The controller's ServiceAccount, with exactly the rights of examples/rbac*.yml."""
+    return controller_kubeconfig(testbed, tmp_path_factory.mktemp("sa") / "kubeconfig")
+
+
+@pytest.fixture
+async def kube(sa_kubeconfig: Path) -> AsyncIterator[Kube]:
+    """Our Kubernetes client, acting as that ServiceAccount."""
+    client = await Kube.connect(kubeconfig=str(sa_kubeconfig))
+    try:
+        yield client
+    finally:
+        await client.close()

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from tests.support import skopeo
-from tests.support.controller import ControllerProcess, controller_kubeconfig, wait_until
+from tests.support.controller import ControllerProcess, wait_until
 from tests.support.images import ImageSeeder, ImageSpec, SyntheticImage
 from tests.support.pki import TestPKI
 from tests.support.proxy import RegistryProxy
@@ -84,12 +84,6 @@ def upstream(
         yield proxy
     finally:
         proxy.stop()
-
-
-@pytest.fixture(scope="module")
-def sa_kubeconfig(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The controller's ServiceAccount, with exactly the rights of examples/rbac*.yml."""
-    return controller_kubeconfig(testbed, tmp_path_factory.mktemp("sa") / "kubeconfig")
 
 
 @pytest.fixture(scope="module")

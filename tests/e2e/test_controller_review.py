@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,24 +30,10 @@ from image_cloner.oci.copying import Copier, CopyResult, ProgressListener
 from image_cloner.oci.references import Reference
 from image_cloner.settings import Settings
 from image_cloner.workloads import DEPLOYMENT, WorkloadKey
-from tests.support.controller import controller_kubeconfig, wait_until
+from tests.support.controller import wait_until
 from tests.support.images import ImageSeeder
 from tests.support.registries import RunningRegistry
 from tests.support.testbed import Testbed
-
-
-@pytest.fixture(scope="module")
-def sa_kubeconfig(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return controller_kubeconfig(testbed, tmp_path_factory.mktemp("sa") / "kubeconfig")
-
-
-@pytest.fixture
-async def kube(sa_kubeconfig: Path) -> AsyncIterator[Kube]:
-    client = await Kube.connect(kubeconfig=str(sa_kubeconfig))
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def workload(testbed: Testbed, namespace: str, name: str) -> dict[str, Any]:

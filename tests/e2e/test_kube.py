@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,25 +22,10 @@ from image_cloner.metrics import Health
 from image_cloner.oci.options import Credentials
 from image_cloner.settings import Settings
 from image_cloner.workloads import DEPLOYMENT, WorkloadKey, build_patch
-from tests.support.controller import controller_kubeconfig
 from tests.support.testbed import Testbed
 
 SECRET = "image-cloner-pull"
 REGISTRY = "localhost:5000"
-
-
-@pytest.fixture(scope="module")
-def sa_kubeconfig(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return controller_kubeconfig(testbed, tmp_path_factory.mktemp("sa") / "kubeconfig")
-
-
-@pytest.fixture
-async def kube(sa_kubeconfig: Path) -> AsyncIterator[Kube]:
-    client = await Kube.connect(kubeconfig=str(sa_kubeconfig))
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def create_deployment(testbed: Testbed, namespace: str, name: str) -> None:

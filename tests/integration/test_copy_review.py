@@ -38,6 +38,15 @@ def open_uploads(registry: RunningRegistry, repo: str) -> list[Path]:
     return sorted(uploads.glob("*/data"))
 
 
+async def wait_for_open_uploads(registry: RunningRegistry, repo: str, count: int) -> None:
+    """Until `count` upload sessions are open in `repo` (30 s at most)."""
+    for _ in range(300):
+        if len(open_uploads(registry, repo)) == count:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"expected {count} open upload sessions in {repo}")
+
+
 async def test_an_interrupted_copy_leaves_no_upload_session_open(
     open_registry: RunningRegistry,
     auth_registry: RunningRegistry,
@@ -60,12 +69,7 @@ async def test_an_interrupted_copy_leaves_no_upload_session_open(
             )
 
     task = asyncio.create_task(cli())
-    for _ in range(300):
-        if len(open_uploads(auth_registry, repo)) == len(image.blobs):
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError(f"expected {len(image.blobs)} open upload sessions")
+    await wait_for_open_uploads(auth_registry, repo, len(image.blobs))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -102,12 +106,7 @@ async def test_a_refused_mount_session_waiting_for_a_transfer_slot_is_cancelled_
         task = asyncio.create_task(
             copier.copy_image(src, parse_reference(auth_registry.ref(f"{second}:1")))
         )
-        for _ in range(300):
-            if len(open_uploads(auth_registry, second)) == len(image.blobs):
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError(f"expected {len(image.blobs)} open upload sessions")
+        await wait_for_open_uploads(auth_registry, second, len(image.blobs))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
