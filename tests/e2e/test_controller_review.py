@@ -101,6 +101,18 @@ def deny_images(testbed: Testbed) -> Iterator[Any]:
         )
 
 
+def ready_web_deployment(
+    testbed: Testbed, namespace: str, registry: RunningRegistry, seed_image: ImageSeeder
+) -> tuple[str, str]:
+    """A fresh image in `registry` and a Ready Deployment `web` running it: (suffix, image)."""
+    suffix = uuid.uuid4().hex[:6]
+    source = f"{registry.host}/review-{suffix}/app:1"
+    seed_image(registry, f"review-{suffix}/app:1", "index")
+    testbed.kubectl("create", "deployment", "web", f"--image={source}", "-n", namespace)
+    testbed.kubectl("rollout", "status", "deployment/web", "-n", namespace, "--timeout=90s")
+    return suffix, source
+
+
 async def test_a_patch_refused_by_an_admission_policy_becomes_a_clone_failed_event(
     *,
     kube: Kube,
@@ -110,12 +122,8 @@ async def test_a_patch_refused_by_an_admission_policy_becomes_a_clone_failed_eve
     seed_image: ImageSeeder,
     deny_images: Any,
 ) -> None:
-    suffix = uuid.uuid4().hex[:6]
-    source = f"{open_registry.host}/review-{suffix}/app:1"
-    seed_image(open_registry, f"review-{suffix}/app:1", "index")
+    suffix, source = ready_web_deployment(testbed, namespace, open_registry, seed_image)
     backup = f"{open_registry.host}/backup-{suffix}"
-    testbed.kubectl("create", "deployment", "web", f"--image={source}", "-n", namespace)
-    testbed.kubectl("rollout", "status", "deployment/web", "-n", namespace, "--timeout=90s")
 
     deny_images(namespace, f"{backup}/")
 
@@ -182,11 +190,7 @@ async def test_a_workload_deleted_while_its_images_are_copied_gets_no_clone_fail
     open_registry: RunningRegistry,
     seed_image: ImageSeeder,
 ) -> None:
-    suffix = uuid.uuid4().hex[:6]
-    source = f"{open_registry.host}/review-{suffix}/app:1"
-    seed_image(open_registry, f"review-{suffix}/app:1", "index")
-    testbed.kubectl("create", "deployment", "web", f"--image={source}", "-n", namespace)
-    testbed.kubectl("rollout", "status", "deployment/web", "-n", namespace, "--timeout=90s")
+    suffix, _ = ready_web_deployment(testbed, namespace, open_registry, seed_image)
 
     class DeletedMeanwhile(Copier):
         """A real copy, during which the user deletes the workload."""
