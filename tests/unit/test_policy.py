@@ -23,7 +23,7 @@ def workload(annotations: dict[str, str] | None = None, **meta: Any) -> dict[str
     return {"metadata": {"name": "w", "annotations": annotations or {}, **meta}}
 
 
-OWNED = {"ownerReferences": [{"kind": "Operator", "name": "db", "controller": True}]}
+OWNED: dict[str, Any] = {"ownerReferences": [{"kind": "Operator", "name": "db", "controller": True}]}
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_reverted_finds_containers_back_on_their_originals() -> None:
 
 
 def _entry(manager: str, time: str, *, containers: bool = True, sub: str | None = None) -> Any:
-    spec = {"f:containers": {}} if containers else {"f:replicas": {}}
+    spec: dict[str, Any] = {"f:containers": {}} if containers else {"f:replicas": {}}
     fields = {"f:spec": {"f:template": {"f:spec": spec}}} if containers else {"f:spec": spec}
     entry: dict[str, Any] = {"manager": manager, "time": time, "fieldsV1": fields}
     if sub:
