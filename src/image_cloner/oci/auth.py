@@ -16,7 +16,6 @@ Credentials and tokens never appear in an error message, a log line or a repr.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
@@ -40,6 +39,7 @@ from image_cloner.oci.errors import (
 )
 from image_cloner.oci.options import Credentials
 from image_cloner.oci.references import DOCKER_HUB, DOCKER_HUB_API, InvalidReference, Registry
+from image_cloner.singleflight import SingleFlight
 
 __all__ = [
     "Challenge",
@@ -148,7 +148,7 @@ class RegistryAuth:
         self._clock = clock
         self._challenges: dict[str, Challenge] = {}
         self._tokens: dict[tuple[str, str, tuple[str, ...]], _Token] = {}
-        self._fetches: dict[tuple[str, str, tuple[str, ...]], asyncio.Future[_Token]] = {}
+        self._fetches: SingleFlight[_Token] = SingleFlight()
 
     def __repr__(self) -> str:
         return f"RegistryAuth(hosts={sorted(self._credentials)})"
@@ -241,14 +241,10 @@ class RegistryAuth:
             cached = None
         if cached is not None:
             return cached
-        pending = self._fetches.get(key)
-        if pending is None:
-            # One token request per key at a time: concurrent blob transfers share it.
-            fetch = self._fetch_token(request, authority, challenge, scopes)
-            pending = asyncio.ensure_future(fetch)
-            self._fetches[key] = pending
-            pending.add_done_callback(lambda _: self._fetches.pop(key, None))
-        token = await asyncio.shield(pending)
+        # One token request per key at a time: concurrent blob transfers share it.
+        token = await self._fetches.run(
+            key, lambda: self._fetch_token(request, authority, challenge, scopes)
+        )
         self._tokens[key] = token
         return token
 

@@ -20,11 +20,11 @@ import asyncio
 import enum
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Hashable, Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, Protocol, Self
 
 from image_cloner.oci.auth import RegistryAuth
 from image_cloner.oci.client import RegistryClient, UploadSession
@@ -38,12 +38,11 @@ from image_cloner.oci.manifests import Descriptor, ImageIndex, Manifest
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Reference, Repository
 from image_cloner.oci.transport import RetryPolicy, Transport
+from image_cloner.singleflight import SingleFlight
 
 __all__ = ["BlobOutcome", "Copier", "CopyResult", "ProgressListener"]
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 KNOWN_BLOB_HOMES = 50_000
 """How many (registry, digest) → repository facts we remember as mount sources."""
@@ -117,64 +116,6 @@ class _Job:
     progress: ProgressListener | None
 
 
-@dataclass
-class _Flight(Generic[T]):
-    task: asyncio.Task[T]
-    waiters: int = 0
-
-
-class _SingleFlight(Generic[T]):
-    """One task per key; everyone asking for the same key while it runs awaits that task.
-
-    The work is cancelled only when every caller waiting for it has been cancelled (say,
-    all copies that needed a blob failed elsewhere), so that it cleans up after itself.
-    """
-
-    def __init__(self) -> None:
-        self._flights: dict[Hashable, _Flight[T]] = {}
-        self._winding_down: set[asyncio.Task[T]] = set()
-        """Work cancelled because nobody waits for it any more, still cleaning up."""
-
-    async def run(self, key: Hashable, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = _Flight(asyncio.create_task(work()))
-            self._flights[key] = flight
-            flight.task.add_done_callback(lambda done: self._forget(key, done))
-        flight.waiters += 1
-        try:
-            # shield: one waiter being cancelled must not cancel the work for the others.
-            return await asyncio.shield(flight.task)
-        finally:
-            flight.waiters -= 1
-            if flight.waiters == 0 and not flight.task.done():
-                self._abandon(key, flight.task)
-
-    def _abandon(self, key: Hashable, task: asyncio.Task[T]) -> None:
-        """Cancel work nobody waits for; a later caller starts afresh rather than join a
-        task that is winding down (it would get that task's CancelledError)."""
-        task.cancel()
-        if (flight := self._flights.get(key)) is not None and flight.task is task:
-            del self._flights[key]
-        self._winding_down.add(task)
-        task.add_done_callback(self._winding_down.discard)
-
-    def _forget(self, key: Hashable, task: asyncio.Task[T]) -> None:
-        flight = self._flights.get(key)
-        if flight is not None and flight.task is task:
-            del self._flights[key]
-        if not task.cancelled():
-            task.exception()  # retrieved: waiters that got cancelled must not leave it unreported
-
-    async def cancel_all(self) -> None:
-        """Cancel what still runs and wait for it to clean up (e.g. cancel upload sessions)."""
-        tasks = [flight.task for flight in self._flights.values()]
-        for task in tasks:
-            task.cancel()
-        # Work already cancelled is not cancelled again: that would cut its clean-up short.
-        await asyncio.gather(*tasks, *self._winding_down, return_exceptions=True)
-
-
 async def _all(works: Iterable[Coroutine[Any, Any, None]]) -> None:
     """Run concurrently; on the first failure cancel the rest and raise that failure."""
     try:
@@ -197,9 +138,9 @@ class Copier:
         self.options = options
         self._auth = RegistryAuth(options.credentials, insecure_hosts=options.insecure_hosts)
         self._transport = Transport(options, retry=retry, middlewares=[self._auth])
-        self._images: _SingleFlight[CopyResult] = _SingleFlight()
-        self._manifests: _SingleFlight[int] = _SingleFlight()
-        self._blobs: _SingleFlight[BlobOutcome] = _SingleFlight()
+        self._images: SingleFlight[CopyResult] = SingleFlight()
+        self._manifests: SingleFlight[int] = SingleFlight()
+        self._blobs: SingleFlight[BlobOutcome] = SingleFlight()
         self._blob_homes: OrderedDict[tuple[str, str], Repository] = OrderedDict()
 
     async def __aenter__(self) -> Self:
