@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from image_cloner.backoff import Backoff
 from image_cloner.oci import Copier, DigestMismatchError, RetryPolicy
 from image_cloner.oci.manifests import OCI_MANIFEST
 from image_cloner.oci.references import parse_reference
@@ -60,7 +61,7 @@ async def test_an_interrupted_copy_leaves_no_upload_session_open(
     name, repo = f"{unique('src')}/app:1", unique("interrupted") + "/app"
     image = seed_image(open_registry, name, ImageKind.SINGLE)
     source.fail_next(100, status=503, path=r"/blobs/")
-    slow_retries = RetryPolicy(base_delay=60, jitter=0)
+    slow_retries = RetryPolicy(backoff=Backoff(base=60, cap=60))
 
     async def cli() -> None:
         async with Copier(registry_options(source, auth_registry), retry=slow_retries) as copier:
@@ -88,7 +89,7 @@ async def test_a_refused_mount_session_waiting_for_a_transfer_slot_is_cancelled_
     name, first, second = f"{unique('src')}/app:1", unique("home") + "/app", unique("z") + "/app"
     image = seed_image(open_registry, name, ImageKind.SINGLE)
     opts = dataclasses.replace(registry_options(source, auth_registry), max_concurrent_transfers=1)
-    async with Copier(opts, retry=RetryPolicy(base_delay=60, jitter=0)) as copier:
+    async with Copier(opts, retry=RetryPolicy(backoff=Backoff(base=60, cap=60))) as copier:
         src = parse_reference(source.ref(name))
         await copier.copy_image(src, parse_reference(auth_registry.ref(f"{first}:1")))
         # The copier now mounts these blobs from `first`; make those mounts fail (202).

@@ -33,6 +33,7 @@ from aiohttp import ClientMiddlewareType, ClientResponse, hdrs
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from image_cloner.backoff import Backoff
 from image_cloner.oci.errors import (
     RegistryError,
     RegistryUnavailableError,
@@ -55,6 +56,9 @@ MAX_BODY = 4 * 1024 * 1024
 STREAM_BUFFER = 1024 * 1024
 """Read buffer of streamed blob downloads: big enough for throughput, small enough to stay flat."""
 
+RETRY_BACKOFF = Backoff(base=0.25, cap=10.0, jitter=0.5)
+"""Default wait between request retries (frozen, so one instance serves every policy)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
@@ -64,17 +68,12 @@ class RetryPolicy:
     """Tries in all, the first included."""
     statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
     """Response statuses worth another try; connection failures always are."""
-    base_delay: float = 0.25
-    """Seconds before the first retry; doubles (`multiplier`) with each further one."""
-    multiplier: float = 2.0
-    max_delay: float = 10.0
-    """Cap on a computed backoff delay."""
-    jitter: float = 0.5
-    """Fraction of each delay drawn at random, so that many clients do not retry in step."""
+    backoff: Backoff = RETRY_BACKOFF
+    """Wait before each retry; jittered so that many clients do not retry in step."""
     max_retry_after: float = 60.0
     """Cap on a server's `Retry-After`; beyond it we rather fail than hang."""
 
-    def backoff(
+    def delay(
         self,
         attempt: int,
         *,
@@ -84,8 +83,7 @@ class RetryPolicy:
         """Seconds to wait after failed try number `attempt` (1-based)."""
         if retry_after is not None:
             return max(0.0, min(retry_after, self.max_retry_after))
-        delay = min(self.max_delay, self.base_delay * self.multiplier ** (attempt - 1))
-        return delay * (1 - self.jitter * rand())
+        return self.backoff.delay(attempt, rand=rand)
 
     def should_retry(self, error: RegistryUnavailableError, attempt: int) -> bool:
         if attempt >= self.attempts:
@@ -277,7 +275,7 @@ class Transport:
             except RegistryUnavailableError as exc:
                 if not self.retry.should_retry(exc, attempt):
                     raise
-                await self._sleep(self.retry.backoff(attempt, retry_after=exc.retry_after))
+                await self._sleep(self.retry.delay(attempt, retry_after=exc.retry_after))
 
     @asynccontextmanager
     async def _checked(
