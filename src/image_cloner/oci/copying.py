@@ -24,7 +24,7 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self
 
 from image_cloner.oci.auth import RegistryAuth
 from image_cloner.oci.client import RegistryClient, UploadSession
@@ -37,6 +37,7 @@ from image_cloner.oci.errors import (
 from image_cloner.oci.manifests import Descriptor, ImageIndex, Manifest
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Reference, Repository
+from image_cloner.oci.slots import TransferSlots
 from image_cloner.oci.transport import RetryPolicy, Transport
 from image_cloner.singleflight import SingleFlight
 
@@ -141,6 +142,7 @@ class Copier:
         self._images: SingleFlight[CopyResult] = SingleFlight()
         self._manifests: SingleFlight[int] = SingleFlight()
         self._blobs: SingleFlight[BlobOutcome] = SingleFlight()
+        self._slots = TransferSlots(options.max_concurrent_transfers)
         self._blob_homes: OrderedDict[tuple[str, str], Repository] = OrderedDict()
 
     async def __aenter__(self) -> Self:
@@ -265,39 +267,53 @@ class Copier:
         if await target.blob_exists(blob.digest):
             self._remember(target, blob.digest)
             return BlobOutcome.SKIPPED
-        session: UploadSession | None = None
-        if (home := self._mount_source(job, blob.digest)) is not None:
-            try:
-                session = await target.start_upload(mount=(blob.digest, home))
-            except (NotFoundError, AuthenticationError) as exc:
-                # Some registries answer a refused mount with an error, not with 202.
-                logger.debug("mount of %s from %s failed: %s", blob.digest, home.name, exc)
-            else:
-                if session is None:
-                    self._remember(target, blob.digest)
-                    return BlobOutcome.MOUNTED
-                logger.debug("mount of %s from %s refused; uploading", blob.digest, home.name)
-
-        async def upload_once() -> None:
-            nonlocal session
-            current = session if session is not None else await target.start_upload()
-            session = None  # a failed session is cancelled; a retry opens a new one
-            if current is None:
-                raise RegistryError(f"{target.repository.name}: upload start returned no session")
-            try:
-                await self._stream(job, blob, current)
-            except BaseException:
-                await target.cancel_upload(current)
-                raise
-
+        refused = await self._mount(job, blob)
+        if refused is BlobOutcome.MOUNTED:
+            self._remember(target, blob.digest)
+            return BlobOutcome.MOUNTED
+        # The first try uses the session a refused mount opened; each retry opens its own.
+        sessions = iter([refused] if refused is not None else [])
         try:
-            async with self._transport.transfer_slot(job.source.authority, target.authority):
-                await self._transport.with_retries(upload_once)
+            async with self._slots.hold(job.source.authority, target.authority):
+                await self._transport.with_retries(
+                    lambda: self._upload(job, blob, next(sessions, None))
+                )
         finally:
-            if session is not None:  # a refused mount's session, never used (e.g. cancelled
-                await target.cancel_upload(session)  # while waiting for a transfer slot)
+            if (unused := next(sessions, None)) is not None:
+                # A refused mount's session never used (e.g. cancelled while waiting
+                # for a transfer slot): do not leave it open in the registry.
+                await target.cancel_upload(unused)
         self._remember(target, blob.digest)
         return BlobOutcome.COPIED
+
+    async def _mount(
+        self, job: _Job, blob: Descriptor
+    ) -> Literal[BlobOutcome.MOUNTED] | UploadSession | None:
+        """Try to mount the blob from a repository of the target registry known to hold it:
+        MOUNTED, the upload session a refused mount opened, or None (no mount)."""
+        if (home := self._mount_source(job, blob.digest)) is None:
+            return None
+        try:
+            session = await job.target.start_upload(mount=(blob.digest, home))
+        except (NotFoundError, AuthenticationError) as exc:
+            # Some registries answer a refused mount with an error, not with 202.
+            logger.debug("mount of %s from %s failed: %s", blob.digest, home.name, exc)
+            return None
+        if session is None:
+            return BlobOutcome.MOUNTED
+        logger.debug("mount of %s from %s refused; uploading", blob.digest, home.name)
+        return session
+
+    async def _upload(self, job: _Job, blob: Descriptor, session: UploadSession | None) -> None:
+        """One upload try, into `session` or a new one; a failed session is cancelled."""
+        target = job.target
+        if session is None and (session := await target.start_upload()) is None:
+            raise RegistryError(f"{target.repository.name}: upload start returned no session")
+        try:
+            await self._stream(job, blob, session)
+        except BaseException:
+            await target.cancel_upload(session)
+            raise
 
     async def _stream(self, job: _Job, blob: Descriptor, session: UploadSession) -> None:
         progress = job.progress

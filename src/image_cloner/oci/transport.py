@@ -1,4 +1,4 @@
-"""HTTP to registries: one aiohttp session, TLS trust, plain-HTTP fallback, retries, transfer slots.
+"""HTTP to registries: one aiohttp session, TLS trust, plain-HTTP fallback, retries.
 
 Everything about *how* bytes reach a registry lives here, so the client above speaks only
 in registry terms. Decisions (see docs/copy.md):
@@ -12,7 +12,8 @@ in registry terms. Decisions (see docs/copy.md):
 - Retries are data (`RetryPolicy`): 408/429/5xx and connection failures are retried with
   exponential backoff and jitter, honouring `Retry-After`. Streamed uploads cannot be
   replayed, so the caller retries those as a whole.
-- Each registry host gets `max_concurrent_transfers` slots for blob transfers.
+
+How many transfers run at once is the copy engine's business (`oci.slots`), not this one's.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import random
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self, TypeVar
@@ -143,7 +144,6 @@ class Transport:
         self._sleep = sleep
         self._ssl = ssl_context(options)
         self._schemes: dict[str, str] = {}
-        self._slots: dict[str, asyncio.Semaphore] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
@@ -185,18 +185,6 @@ class Transport:
         """`https://authority/path`, or `http://` once the host turned out to speak plain HTTP."""
         scheme = self._schemes.get(authority, "https")
         return URL.build(scheme=scheme, authority=authority, path=path, encoded=True)
-
-    @asynccontextmanager
-    async def transfer_slot(self, *authorities: str) -> AsyncIterator[None]:
-        """Hold one transfer slot on each host (sorted, so two transfers never deadlock)."""
-        async with AsyncExitStack() as stack:
-            for authority in sorted(set(authorities)):
-                slot = self._slots.get(authority)
-                if slot is None:
-                    slot = asyncio.Semaphore(self.options.max_concurrent_transfers)
-                    self._slots[authority] = slot
-                await stack.enter_async_context(slot)
-            yield
 
     # --- requests --------------------------------------------------------------------------
 
