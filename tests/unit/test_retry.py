@@ -12,9 +12,10 @@ from image_cloner.oci.errors import (
     NotFoundError,
     RegistryUnavailableError,
     error_for_status,
+    parse_retry_after,
 )
 from image_cloner.oci.options import RegistryOptions
-from image_cloner.oci.transport import RetryPolicy, Transport, parse_retry_after
+from image_cloner.oci.transport import RetryPolicy, Transport
 
 
 def test_default_policy_retries_the_documented_statuses() -> None:

@@ -321,13 +321,7 @@ class Copier:
             progress.blob_started(blob)
         advanced = None if progress is None else partial(progress.blob_advanced, blob)
         async with job.source.open_blob(blob, on_progress=advanced) as body:
-            try:
-                await job.target.upload_blob(session, blob, body)
-            except RegistryError:
-                # aiohttp reports a failing body as a send error; say what really happened.
-                if body.error is not None:
-                    raise body.error from None
-                raise
+            await job.target.upload_blob(session, blob, body)
 
     def _mount_source(self, job: _Job, digest: str) -> Repository | None:
         """A repository of the target registry known to hold `digest`, if any."""

@@ -19,10 +19,8 @@ How many transfers run at once is the copy engine's business (`oci.slots`), not 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import random
 import ssl
-import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,13 +38,13 @@ from image_cloner.oci.errors import (
     RegistryUnavailableError,
     check_response,
     describe_url,
-    error_for_status,
+    mapped_errors,
     read_body,
 )
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import InvalidReference, Registry
 
-__all__ = ["Response", "RetryPolicy", "Transport", "parse_retry_after"]
+__all__ = ["Response", "RetryPolicy", "Transport"]
 
 T = TypeVar("T")
 
@@ -90,20 +88,6 @@ class RetryPolicy:
         if attempt >= self.attempts:
             return False
         return error.status is None or error.status in self.statuses
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 @dataclass(frozen=True)
@@ -227,12 +211,15 @@ class Transport:
         headers: dict[str, str],
         retry: bool = True,
     ) -> AsyncIterator[ClientResponse]:
-        """A response whose body the caller streams; retried until its headers arrive."""
+        """A response whose body the caller streams; retried until its headers arrive.
+
+        Reading the body is the caller's; `mapped_errors` is its error boundary."""
 
         async def once() -> ClientResponse:
-            resp = await self._send(method, url, headers=headers, data=None)
-            await self._check(resp, method, url, ok)
-            return resp
+            with mapped_errors(method, url):
+                resp = await self._send(method, url, headers=headers, data=None)
+                await check_response(resp, *ok)
+                return resp
 
         resp = await self.with_retries(once) if retry else await once()
         try:
@@ -249,7 +236,9 @@ class Transport:
         ok: tuple[int, ...],
         headers: dict[str, str],
     ) -> Response:
-        """Send a streamed body once (it cannot be replayed); the caller retries as a whole."""
+        """Send a streamed body once (it cannot be replayed); the caller retries as a whole.
+
+        A `RegistryError` the body raises (say, a digest mismatch) is raised as it is."""
         async with self._checked(method, url, ok=ok, headers=headers, data=body) as resp:
             return Response(resp.status, resp.headers, resp.url, await read_body(resp, MAX_BODY))
 
@@ -275,28 +264,14 @@ class Transport:
         headers: dict[str, str] | None,
         data: bytes | AsyncIterable[bytes] | None,
     ) -> AsyncIterator[ClientResponse]:
-        resp = await self._send(method, url, headers=headers, data=data)
-        try:
-            await self._check(resp, method, url, ok)
-            yield resp
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._unavailable(method, url, exc) from None
-        finally:
-            resp.release()
-
-    async def _check(
-        self, resp: ClientResponse, method: str, url: URL, ok: tuple[int, ...]
-    ) -> None:
-        if resp.status in ok:
-            return
-        if resp.status in self.retry.statuses:
-            resp.release()
-            raise error_for_status(
-                f"{method} {describe_url(url)}",
-                resp.status,
-                retry_after=parse_retry_after(resp.headers.get(hdrs.RETRY_AFTER)),
-            )
-        await check_response(resp, *ok)
+        """A response whose status is one of `ok`, inside the error boundary."""
+        with mapped_errors(method, url):
+            resp = await self._send(method, url, headers=headers, data=data)
+            try:
+                await check_response(resp, *ok)
+                yield resp
+            finally:
+                resp.release()
 
     async def _send(
         self,
@@ -312,19 +287,15 @@ class Transport:
         undecided = authority not in self._schemes and url.scheme == "https"
         try:
             resp = await self._raw(method, url, headers=headers, data=data)
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise RegistryError(
-                f"{method} {describe_url(url)}: TLS certificate not trusted "
-                f"({exc.certificate_error}); give the registry's CA file, or mark the host insecure"
-            ) from None
         except aiohttp.ClientConnectorSSLError:
             if not (undecided and self.plain_http_allowed(authority)):
-                raise self._unavailable(method, url, "TLS handshake failed") from None
+                raise
             # The host does not speak TLS: it is a plain-HTTP registry on loopback or an
             # insecure host. Remember that, and send the same request over HTTP.
             self._schemes[authority] = "http"
             url = url.with_scheme("http")
-            resp = await self._raw(method, url, headers=headers, data=data)
+            with mapped_errors(method, url):  # a failure names the URL really tried
+                resp = await self._raw(method, url, headers=headers, data=data)
         if undecided:
             self._schemes.setdefault(authority, url.scheme)
         return resp
@@ -337,24 +308,11 @@ class Transport:
         headers: dict[str, str] | None,
         data: bytes | AsyncIterable[bytes] | None,
     ) -> ClientResponse:
-        try:
-            return await self.session.request(
-                method,
-                url,
-                headers=headers,
-                data=data,
-                ssl=url.raw_authority not in self.options.insecure_hosts,
-                read_bufsize=STREAM_BUFFER,
-            )
-        except aiohttp.ClientSSLError:
-            raise
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._unavailable(method, url, exc) from None
-
-    @staticmethod
-    def _unavailable(
-        method: str, url: URL, reason: BaseException | str
-    ) -> RegistryUnavailableError:
-        if isinstance(reason, BaseException):
-            reason = f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
-        return RegistryUnavailableError(f"{method} {describe_url(url)}: {reason}")
+        return await self.session.request(
+            method,
+            url,
+            headers=headers,
+            data=data,
+            ssl=url.raw_authority not in self.options.insecure_hosts,
+            read_bufsize=STREAM_BUFFER,
+        )
