@@ -24,6 +24,7 @@ import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -285,8 +286,16 @@ class Transport:
         if self._schemes.get(authority) == "http" and url.scheme == "https":
             url = url.with_scheme("http")  # built (or retried) before we learnt it speaks HTTP
         undecided = authority not in self._schemes and url.scheme == "https"
+        send = partial(
+            self.session.request,
+            method,
+            headers=headers,
+            data=data,
+            ssl=authority not in self.options.insecure_hosts,
+            read_bufsize=STREAM_BUFFER,
+        )
         try:
-            resp = await self._raw(method, url, headers=headers, data=data)
+            resp = await send(url)
         except aiohttp.ClientConnectorSSLError:
             if not (undecided and self.plain_http_allowed(authority)):
                 raise
@@ -295,24 +304,7 @@ class Transport:
             self._schemes[authority] = "http"
             url = url.with_scheme("http")
             with mapped_errors(method, url):  # a failure names the URL really tried
-                resp = await self._raw(method, url, headers=headers, data=data)
+                resp = await send(url)
         if undecided:
             self._schemes.setdefault(authority, url.scheme)
         return resp
-
-    async def _raw(
-        self,
-        method: str,
-        url: URL,
-        *,
-        headers: dict[str, str] | None,
-        data: bytes | AsyncIterable[bytes] | None,
-    ) -> ClientResponse:
-        return await self.session.request(
-            method,
-            url,
-            headers=headers,
-            data=data,
-            ssl=url.raw_authority not in self.options.insecure_hosts,
-            read_bufsize=STREAM_BUFFER,
-        )
