@@ -42,6 +42,7 @@ from image_cloner.oci.references import (
     Reference,
     Registry,
     Repository,
+    looks_like_host,
 )
 
 __all__ = ["BackupLocation", "is_backup", "parse_backup_location", "target_for"]
@@ -68,7 +69,9 @@ class BackupLocation:
 
 def _location_problem(registry: Registry, prefix: str) -> str | None:
     host = registry.host
-    if not (host == _LOCALHOST or "." in host or ":" in host):
+    # Lowercased: a host that is one only by its uppercase letters would not survive
+    # normalisation (see the module docstring).
+    if not looks_like_host(host.lower()):
         return (
             f"registry host {host!r} would be read as a Docker Hub namespace;"
             " give it a dot, a port, or use localhost"
@@ -120,7 +123,7 @@ def _host_component(registry: Registry) -> str:
         name = "ipv6_" + exploded.replace(":", "-")
     else:
         name = hostname.lower()
-        if not port and name != _LOCALHOST and "." not in name:
+        if not port and not looks_like_host(name):
             raise InvalidReference(
                 f"cannot name a backup for registry host {registry.host!r}: a host without"
                 " a dot or port would read as a Docker Hub namespace once lowercased"
@@ -133,10 +136,16 @@ def _source_path(repository: Repository) -> str:
     if repository.registry.host != DOCKER_HUB:
         return f"{_host_component(repository.registry)}/{repository.path}"
     short = repository.familiar
-    first = short.partition("/")[0]
-    if "." in first or "_" in first or first == _LOCALHOST:
+    if _could_be_host_component(short.partition("/")[0]):
         return f"{DOCKER_HUB}/{short}"
     return short
+
+
+def _could_be_host_component(component: str) -> bool:
+    """Rule 3: could this Docker Hub path component be mistaken for a host component that
+    rule 2 makes? Docker's host test plus `_`, which rule 2 puts in for a port (`host_5000`);
+    Docker itself never reads `_` as a host sign, hence two rules, not one."""
+    return looks_like_host(component) or "_" in component
 
 
 def target_for(source: Reference, backup: BackupLocation) -> Reference:

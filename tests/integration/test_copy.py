@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from image_cloner.backoff import Backoff
 from image_cloner.oci import (
     AuthenticationError,
     Copier,
@@ -47,7 +48,7 @@ from tests.support.token_issuer import DEFAULT_LIFETIME, READER_PASSWORD, READER
 
 pytestmark = pytest.mark.integration
 
-FAST_RETRIES = RetryPolicy(base_delay=0.05, max_delay=0.2)
+FAST_RETRIES = RetryPolicy(backoff=Backoff(base=0.05, cap=0.2, jitter=0.5))
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

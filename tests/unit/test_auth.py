@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
 import pytest
+from aiohttp import web
 from yarl import URL
 
 from image_cloner.oci.auth import Challenge, RegistryAuth, parse_challenges, request_scopes
@@ -164,3 +169,70 @@ def test_every_error_is_a_registry_error() -> None:
         UnsupportedMediaTypeError,
     ):
         assert issubclass(kind, RegistryError)
+
+
+class _TokenRegistry:
+    """An in-process registry that wants a Bearer token from its own token endpoint."""
+
+    def __init__(self, *, realm: str | None = None) -> None:
+        self.token_requests = 0
+        self.realm = realm
+        self.url = URL()
+
+    async def token(self, request: web.Request) -> web.Response:
+        self.token_requests += 1
+        await asyncio.sleep(0.05)  # slow enough that concurrent requests overlap
+        return web.json_response({"token": "t0k3n", "expires_in": 300})
+
+    async def manifest(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") == "Bearer t0k3n":
+            return web.Response(text="{}")
+        realm = self.realm or str(self.url.with_path("/token"))
+        challenge = f'Bearer realm="{realm}",service="test"'
+        return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+
+
+@pytest.fixture
+async def token_registry() -> AsyncIterator[_TokenRegistry]:
+    registry = _TokenRegistry()
+    app = web.Application()
+    app.router.add_get("/token", registry.token)
+    app.router.add_get("/v2/{name:.+}/manifests/{ref}", registry.manifest)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    registry.url = URL(f"http://127.0.0.1:{port}")
+    try:
+        yield registry
+    finally:
+        await runner.cleanup()
+
+
+async def test_concurrent_requests_share_one_token_request(token_registry: _TokenRegistry) -> None:
+    auth = RegistryAuth({})
+    url = token_registry.url.with_path("/v2/app/manifests/1")
+    async with aiohttp.ClientSession(middlewares=[auth]) as session:
+
+        async def get() -> int:
+            async with session.get(url) as response:
+                return response.status
+
+        assert await asyncio.gather(*(get() for _ in range(8))) == [200] * 8
+    assert token_registry.token_requests == 1
+
+
+async def test_a_realm_host_that_is_no_reference_host_is_an_authentication_error(
+    token_registry: _TokenRegistry,
+) -> None:
+    # Compose service names such as `auth_server` are fine in URLs but not in image names.
+    token_registry.realm = "http://auth_server/token"
+    authority = token_registry.url.raw_authority
+    auth = RegistryAuth({authority: Credentials("user", "secret")})
+    url = token_registry.url.with_path("/v2/app/manifests/1")
+    async with aiohttp.ClientSession(middlewares=[auth]) as session:
+        with pytest.raises(AuthenticationError, match="plain-HTTP token realm") as caught:
+            await session.get(url)
+    assert "secret" not in str(caught.value)
+    assert token_registry.token_requests == 0

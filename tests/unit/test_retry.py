@@ -7,13 +7,15 @@ import time
 
 import pytest
 
+from image_cloner.backoff import Backoff
 from image_cloner.oci.errors import (
     NotFoundError,
     RegistryUnavailableError,
     error_for_status,
+    parse_retry_after,
 )
 from image_cloner.oci.options import RegistryOptions
-from image_cloner.oci.transport import RetryPolicy, Transport, parse_retry_after
+from image_cloner.oci.transport import RetryPolicy, Transport
 
 
 def test_default_policy_retries_the_documented_statuses() -> None:
@@ -21,23 +23,23 @@ def test_default_policy_retries_the_documented_statuses() -> None:
 
 
 def test_backoff_grows_exponentially_and_is_capped() -> None:
-    policy = RetryPolicy(base_delay=1.0, multiplier=2.0, max_delay=5.0, jitter=0.0)
-    assert [policy.backoff(n) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+    policy = RetryPolicy(backoff=Backoff(base=1.0, multiplier=2.0, cap=5.0))
+    assert [policy.delay(n) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
 
 
 @pytest.mark.parametrize("rand", [0.0, 0.5, 0.999])
 def test_jitter_only_ever_shortens_a_delay_within_its_fraction(rand: float) -> None:
-    policy = RetryPolicy(base_delay=2.0, jitter=0.5)
-    delay = policy.backoff(1, rand=lambda: rand)
+    policy = RetryPolicy(backoff=Backoff(base=2.0, cap=10.0, jitter=0.5))
+    delay = policy.delay(1, rand=lambda: rand)
     assert 1.0 < delay <= 2.0
     assert delay == pytest.approx(2.0 * (1 - 0.5 * rand))
 
 
 def test_retry_after_wins_over_backoff_and_is_capped() -> None:
-    policy = RetryPolicy(base_delay=1.0, max_retry_after=30.0)
-    assert policy.backoff(1, retry_after=7.0) == 7.0
-    assert policy.backoff(3, retry_after=0.0) == 0.0
-    assert policy.backoff(1, retry_after=3600.0) == 30.0
+    policy = RetryPolicy(backoff=Backoff(base=1.0), max_retry_after=30.0)
+    assert policy.delay(1, retry_after=7.0) == 7.0
+    assert policy.delay(3, retry_after=0.0) == 0.0
+    assert policy.delay(1, retry_after=3600.0) == 30.0
 
 
 @pytest.mark.parametrize(
@@ -94,7 +96,7 @@ def _transport(policy: RetryPolicy, sleeps: list[float]) -> Transport:
 
 async def test_transient_failures_are_retried_honouring_retry_after() -> None:
     sleeps: list[float] = []
-    transport = _transport(RetryPolicy(base_delay=1.0, jitter=0.0), sleeps)
+    transport = _transport(RetryPolicy(backoff=Backoff(base=1.0)), sleeps)
     work = _Flaky(
         error_for_status("GET x", 503),
         error_for_status("GET x", 429, retry_after=4.0),
@@ -107,7 +109,7 @@ async def test_transient_failures_are_retried_honouring_retry_after() -> None:
 
 async def test_retries_stop_after_the_policy_attempts() -> None:
     sleeps: list[float] = []
-    transport = _transport(RetryPolicy(attempts=3, base_delay=0.5, jitter=0.0), sleeps)
+    transport = _transport(RetryPolicy(attempts=3, backoff=Backoff(base=0.5)), sleeps)
     work = _Flaky(*(error_for_status("GET x", 502) for _ in range(5)))
     with pytest.raises(RegistryUnavailableError, match="502"):
         await transport.with_retries(work)

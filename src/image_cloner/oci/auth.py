@@ -16,7 +16,6 @@ Credentials and tokens never appear in an error message, a log line or a repr.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
@@ -25,21 +24,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, hdrs
 from aiohttp.payload import Payload
 from yarl import URL
 
 from image_cloner.oci.errors import (
     AuthenticationError,
-    RegistryError,
-    RegistryUnavailableError,
+    check_response,
     describe_url,
-    error_for_status,
+    mapped_errors,
     read_body,
 )
 from image_cloner.oci.options import Credentials
 from image_cloner.oci.references import DOCKER_HUB, DOCKER_HUB_API, InvalidReference, Registry
+from image_cloner.singleflight import SingleFlight
 
 __all__ = [
     "Challenge",
@@ -148,7 +146,7 @@ class RegistryAuth:
         self._clock = clock
         self._challenges: dict[str, Challenge] = {}
         self._tokens: dict[tuple[str, str, tuple[str, ...]], _Token] = {}
-        self._fetches: dict[tuple[str, str, tuple[str, ...]], asyncio.Future[_Token]] = {}
+        self._fetches: SingleFlight[_Token] = SingleFlight()
 
     def __repr__(self) -> str:
         return f"RegistryAuth(hosts={sorted(self._credentials)})"
@@ -241,14 +239,10 @@ class RegistryAuth:
             cached = None
         if cached is not None:
             return cached
-        pending = self._fetches.get(key)
-        if pending is None:
-            # One token request per key at a time: concurrent blob transfers share it.
-            fetch = self._fetch_token(request, authority, challenge, scopes)
-            pending = asyncio.ensure_future(fetch)
-            self._fetches[key] = pending
-            pending.add_done_callback(lambda _: self._fetches.pop(key, None))
-        token = await asyncio.shield(pending)
+        # One token request per key at a time: concurrent blob transfers share it.
+        token = await self._fetches.run(
+            key, lambda: self._fetch_token(request, authority, challenge, scopes)
+        )
         self._tokens[key] = token
         return token
 
@@ -272,8 +266,7 @@ class RegistryAuth:
         params = [("scope", scope) for scope in scopes]
         if service := challenge.params.get("service"):
             params.insert(0, ("service", service))
-        what = f"token request to {describe_url(realm)} for {authority}"
-        try:
+        with mapped_errors(hdrs.METH_GET, realm):
             async with request.session.get(
                 realm,
                 params=params,
@@ -282,12 +275,16 @@ class RegistryAuth:
                 ssl=realm_authority not in self._insecure_hosts,
                 allow_redirects=False,
             ) as response:
-                if response.status != 200:
-                    raise self._token_error(what, response, anonymous=credentials is None)
+                if response.status in (401, 403):
+                    whose = "anonymous access" if credentials is None else "the credentials"
+                    raise AuthenticationError(
+                        f"GET {describe_url(realm)}: {response.status}: "
+                        f"the token server refused {whose} for {authority}",
+                        status=response.status,
+                    )
+                await check_response(response, 200)
                 body = await read_body(response, TOKEN_RESPONSE_LIMIT)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RegistryUnavailableError(f"{what}: {type(exc).__name__}") from None
-        return self._parse_token(what, body)
+        return self._parse_token(f"GET {describe_url(realm)}", body)
 
     def _plain_ok(self, authority: str) -> bool:
         """May credentials go to this realm host over plain HTTP (loopback or insecure)?"""
@@ -297,16 +294,6 @@ class RegistryAuth:
             return Registry(authority).is_loopback
         except InvalidReference:  # a URL host need not be a valid image-name host (`auth_x`)
             return False
-
-    @staticmethod
-    def _token_error(what: str, response: ClientResponse, *, anonymous: bool) -> RegistryError:
-        if response.status in (401, 403):
-            whose = "anonymous access" if anonymous else "the credentials"
-            return AuthenticationError(
-                f"{what}: {response.status}: the token server refused {whose}",
-                status=response.status,
-            )
-        return error_for_status(what, response.status)
 
     def _parse_token(self, what: str, body: bytes) -> _Token:
         try:

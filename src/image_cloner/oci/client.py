@@ -15,7 +15,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import quote
 
-import aiohttp
 from aiohttp import ClientResponse, hdrs
 from yarl import URL
 
@@ -23,8 +22,8 @@ from image_cloner.oci.errors import (
     DigestMismatchError,
     InvalidManifestError,
     RegistryError,
-    RegistryUnavailableError,
     describe_url,
+    mapped_errors,
 )
 from image_cloner.oci.manifests import (
     ACCEPT,
@@ -51,8 +50,8 @@ class BlobStream:
     """A blob download as an upload body, hashed on the way.
 
     The last chunk is held back until the digest is checked, so a registry never receives
-    the complete body of a blob that does not match. A failure is also kept in `error`:
-    aiohttp reports an exception raised by a request body as a generic send error.
+    the complete body of a blob that does not match. Its errors are `RegistryError`s; the
+    upload's error boundary (`mapped_errors`) gives them back from aiohttp's send error.
     """
 
     def __init__(
@@ -64,7 +63,6 @@ class BlobStream:
         on_progress: Callable[[int], None] | None = None,
     ) -> None:
         self.descriptor = descriptor
-        self.error: RegistryError | None = None
         self._resp = resp
         self._what = f"blob {descriptor.digest} from {source}"
         self._on_progress = on_progress
@@ -72,7 +70,7 @@ class BlobStream:
     async def __aiter__(self) -> AsyncIterator[bytes]:
         digester = Digester(self.descriptor.digest, size=self.descriptor.size)
         pending = b""
-        try:
+        with mapped_errors(hdrs.METH_GET, self._resp.url):
             async for chunk in self._resp.content.iter_chunked(CHUNK_SIZE):
                 digester.update(chunk)
                 if digester.size > self.descriptor.size:
@@ -84,13 +82,7 @@ class BlobStream:
                 if pending:
                     yield self._sent(pending)
                 pending = chunk
-            digester.verify(self._what)
-        except DigestMismatchError as exc:
-            self.error = exc
-            raise
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self.error = RegistryUnavailableError(f"GET {self._what}: {type(exc).__name__}: {exc}")
-            raise self.error from None
+        digester.verify(self._what)
         if pending:
             yield self._sent(pending)
 

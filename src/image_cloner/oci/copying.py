@@ -20,11 +20,11 @@ import asyncio
 import enum
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Hashable, Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, Literal, Protocol, Self
 
 from image_cloner.oci.auth import RegistryAuth
 from image_cloner.oci.client import RegistryClient, UploadSession
@@ -37,13 +37,13 @@ from image_cloner.oci.errors import (
 from image_cloner.oci.manifests import Descriptor, ImageIndex, Manifest
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Reference, Repository
+from image_cloner.oci.slots import TransferSlots
 from image_cloner.oci.transport import RetryPolicy, Transport
+from image_cloner.singleflight import SingleFlight
 
 __all__ = ["BlobOutcome", "Copier", "CopyResult", "ProgressListener"]
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 KNOWN_BLOB_HOMES = 50_000
 """How many (registry, digest) → repository facts we remember as mount sources."""
@@ -117,64 +117,6 @@ class _Job:
     progress: ProgressListener | None
 
 
-@dataclass
-class _Flight(Generic[T]):
-    task: asyncio.Task[T]
-    waiters: int = 0
-
-
-class _SingleFlight(Generic[T]):
-    """One task per key; everyone asking for the same key while it runs awaits that task.
-
-    The work is cancelled only when every caller waiting for it has been cancelled (say,
-    all copies that needed a blob failed elsewhere), so that it cleans up after itself.
-    """
-
-    def __init__(self) -> None:
-        self._flights: dict[Hashable, _Flight[T]] = {}
-        self._winding_down: set[asyncio.Task[T]] = set()
-        """Work cancelled because nobody waits for it any more, still cleaning up."""
-
-    async def run(self, key: Hashable, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = _Flight(asyncio.create_task(work()))
-            self._flights[key] = flight
-            flight.task.add_done_callback(lambda done: self._forget(key, done))
-        flight.waiters += 1
-        try:
-            # shield: one waiter being cancelled must not cancel the work for the others.
-            return await asyncio.shield(flight.task)
-        finally:
-            flight.waiters -= 1
-            if flight.waiters == 0 and not flight.task.done():
-                self._abandon(key, flight.task)
-
-    def _abandon(self, key: Hashable, task: asyncio.Task[T]) -> None:
-        """Cancel work nobody waits for; a later caller starts afresh rather than join a
-        task that is winding down (it would get that task's CancelledError)."""
-        task.cancel()
-        if (flight := self._flights.get(key)) is not None and flight.task is task:
-            del self._flights[key]
-        self._winding_down.add(task)
-        task.add_done_callback(self._winding_down.discard)
-
-    def _forget(self, key: Hashable, task: asyncio.Task[T]) -> None:
-        flight = self._flights.get(key)
-        if flight is not None and flight.task is task:
-            del self._flights[key]
-        if not task.cancelled():
-            task.exception()  # retrieved: waiters that got cancelled must not leave it unreported
-
-    async def cancel_all(self) -> None:
-        """Cancel what still runs and wait for it to clean up (e.g. cancel upload sessions)."""
-        tasks = [flight.task for flight in self._flights.values()]
-        for task in tasks:
-            task.cancel()
-        # Work already cancelled is not cancelled again: that would cut its clean-up short.
-        await asyncio.gather(*tasks, *self._winding_down, return_exceptions=True)
-
-
 async def _all(works: Iterable[Coroutine[Any, Any, None]]) -> None:
     """Run concurrently; on the first failure cancel the rest and raise that failure."""
     try:
@@ -197,9 +139,10 @@ class Copier:
         self.options = options
         self._auth = RegistryAuth(options.credentials, insecure_hosts=options.insecure_hosts)
         self._transport = Transport(options, retry=retry, middlewares=[self._auth])
-        self._images: _SingleFlight[CopyResult] = _SingleFlight()
-        self._manifests: _SingleFlight[int] = _SingleFlight()
-        self._blobs: _SingleFlight[BlobOutcome] = _SingleFlight()
+        self._images: SingleFlight[CopyResult] = SingleFlight()
+        self._manifests: SingleFlight[int] = SingleFlight()
+        self._blobs: SingleFlight[BlobOutcome] = SingleFlight()
+        self._slots = TransferSlots(options.max_concurrent_transfers)
         self._blob_homes: OrderedDict[tuple[str, str], Repository] = OrderedDict()
 
     async def __aenter__(self) -> Self:
@@ -324,39 +267,53 @@ class Copier:
         if await target.blob_exists(blob.digest):
             self._remember(target, blob.digest)
             return BlobOutcome.SKIPPED
-        session: UploadSession | None = None
-        if (home := self._mount_source(job, blob.digest)) is not None:
-            try:
-                session = await target.start_upload(mount=(blob.digest, home))
-            except (NotFoundError, AuthenticationError) as exc:
-                # Some registries answer a refused mount with an error, not with 202.
-                logger.debug("mount of %s from %s failed: %s", blob.digest, home.name, exc)
-            else:
-                if session is None:
-                    self._remember(target, blob.digest)
-                    return BlobOutcome.MOUNTED
-                logger.debug("mount of %s from %s refused; uploading", blob.digest, home.name)
-
-        async def upload_once() -> None:
-            nonlocal session
-            current = session if session is not None else await target.start_upload()
-            session = None  # a failed session is cancelled; a retry opens a new one
-            if current is None:
-                raise RegistryError(f"{target.repository.name}: upload start returned no session")
-            try:
-                await self._stream(job, blob, current)
-            except BaseException:
-                await target.cancel_upload(current)
-                raise
-
+        refused = await self._mount(job, blob)
+        if refused is BlobOutcome.MOUNTED:
+            self._remember(target, blob.digest)
+            return BlobOutcome.MOUNTED
+        # The first try uses the session a refused mount opened; each retry opens its own.
+        sessions = iter([refused] if refused is not None else [])
         try:
-            async with self._transport.transfer_slot(job.source.authority, target.authority):
-                await self._transport.with_retries(upload_once)
+            async with self._slots.hold(job.source.authority, target.authority):
+                await self._transport.with_retries(
+                    lambda: self._upload(job, blob, next(sessions, None))
+                )
         finally:
-            if session is not None:  # a refused mount's session, never used (e.g. cancelled
-                await target.cancel_upload(session)  # while waiting for a transfer slot)
+            if (unused := next(sessions, None)) is not None:
+                # A refused mount's session never used (e.g. cancelled while waiting
+                # for a transfer slot): do not leave it open in the registry.
+                await target.cancel_upload(unused)
         self._remember(target, blob.digest)
         return BlobOutcome.COPIED
+
+    async def _mount(
+        self, job: _Job, blob: Descriptor
+    ) -> Literal[BlobOutcome.MOUNTED] | UploadSession | None:
+        """Try to mount the blob from a repository of the target registry known to hold it:
+        MOUNTED, the upload session a refused mount opened, or None (no mount)."""
+        if (home := self._mount_source(job, blob.digest)) is None:
+            return None
+        try:
+            session = await job.target.start_upload(mount=(blob.digest, home))
+        except (NotFoundError, AuthenticationError) as exc:
+            # Some registries answer a refused mount with an error, not with 202.
+            logger.debug("mount of %s from %s failed: %s", blob.digest, home.name, exc)
+            return None
+        if session is None:
+            return BlobOutcome.MOUNTED
+        logger.debug("mount of %s from %s refused; uploading", blob.digest, home.name)
+        return session
+
+    async def _upload(self, job: _Job, blob: Descriptor, session: UploadSession | None) -> None:
+        """One upload try, into `session` or a new one; a failed session is cancelled."""
+        target = job.target
+        if session is None and (session := await target.start_upload()) is None:
+            raise RegistryError(f"{target.repository.name}: upload start returned no session")
+        try:
+            await self._stream(job, blob, session)
+        except BaseException:
+            await target.cancel_upload(session)
+            raise
 
     async def _stream(self, job: _Job, blob: Descriptor, session: UploadSession) -> None:
         progress = job.progress
@@ -364,13 +321,7 @@ class Copier:
             progress.blob_started(blob)
         advanced = None if progress is None else partial(progress.blob_advanced, blob)
         async with job.source.open_blob(blob, on_progress=advanced) as body:
-            try:
-                await job.target.upload_blob(session, blob, body)
-            except RegistryError:
-                # aiohttp reports a failing body as a send error; say what really happened.
-                if body.error is not None:
-                    raise body.error from None
-                raise
+            await job.target.upload_blob(session, blob, body)
 
     def _mount_source(self, job: _Job, digest: str) -> Repository | None:
         """A repository of the target registry known to hold `digest`, if any."""

@@ -14,14 +14,26 @@ URLs are shown without user-info or query string, and bodies are never echoed.
     ├── InvalidManifestError         a manifest we cannot parse, or one the registry rejects
     └── UnsupportedMediaTypeError    a manifest kind we do not copy (Docker schema 1, ...)
 
-`check_response(resp, *ok)` turns any response whose status is not in `ok` into the
-matching error, using the registry's `{"errors": [{"code", "message"}]}` body when present.
+Two functions are the boundary between aiohttp and this tree, as httpx's
+`map_httpcore_exceptions` is for httpcore, so every message has one shape, "METHOD url: reason":
+
+- `check_response(resp, *ok)`: the one path from a failed response to its typed error,
+  keeping the registry's `{"errors": [{"code", "message"}]}` and, for 429/5xx, `Retry-After`.
+- `mapped_errors(method, url)`: aiohttp's exceptions become ours. aiohttp reports an
+  exception raised by a streamed request body (a blob whose digest does not match) as a
+  generic send error caused by it; the boundary gives back that cause, our own error.
 """
 
 from __future__ import annotations
 
+import email.utils
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
+
+import aiohttp
 
 if TYPE_CHECKING:
     from aiohttp import ClientResponse
@@ -38,6 +50,8 @@ __all__ = [
     "check_response",
     "describe_url",
     "error_for_status",
+    "mapped_errors",
+    "parse_retry_after",
     "read_body",
 ]
 
@@ -157,6 +171,20 @@ def error_for_status(
     return RegistryError(text, status=status, code=code)
 
 
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
 async def check_response(resp: ClientResponse, *ok: int) -> None:
     """Raise the matching `RegistryError` unless `resp.status` is one of `ok`.
 
@@ -172,5 +200,62 @@ async def check_response(resp: ClientResponse, *ok: int) -> None:
         resp.release()
     code, message = _parse_error_body(body)
     raise error_for_status(
-        f"{resp.method} {describe_url(resp.url)}", resp.status, code=code, message=message
+        f"{resp.method} {describe_url(resp.url)}",
+        resp.status,
+        code=code,
+        message=message,
+        retry_after=parse_retry_after(resp.headers.get("Retry-After")),
     )
+
+
+@contextmanager
+def mapped_errors(method: str, url: URL) -> Iterator[None]:
+    """Within this block, aiohttp's exceptions (and timeouts) are raised as `RegistryError`s
+    naming the request; our own errors pass unchanged."""
+    try:
+        yield
+    except RegistryError:
+        raise
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _mapped(method, url, exc) from None
+
+
+def _mapped(method: str, url: URL, exc: BaseException) -> RegistryError:
+    if (ours := _our_cause(exc)) is not None:
+        return ours
+    what = f"{method} {describe_url(url)}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return RegistryError(
+            f"{what}: TLS certificate not trusted ({exc.certificate_error}); "
+            "give the registry's CA file, or mark the host insecure"
+        )
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return RegistryUnavailableError(f"{what}: TLS handshake failed")
+    return RegistryUnavailableError(f"{what}: {_reason(exc)}")
+
+
+def _our_cause(exc: BaseException) -> RegistryError | None:
+    """Our own error behind an aiohttp one: a streamed request body that failed.
+
+    aiohttp's `ClientRequest.write_bytes` raises what a body raised as the `__cause__` of
+    a `ClientConnectionError`. Only causes are followed: a `__context__` is whatever was
+    being handled at the time, not necessarily why this request failed.
+    """
+    cause, seen = exc.__cause__, {id(exc)}
+    while cause is not None and id(cause) not in seen:  # a hand-made cycle must not hang us
+        if isinstance(cause, RegistryError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """The exception as "Type: text", leaving out what may hold a URL with a query string
+    (a redirect to storage carries a signed one)."""
+    name = type(exc).__name__
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{name}: {exc.status} {exc.message}".rstrip()
+    if isinstance(exc, aiohttp.InvalidURL) or not str(exc):
+        return name
+    return f"{name}: {exc}"

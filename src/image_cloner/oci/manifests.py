@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ from image_cloner.oci.errors import (
     InvalidManifestError,
     UnsupportedMediaTypeError,
 )
+from image_cloner.oci.references import digest_problem
 
 __all__ = [
     "ACCEPT",
@@ -73,15 +73,13 @@ GENERIC_CONTENT_TYPES = frozenset(
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 """Largest manifest we accept, as distribution does: a manifest is read into memory."""
 
-_DIGEST_RE = re.compile(r"^(?:sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128})$")
-
 
 def check_digest(digest: object, *, what: str = "digest") -> str:
     """`digest` if it is a well-formed sha256/384/512 digest, else `InvalidManifestError`.
 
     Digests come from registries and manifests (untrusted) and end up in URL paths.
     """
-    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+    if not isinstance(digest, str) or digest_problem(digest) is not None:
         raise InvalidManifestError(f"invalid {what} {str(digest)[:80]!r}")
     return digest
 
@@ -129,8 +127,6 @@ class Descriptor:
     digest: str
     size: int
     urls: tuple[str, ...] = ()
-    platform: str | None = None
-    """`os/architecture[/variant]` for children of an index, when given."""
 
     @property
     def is_foreign(self) -> bool:
@@ -145,10 +141,6 @@ class Manifest:
     raw: bytes
     media_type: str
     digest: str
-
-    @property
-    def is_index(self) -> bool:
-        return self.media_type in INDEX_MEDIA_TYPES
 
     def parse(self) -> ImageIndex | ImageManifest:
         return parse_manifest(self.raw, self.media_type)
@@ -223,15 +215,7 @@ def _descriptor(value: object, what: str) -> Descriptor:
         digest=check_digest(value.get("digest"), what=f"{what} digest"),
         size=size,
         urls=tuple(urls),
-        platform=_platform(value.get("platform")),
     )
-
-
-def _platform(value: object) -> str | None:
-    if not isinstance(value, dict):
-        return None
-    parts = [value.get("os"), value.get("architecture"), value.get("variant")]
-    return "/".join(str(p) for p in parts if p) or None
 
 
 def parse_manifest(raw: bytes, media_type: str) -> ImageIndex | ImageManifest:

@@ -42,6 +42,8 @@ __all__ = [
     "Reference",
     "Registry",
     "Repository",
+    "digest_problem",
+    "looks_like_host",
     "parse_digest",
     "parse_reference",
 ]
@@ -77,8 +79,9 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 120 else text[:100] + "…")
 
 
-def _looks_like_host(component: str) -> bool:
-    """Docker's test for "is this first component a registry host or a Docker Hub namespace"."""
+def looks_like_host(component: str) -> bool:
+    """Docker's test for "is this first component a registry host or a Docker Hub namespace":
+    `localhost`, or a dot, a port or an uppercase letter in it."""
     return (
         component == _LOCALHOST
         or "." in component
@@ -122,7 +125,7 @@ def _normalise_host(host: str) -> str:
         return f"[{address}]" + (f":{port}" if port is not None else "")
     # A single uppercase label ("Foo/bar") is a host only because of its case;
     # lowercasing it would turn it into a Docker Hub namespace.
-    return lowered if _looks_like_host(lowered) else host
+    return lowered if looks_like_host(lowered) else host
 
 
 def _path_problem(path: str) -> str | None:
@@ -156,7 +159,9 @@ def _tag_problem(tag: str) -> str | None:
     return None
 
 
-def _digest_problem(digest: str) -> str | None:
+def digest_problem(digest: str) -> str | None:
+    """Why `digest` is not a well-formed sha256/384/512 digest (lowercase hex of the right
+    length), or None. The one digest rule; callers raise the error that fits their input."""
     algorithm, colon, encoded = digest.partition(":")
     if not colon or not _ALGORITHM_RE.fullmatch(algorithm) or not encoded:
         return f"invalid digest {_shown(digest)}: expected '<algorithm>:<hex>', e.g. 'sha256:…'"
@@ -176,7 +181,7 @@ def _digest_problem(digest: str) -> str | None:
 def _split_docker_domain(text: str) -> tuple[str, str]:
     """Split `text` into host and the rest (path, tag, digest), with Docker's defaults."""
     first, slash, rest = text.partition("/")
-    if not slash or not _looks_like_host(first):
+    if not slash or not looks_like_host(first):
         host, rest = DOCKER_HUB, text
     elif first == _LEGACY_DOCKER_HUB:
         host = DOCKER_HUB
@@ -280,7 +285,7 @@ class Reference:
         if self.tag is None and self.digest is None:
             object.__setattr__(self, "tag", DEFAULT_TAG)
         problem = (_tag_problem(self.tag) if self.tag is not None else None) or (
-            _digest_problem(self.digest) if self.digest is not None else None
+            digest_problem(self.digest) if self.digest is not None else None
         )
         if problem:
             raise InvalidReference(f"invalid reference {self.repository.name}: {problem}")
@@ -325,7 +330,7 @@ class Reference:
 
 def parse_digest(text: str) -> str:
     """Check `algorithm:hex` (sha256, sha384 or sha512, lowercase hex of the right length)."""
-    problem = _digest_problem(text)
+    problem = digest_problem(text)
     if problem:
         raise InvalidReference(problem)
     return text
@@ -350,7 +355,7 @@ def parse_reference(text: str) -> Reference:
     problem = (
         _path_problem(path)
         or (_tag_problem(tag) if colon else None)
-        or (_digest_problem(digest) if at else None)
+        or (digest_problem(digest) if at else None)
     )
     if problem:
         raise invalid(problem)

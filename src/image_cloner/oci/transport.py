@@ -1,4 +1,4 @@
-"""HTTP to registries: one aiohttp session, TLS trust, plain-HTTP fallback, retries, transfer slots.
+"""HTTP to registries: one aiohttp session, TLS trust, plain-HTTP fallback, retries.
 
 Everything about *how* bytes reach a registry lives here, so the client above speaks only
 in registry terms. Decisions (see docs/copy.md):
@@ -12,19 +12,19 @@ in registry terms. Decisions (see docs/copy.md):
 - Retries are data (`RetryPolicy`): 408/429/5xx and connection failures are retried with
   exponential backoff and jitter, honouring `Retry-After`. Streamed uploads cannot be
   replayed, so the caller retries those as a whole.
-- Each registry host gets `max_concurrent_transfers` slots for blob transfers.
+
+How many transfers run at once is the copy engine's business (`oci.slots`), not this one's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import random
 import ssl
-import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -33,18 +33,19 @@ from aiohttp import ClientMiddlewareType, ClientResponse, hdrs
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from image_cloner.backoff import Backoff
 from image_cloner.oci.errors import (
     RegistryError,
     RegistryUnavailableError,
     check_response,
     describe_url,
-    error_for_status,
+    mapped_errors,
     read_body,
 )
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import InvalidReference, Registry
 
-__all__ = ["Response", "RetryPolicy", "Transport", "parse_retry_after"]
+__all__ = ["Response", "RetryPolicy", "Transport"]
 
 T = TypeVar("T")
 
@@ -55,6 +56,9 @@ MAX_BODY = 4 * 1024 * 1024
 STREAM_BUFFER = 1024 * 1024
 """Read buffer of streamed blob downloads: big enough for throughput, small enough to stay flat."""
 
+RETRY_BACKOFF = Backoff(base=0.25, cap=10.0, jitter=0.5)
+"""Default wait between request retries (frozen, so one instance serves every policy)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
@@ -64,17 +68,12 @@ class RetryPolicy:
     """Tries in all, the first included."""
     statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
     """Response statuses worth another try; connection failures always are."""
-    base_delay: float = 0.25
-    """Seconds before the first retry; doubles (`multiplier`) with each further one."""
-    multiplier: float = 2.0
-    max_delay: float = 10.0
-    """Cap on a computed backoff delay."""
-    jitter: float = 0.5
-    """Fraction of each delay drawn at random, so that many clients do not retry in step."""
+    backoff: Backoff = RETRY_BACKOFF
+    """Wait before each retry; jittered so that many clients do not retry in step."""
     max_retry_after: float = 60.0
     """Cap on a server's `Retry-After`; beyond it we rather fail than hang."""
 
-    def backoff(
+    def delay(
         self,
         attempt: int,
         *,
@@ -84,27 +83,12 @@ class RetryPolicy:
         """Seconds to wait after failed try number `attempt` (1-based)."""
         if retry_after is not None:
             return max(0.0, min(retry_after, self.max_retry_after))
-        delay = min(self.max_delay, self.base_delay * self.multiplier ** (attempt - 1))
-        return delay * (1 - self.jitter * rand())
+        return self.backoff.delay(attempt, rand=rand)
 
     def should_retry(self, error: RegistryUnavailableError, attempt: int) -> bool:
         if attempt >= self.attempts:
             return False
         return error.status is None or error.status in self.statuses
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 @dataclass(frozen=True)
@@ -145,7 +129,6 @@ class Transport:
         self._sleep = sleep
         self._ssl = ssl_context(options)
         self._schemes: dict[str, str] = {}
-        self._slots: dict[str, asyncio.Semaphore] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
@@ -188,18 +171,6 @@ class Transport:
         scheme = self._schemes.get(authority, "https")
         return URL.build(scheme=scheme, authority=authority, path=path, encoded=True)
 
-    @asynccontextmanager
-    async def transfer_slot(self, *authorities: str) -> AsyncIterator[None]:
-        """Hold one transfer slot on each host (sorted, so two transfers never deadlock)."""
-        async with AsyncExitStack() as stack:
-            for authority in sorted(set(authorities)):
-                slot = self._slots.get(authority)
-                if slot is None:
-                    slot = asyncio.Semaphore(self.options.max_concurrent_transfers)
-                    self._slots[authority] = slot
-                await stack.enter_async_context(slot)
-            yield
-
     # --- requests --------------------------------------------------------------------------
 
     async def request(
@@ -241,12 +212,15 @@ class Transport:
         headers: dict[str, str],
         retry: bool = True,
     ) -> AsyncIterator[ClientResponse]:
-        """A response whose body the caller streams; retried until its headers arrive."""
+        """A response whose body the caller streams; retried until its headers arrive.
+
+        Reading the body is the caller's; `mapped_errors` is its error boundary."""
 
         async def once() -> ClientResponse:
-            resp = await self._send(method, url, headers=headers, data=None)
-            await self._check(resp, method, url, ok)
-            return resp
+            with mapped_errors(method, url):
+                resp = await self._send(method, url, headers=headers, data=None)
+                await check_response(resp, *ok)
+                return resp
 
         resp = await self.with_retries(once) if retry else await once()
         try:
@@ -263,7 +237,9 @@ class Transport:
         ok: tuple[int, ...],
         headers: dict[str, str],
     ) -> Response:
-        """Send a streamed body once (it cannot be replayed); the caller retries as a whole."""
+        """Send a streamed body once (it cannot be replayed); the caller retries as a whole.
+
+        A `RegistryError` the body raises (say, a digest mismatch) is raised as it is."""
         async with self._checked(method, url, ok=ok, headers=headers, data=body) as resp:
             return Response(resp.status, resp.headers, resp.url, await read_body(resp, MAX_BODY))
 
@@ -277,7 +253,7 @@ class Transport:
             except RegistryUnavailableError as exc:
                 if not self.retry.should_retry(exc, attempt):
                     raise
-                await self._sleep(self.retry.backoff(attempt, retry_after=exc.retry_after))
+                await self._sleep(self.retry.delay(attempt, retry_after=exc.retry_after))
 
     @asynccontextmanager
     async def _checked(
@@ -289,28 +265,14 @@ class Transport:
         headers: dict[str, str] | None,
         data: bytes | AsyncIterable[bytes] | None,
     ) -> AsyncIterator[ClientResponse]:
-        resp = await self._send(method, url, headers=headers, data=data)
-        try:
-            await self._check(resp, method, url, ok)
-            yield resp
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._unavailable(method, url, exc) from None
-        finally:
-            resp.release()
-
-    async def _check(
-        self, resp: ClientResponse, method: str, url: URL, ok: tuple[int, ...]
-    ) -> None:
-        if resp.status in ok:
-            return
-        if resp.status in self.retry.statuses:
-            resp.release()
-            raise error_for_status(
-                f"{method} {describe_url(url)}",
-                resp.status,
-                retry_after=parse_retry_after(resp.headers.get(hdrs.RETRY_AFTER)),
-            )
-        await check_response(resp, *ok)
+        """A response whose status is one of `ok`, inside the error boundary."""
+        with mapped_errors(method, url):
+            resp = await self._send(method, url, headers=headers, data=data)
+            try:
+                await check_response(resp, *ok)
+                yield resp
+            finally:
+                resp.release()
 
     async def _send(
         self,
@@ -324,51 +286,25 @@ class Transport:
         if self._schemes.get(authority) == "http" and url.scheme == "https":
             url = url.with_scheme("http")  # built (or retried) before we learnt it speaks HTTP
         undecided = authority not in self._schemes and url.scheme == "https"
+        send = partial(
+            self.session.request,
+            method,
+            headers=headers,
+            data=data,
+            ssl=authority not in self.options.insecure_hosts,
+            read_bufsize=STREAM_BUFFER,
+        )
         try:
-            resp = await self._raw(method, url, headers=headers, data=data)
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise RegistryError(
-                f"{method} {describe_url(url)}: TLS certificate not trusted "
-                f"({exc.certificate_error}); give the registry's CA file, or mark the host insecure"
-            ) from None
+            resp = await send(url)
         except aiohttp.ClientConnectorSSLError:
             if not (undecided and self.plain_http_allowed(authority)):
-                raise self._unavailable(method, url, "TLS handshake failed") from None
+                raise
             # The host does not speak TLS: it is a plain-HTTP registry on loopback or an
             # insecure host. Remember that, and send the same request over HTTP.
             self._schemes[authority] = "http"
             url = url.with_scheme("http")
-            resp = await self._raw(method, url, headers=headers, data=data)
+            with mapped_errors(method, url):  # a failure names the URL really tried
+                resp = await send(url)
         if undecided:
             self._schemes.setdefault(authority, url.scheme)
         return resp
-
-    async def _raw(
-        self,
-        method: str,
-        url: URL,
-        *,
-        headers: dict[str, str] | None,
-        data: bytes | AsyncIterable[bytes] | None,
-    ) -> ClientResponse:
-        try:
-            return await self.session.request(
-                method,
-                url,
-                headers=headers,
-                data=data,
-                ssl=url.raw_authority not in self.options.insecure_hosts,
-                read_bufsize=STREAM_BUFFER,
-            )
-        except aiohttp.ClientSSLError:
-            raise
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._unavailable(method, url, exc) from None
-
-    @staticmethod
-    def _unavailable(
-        method: str, url: URL, reason: BaseException | str
-    ) -> RegistryUnavailableError:
-        if isinstance(reason, BaseException):
-            reason = f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
-        return RegistryUnavailableError(f"{method} {describe_url(url)}: {reason}")

@@ -1,25 +1,21 @@
-"""Review findings in the copy engine, against real registries."""
+"""An interrupted copy, against real registries: no upload session is left open."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-import json
 import uuid
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from image_cloner.oci import Copier, DigestMismatchError, RetryPolicy
-from image_cloner.oci.manifests import OCI_MANIFEST
+from image_cloner.backoff import Backoff
+from image_cloner.oci import Copier, RetryPolicy
 from image_cloner.oci.references import parse_reference
-from tests.support import skopeo
-from tests.support.images import MIB, ImageKind, ImageSeeder
+from tests.support.images import ImageKind, ImageSeeder
 from tests.support.proxy import ProxyFactory
-from tests.support.registries import RunningRegistry, free_port, registry_options
+from tests.support.registries import RunningRegistry, registry_options
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +56,7 @@ async def test_an_interrupted_copy_leaves_no_upload_session_open(
     name, repo = f"{unique('src')}/app:1", unique("interrupted") + "/app"
     image = seed_image(open_registry, name, ImageKind.SINGLE)
     source.fail_next(100, status=503, path=r"/blobs/")
-    slow_retries = RetryPolicy(base_delay=60, jitter=0)
+    slow_retries = RetryPolicy(backoff=Backoff(base=60, cap=60))
 
     async def cli() -> None:
         async with Copier(registry_options(source, auth_registry), retry=slow_retries) as copier:
@@ -88,7 +84,7 @@ async def test_a_refused_mount_session_waiting_for_a_transfer_slot_is_cancelled_
     name, first, second = f"{unique('src')}/app:1", unique("home") + "/app", unique("z") + "/app"
     image = seed_image(open_registry, name, ImageKind.SINGLE)
     opts = dataclasses.replace(registry_options(source, auth_registry), max_concurrent_transfers=1)
-    async with Copier(opts, retry=RetryPolicy(base_delay=60, jitter=0)) as copier:
+    async with Copier(opts, retry=RetryPolicy(backoff=Backoff(base=60, cap=60))) as copier:
         src = parse_reference(source.ref(name))
         await copier.copy_image(src, parse_reference(auth_registry.ref(f"{first}:1")))
         # The copier now mounts these blobs from `first`; make those mounts fail (202).
@@ -111,63 +107,3 @@ async def test_a_refused_mount_session_waiting_for_a_transfer_slot_is_cancelled_
         with pytest.raises(asyncio.CancelledError):
             await task
     assert open_uploads(auth_registry, second) == []
-
-
-async def test_a_blob_stream_longer_than_its_descriptor_fails_at_once(
-    open_registry: RunningRegistry,
-) -> None:
-    """A source streams a blob without Content-Length and does not stop at its size: the
-    copy fails as soon as more bytes than the descriptor's size arrived. (It used to send
-    the first `size` bytes, which the registry took as the whole upload; the stream was cut
-    before our digest check ran, and the image was tagged.)"""
-    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
-    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": config_digest,
-                "size": len(config),
-            },
-            "layers": [],
-        }
-    ).encode()
-    sent = 0
-
-    async def serve_manifest(request: web.Request) -> web.Response:
-        return web.Response(body=manifest, content_type=OCI_MANIFEST)
-
-    async def serve_endless_blob(request: web.Request) -> web.StreamResponse:
-        nonlocal sent
-        response = web.StreamResponse()
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        await response.write(config)
-        while sent < 4 * 1024 * MIB:  # only a bound for the test: "forever"
-            await response.write(b"x" * MIB)
-            sent += MIB
-        return response
-
-    app = web.Application()
-    app.router.add_get("/v2/app/manifests/1", serve_manifest)
-    app.router.add_get(f"/v2/app/blobs/{config_digest}", serve_endless_blob)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    target = f"{unique('endless')}/app:1"
-    try:
-        async with Copier(registry_options(open_registry)) as copier:
-            copy = copier.copy_image(
-                parse_reference(f"127.0.0.1:{port}/app:1"),
-                parse_reference(open_registry.ref(target)),
-            )
-            with pytest.raises(DigestMismatchError, match=config_digest):
-                await asyncio.wait_for(copy, 20)
-    finally:
-        await runner.cleanup()
-    assert sent < 64 * MIB
-    with pytest.raises(skopeo.SkopeoError):
-        skopeo.inspect_raw(open_registry, target)

@@ -1,0 +1,134 @@
+"""Copier against in-process fake registries: order of pushes, cheap repeats, sharing, lies.
+
+Milliseconds each; the integration suite proves the same against real registries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from image_cloner.oci import Copier, DigestMismatchError
+from image_cloner.oci.manifests import OCI_INDEX, OCI_MANIFEST
+from image_cloner.oci.options import RegistryOptions
+from image_cloner.oci.references import Reference, parse_reference
+from tests.support.fake_registry import FakeRegistry
+
+CONFIG = "application/vnd.oci.image.config.v1+json"
+LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+@dataclass(frozen=True)
+class Seeded:
+    index: str
+    children: tuple[str, ...]
+    blobs: dict[str, tuple[str, ...]]
+    """Child manifest digest → the digests of its config and layers."""
+
+
+def seed_index(fake: FakeRegistry, repo: str, tag: str, *, shared: bytes = b"base") -> Seeded:
+    """A two-platform index; both platforms share the layer `shared`."""
+    children: list[dict[str, Any]] = []
+    blobs: dict[str, tuple[str, ...]] = {}
+    for arch in ("amd64", "arm64"):
+        config = fake.add_blob(repo, f'{{"architecture":"{arch}"}}'.encode(), media_type=CONFIG)
+        base = fake.add_blob(repo, shared, media_type=LAYER)
+        own = fake.add_blob(repo, f"{tag}-{arch}-layer".encode(), media_type=LAYER)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config,
+            "layers": [base, own],
+        }
+        child = fake.add_manifest(repo, f"{tag}-{arch}", manifest)
+        children.append({**child, "platform": {"os": "linux", "architecture": arch}})
+        blobs[child["digest"]] = (config["digest"], base["digest"], own["digest"])
+    index = fake.add_manifest(
+        repo, tag, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children}
+    )
+    return Seeded(index["digest"], tuple(c["digest"] for c in children), blobs)
+
+
+@pytest.fixture
+async def source() -> AsyncIterator[FakeRegistry]:
+    async with FakeRegistry() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[FakeRegistry]:
+    async with FakeRegistry() as fake:
+        yield fake
+
+
+def ref(fake: FakeRegistry, name: str) -> Reference:
+    return parse_reference(f"{fake.host}/{name}")
+
+
+async def test_an_index_is_pushed_children_first_and_its_tag_last(
+    source: FakeRegistry, target: FakeRegistry
+) -> None:
+    image = seed_index(source, "src/app", "1")
+    async with Copier(RegistryOptions()) as copier:
+        result = await copier.copy_image(ref(source, "src/app:1"), ref(target, "backup/app:1"))
+    assert (result.digest, result.already_present) == (image.index, False)
+    assert result.manifests_pushed == 3
+    shared = image.blobs[image.children[0]][1]
+    assert len(target.seen("PUT", f"digest={shared}")) == 1  # both platforms' layer, sent once
+    puts = [r.path + ("?" + r.query if r.query else "") for r in target.seen("PUT")]
+    assert puts[-1] == "/v2/backup/app/manifests/1"
+    for child in image.children:
+        child_put = puts.index(f"/v2/backup/app/manifests/{child}")
+        commits = [i for i, put in enumerate(puts) if any(d in put for d in image.blobs[child])]
+        assert commits
+        assert max(commits) < child_put  # its blobs are there before it
+    assert target.manifests[("backup/app", "1")] == source.manifests[("src/app", "1")]
+
+
+async def test_an_image_already_there_costs_one_head(
+    source: FakeRegistry, target: FakeRegistry
+) -> None:
+    seed_index(source, "src/app", "1")
+    async with Copier(RegistryOptions()) as copier:
+        await copier.copy_image(ref(source, "src/app:1"), ref(target, "backup/app:1"))
+        source.requests.clear()
+        target.requests.clear()
+        again = await copier.copy_image(ref(source, "src/app:1"), ref(target, "backup/app:1"))
+    assert again.already_present
+    assert [(r.method, r.path) for r in target.requests] == [("HEAD", "/v2/backup/app/manifests/1")]
+    assert source.requests == []
+
+
+async def test_a_blob_two_concurrent_copies_need_is_uploaded_once(
+    source: FakeRegistry, target: FakeRegistry
+) -> None:
+    first = seed_index(source, "src/app", "1", shared=b"common base layer")
+    second = seed_index(source, "src/other", "2", shared=b"common base layer")
+    shared = first.blobs[first.children[0]][1]
+    assert shared == second.blobs[second.children[0]][1]
+    async with Copier(RegistryOptions()) as copier:
+        await asyncio.gather(
+            copier.copy_image(ref(source, "src/app:1"), ref(target, "backup/app:1")),
+            copier.copy_image(ref(source, "src/other:2"), ref(target, "backup/app:2")),
+        )
+    assert len(source.seen("GET", shared)) == 1
+    assert len(target.seen("PUT", f"digest={shared}")) == 1
+    assert {tag for (_, tag) in target.manifests} >= {"1", "2"}
+
+
+async def test_a_blob_that_does_not_match_its_digest_tags_nothing(target: FakeRegistry) -> None:
+    async with FakeRegistry() as lying:
+        image = seed_index(lying, "src/app", "1")
+        bad = image.blobs[image.children[1]][2]
+        lying.corrupt = frozenset({bad})
+        async with Copier(RegistryOptions()) as copier:
+            with pytest.raises(DigestMismatchError, match=bad):
+                await copier.copy_image(ref(lying, "src/app:1"), ref(target, "backup/app:1"))
+    assert ("backup/app", "1") not in target.manifests
+    assert ("backup/app", bad) not in target.blobs
+    assert target.seen("PUT", f"digest={bad}") == []
+    assert target.uploads == {}  # the failed upload session was cancelled
