@@ -32,7 +32,6 @@ __all__ = [
     "RedactingFilter",
     "Redactor",
     "TextFormatter",
-    "WorkloadLog",
     "configure_logging",
     "log_event",
 ]
@@ -138,14 +137,17 @@ def log_event(
     /,
     *,
     exc_info: BaseException | None = None,
+    stacklevel: int = 1,
     **fields: object,
 ) -> None:
     """Log `msg` with structured fields (rendered as JSON after the message, or as keys).
 
     `exc_info` adds the exception's traceback (redacted like everything else).
+    `stacklevel` is which caller the record names: 1, the caller of `log_event`; a helper
+    that logs for its own caller passes 2.
     """
-    # stacklevel=2: the record names the caller, not this helper.
-    logger.log(level, msg, exc_info=exc_info, extra={_FIELDS: fields}, stacklevel=2)
+    # +1: the record names a caller, never this function.
+    logger.log(level, msg, exc_info=exc_info, extra={_FIELDS: fields}, stacklevel=stacklevel + 1)
 
 
 def _fields_of(record: logging.LogRecord) -> dict[str, object]:
@@ -226,58 +228,3 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level)
     return redactor
-
-
-class WorkloadLog:
-    """The seed's decision lines about one workload, named by its kind's noun.
-
-    One call per decision; extra keyword fields (e.g. `container="web"`) follow the seed's.
-    Per-event lines are DEBUG, lines about changes INFO, failures WARNING.
-    """
-
-    def __init__(
-        self,
-        noun: str,
-        *,
-        name: str,
-        namespace: str,
-        logger: logging.Logger | None = None,
-    ) -> None:
-        self.noun = noun
-        self._where: dict[str, object] = {"name": name, "namespace": namespace}
-        self._logger = logger or logging.getLogger(CONTROLLER_LOGGER)
-
-    def _log(self, level: int, msg: str, fields: Mapping[str, object]) -> None:
-        self._logger.log(level, msg, extra={_FIELDS: {**self._where, **fields}}, stacklevel=3)
-
-    def inspecting(self, **fields: object) -> None:
-        self._log(logging.DEBUG, f"inspecting {self.noun}", fields)
-
-    def not_ready(self, reason: str, **fields: object) -> None:
-        self._log(logging.DEBUG, f"{self.noun} not ready", {"reason": reason, **fields})
-
-    def checking_container(self, image: str, **fields: object) -> None:
-        self._log(logging.DEBUG, f"checking {self.noun} container", {"image": image, **fields})
-
-    def already_cloned(self, image: str, **fields: object) -> None:
-        self._log(logging.DEBUG, "image already cloned", {"image": image, **fields})
-
-    def cloning(self, image: str, **fields: object) -> None:
-        self._log(logging.INFO, f"cloning {self.noun} image", {"image": image, **fields})
-
-    def clone_failed(self, image: str, reason: str, **fields: object) -> None:
-        self._log(
-            logging.WARNING,
-            f"cloning {self.noun} image failed",
-            {"image": image, "reason": reason, **fields},
-        )
-
-    def updating(self, from_image: str, to_image: str, **fields: object) -> None:
-        self._log(
-            logging.INFO,
-            f"updating {self.noun} image",
-            {"From": from_image, "To": to_image, **fields},
-        )
-
-    def updated(self, image: str, **fields: object) -> None:
-        self._log(logging.INFO, f"{self.noun} image reference updated", {"image": image, **fields})
