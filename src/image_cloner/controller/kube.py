@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import kopf
@@ -46,6 +46,7 @@ __all__ = [
     "MANAGED_BY_LABEL",
     "JsonObject",
     "Kube",
+    "KubeCalls",
     "SecretOutcome",
 ]
 
@@ -64,6 +65,30 @@ EVENT_CACHE_SIZE = 4096
 
 JsonObject = dict[str, Any]
 SecretOutcome = Literal["created", "updated", "unchanged", "not-managed"]
+
+
+class KubeCalls(Protocol):
+    """What the reconciler and the watch tracker call: `Kube`, or a fake in unit tests."""
+
+    async def read_workload(
+        self, kind: WorkloadKind, namespace: str, name: str
+    ) -> JsonObject | None: ...
+
+    async def list_workloads(
+        self, kind: WorkloadKind, *, namespace: str | None
+    ) -> list[JsonObject]: ...
+
+    async def patch_workload(
+        self, kind: WorkloadKind, namespace: str, name: str, patch: Sequence[Mapping[str, Any]]
+    ) -> JsonObject: ...
+
+    async def post_event(
+        self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False
+    ) -> None: ...
+
+    async def ensure_pull_secret(
+        self, namespace: str, name: str, *, registry_host: str, credentials: Credentials
+    ) -> SecretOutcome: ...
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from image_cloner.backoff import Backoff, KeyedBackoff
 from image_cloner.controller.decisions import WorkloadLog
-from image_cloner.controller.kube import JsonObject, Kube
+from image_cloner.controller.kube import JsonObject, KubeCalls
 from image_cloner.controller.kube_errors import Conflict, Invalid, KubeApiError, NotFound
 from image_cloner.controller.queue import Retry
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
@@ -146,7 +146,7 @@ class Reconciler:
     def __init__(
         self,
         *,
-        kube: Kube,
+        kube: KubeCalls,
         copier: Copier,
         settings: Settings,
         metrics: Metrics,

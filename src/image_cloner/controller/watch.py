@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from image_cloner.controller.decisions import WorkloadLog
-from image_cloner.controller.kube import Kube
+from image_cloner.controller.kube import KubeCalls
 from image_cloner.controller.kube_errors import KubeApiError
 from image_cloner.controller.queue import WorkQueue
 from image_cloner.health import Health
@@ -44,7 +44,7 @@ class WatchTracker:
         *,
         queue: WorkQueue[WorkloadKey],
         health: Health,
-        kube: Kube,
+        kube: KubeCalls,
         settings: Settings,
     ) -> None:
         self._queue = queue
@@ -98,6 +98,7 @@ class WatchTracker:
         # Seen before the listing began yet absent from it: deleted, though a relisting watch
         # (after a broken stream) sends no DELETED for it. Forget it, or it stays for good.
         known = {key for key in self._seen if key.kind == kind.kind}
+        before = dict(self._seen)
         try:
             items = await self._kube.list_workloads(kind, namespace=self._settings.namespace)
         except KubeApiError as e:
@@ -110,8 +111,13 @@ class WatchTracker:
             meta = item.get("metadata") or {}
             key = WorkloadKey(kind.kind, str(meta.get("namespace")), str(meta.get("name")))
             known.discard(key)
-            if self._seen.get(key) != meta.get("resourceVersion"):
+            listed = str(meta.get("resourceVersion", ""))
+            if self._seen.get(key) != listed:
                 behind += 1
+                if self._seen.get(key) == before.get(key):
+                    # Repaired: this version is handled now. Unless the watch delivered a
+                    # newer one during the listing, which is the one to keep.
+                    self._seen[key] = listed
                 self._consider(kind, key, item)
         scope = self._settings.namespace
         for key in known:
