@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from image_cloner.backoff import Backoff, KeyedBackoff
 from image_cloner.controller.decisions import WorkloadLog
@@ -32,7 +33,7 @@ from image_cloner.controller.queue import Retry
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
 from image_cloner.mapping import is_backup, target_for
 from image_cloner.metrics import FailureReason, Metrics, SkipReason
-from image_cloner.oci.copying import Copier, CopyResult
+from image_cloner.oci.copying import CopyResult
 from image_cloner.oci.errors import RegistryError
 from image_cloner.oci.references import InvalidReference, Reference, parse_reference
 from image_cloner.settings import Settings
@@ -47,7 +48,14 @@ from image_cloner.workloads import (
     is_ready,
 )
 
-__all__ = ["CLONE_FAILED", "IMAGES_CLONED", "ImageBackoff", "Reconciler", "changed_meanwhile"]
+__all__ = [
+    "CLONE_FAILED",
+    "IMAGES_CLONED",
+    "ImageBackoff",
+    "ImageCopier",
+    "Reconciler",
+    "changed_meanwhile",
+]
 
 IMAGES_CLONED = "ImagesCloned"
 CLONE_FAILED = "CloneFailed"
@@ -68,6 +76,12 @@ _SECRET_MESSAGES = {
 
 ImageKey = tuple[str, str]
 """(source name, target name): one copy job."""
+
+
+class ImageCopier(Protocol):
+    """What the reconciler needs of `oci.copying.Copier` (a fake in unit tests)."""
+
+    async def copy_image(self, source: Reference, target: Reference) -> CopyResult: ...
 
 
 class ImageBackoff:
@@ -147,7 +161,7 @@ class Reconciler:
         self,
         *,
         kube: KubeCalls,
-        copier: Copier,
+        copier: ImageCopier,
         settings: Settings,
         metrics: Metrics,
         image_backoff: ImageBackoff | None = None,
