@@ -49,10 +49,9 @@ _FIELDS = "fields"  # LogRecord attribute holding the structured fields
 _MASK = "***"
 _MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words all over the log
 
-# Keys whose value is a credential, in free text ("password=x", '"auth": "x"') and as
-# field names; names must end with the word, so "pull_secret_name" stays readable.
-_SECRET_KEY = r"[\w.-]*(?:password|passwd|secret|token|_pass)|auth|\.?dockerconfigjson"
-_SECRET_KEY_RE = re.compile(rf"(?:{_SECRET_KEY})", re.IGNORECASE)
+# Credential shapes in free text. What is secret is known by value: the configured
+# passwords (`Redactor.add`), and these shapes, never by the name of a log field.
+_CREDENTIAL_WORD = r"[\w.-]*(?:password|passwd|token|_pass)|auth|\.?dockerconfigjson"
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # "Authorization: Bearer x", "'Authorization': 'Basic x'", "authorization=x"
     (
@@ -64,11 +63,18 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     # https://user:password@host → https://user:***@host
     (re.compile(r"([a-z][a-z0-9+.-]*://[^/\s:@]+):[^/\s@]+@", re.IGNORECASE), rf"\1:{_MASK}@"),
+    # "password=x", "access_token=x" (a query), '"auth": "x"' (a docker config.json entry)
     (
-        re.compile(rf"(\b(?:{_SECRET_KEY})\b[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&}}]+", re.IGNORECASE),
+        re.compile(
+            rf"(\b(?:{_CREDENTIAL_WORD})\b[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&}}]+", re.IGNORECASE
+        ),
         rf"\1{_MASK}",
     ),
 )
+# A whole value that is an Authorization header's credentials ("Bearer eyJ..."); a
+# WWW-Authenticate challenge ('Bearer realm="..."') is not one and stays readable.
+_CREDENTIALS_RE = re.compile(r"(?:basic|bearer)\s+[\w.~+/-]+=*", re.IGNORECASE)
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization"})
 
 
 class Redactor:
@@ -93,11 +99,15 @@ class Redactor:
         return text
 
     def value(self, value: object, *, key: str = "") -> object:
-        """Redact a structured field value; a secret-named key masks the value whole."""
-        if key and _SECRET_KEY_RE.fullmatch(key) and value is not None:
+        """Redact a structured field value, by what it holds (its name does not matter).
+
+        The one exception is a header mapping: the value of an `Authorization` entry is a
+        credential whatever its shape.
+        """
+        if key.lower() in _CREDENTIAL_HEADERS and value is not None:
             return _MASK
         if isinstance(value, str):
-            return self(value)
+            return _MASK if _CREDENTIALS_RE.fullmatch(value.strip()) else self(value)
         if isinstance(value, Mapping):
             return {str(k): self.value(v, key=str(k)) for k, v in value.items()}
         if isinstance(value, list | tuple | set | frozenset):
@@ -120,7 +130,7 @@ class RedactingFilter(logging.Filter):
         record.msg, record.args = self.redactor(message), None
         fields = getattr(record, _FIELDS, None)
         if isinstance(fields, Mapping):
-            setattr(record, _FIELDS, {k: self.redactor.value(v, key=k) for k, v in fields.items()})
+            setattr(record, _FIELDS, self.redactor.value(fields))
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

@@ -102,7 +102,10 @@ def test_bad_format_arguments_do_not_break_the_caller() -> None:
             "http://127.0.0.1:5000/v2/nginx/blobs/sha256:ab",
         ),
         ("token expired; refreshing", "token expired; refreshing"),
-        ("pull_secret_name=image-cloner-pull", "pull_secret_name=image-cloner-pull"),
+        (
+            "pull secret created: pull_secret=image-cloner-pull",
+            "pull secret created: pull_secret=image-cloner-pull",
+        ),
     ],
 )
 def test_redactor_patterns(text: str, expected: str) -> None:
@@ -128,10 +131,13 @@ def test_redaction_covers_message_args_fields_and_tracebacks(
         logger,
         logging.INFO,
         "login as %s",
-        password="anything",
-        nested={"token": "t0k3n-value", "note": "used testpass"},
+        password="testpass",
+        anything="the password is testpass",
+        nested={"headers": {"Authorization": "Basic dXNlcjpwYXNz"}, "note": "used testpass"},
+        credentials="Bearer t0k3n-value",
         items=["testpass"],
-        pull_secret_name="image-cloner-pull",
+        pull_secret="image-cloner-pull",
+        challenge='Bearer realm="https://auth.r.io/token"',
     )
     logger.warning("login as %s with %s", "testuser", "testpass")
     try:
@@ -140,13 +146,17 @@ def test_redaction_covers_message_args_fields_and_tracebacks(
         logger.exception("copy failed")
     text = out.getvalue()
     assert "testpass" not in text
-    assert "anything" not in text
+    assert "dXNlcjpwYXNz" not in text
     assert "t0k3n-value" not in text
     first, second, third = (json.loads(line) for line in text.splitlines() if line.startswith("{"))
+    # What is secret is known by value (configured, or a credential's shape), not by name:
     assert first["password"] == "***"
-    assert first["nested"] == {"token": "***", "note": "used ***"}
+    assert first["anything"] == "the password is ***"
+    assert first["nested"] == {"headers": {"Authorization": "***"}, "note": "used ***"}
+    assert first["credentials"] == "***"
     assert first["items"] == ["***"]
-    assert first["pull_secret_name"] == "image-cloner-pull"
+    assert first["pull_secret"] == "image-cloner-pull", "a Secret's name is not a secret"
+    assert first["challenge"] == 'Bearer realm="https://auth.r.io/token"'
     assert second["msg"] == "login as testuser with ***"
     assert "RuntimeError: registry said no to ***" in third["exception"]
 
