@@ -40,14 +40,19 @@ def cluster_events(testbed: Testbed, namespace: str, reason: str) -> list[dict[s
     return [e for e in items["items"] if e.get("reason") == reason]
 
 
-async def test_patch_guarded_by_resource_version_refuses_a_stale_object(
-    kube: Kube, testbed: Testbed, namespace: str
-) -> None:
+async def read_then_edit(kube: Kube, testbed: Testbed, namespace: str) -> dict[str, Any]:
+    """A Deployment `web` as we read it, then labelled by a user: what we hold is stale."""
     create_deployment(testbed, namespace, "web")
     stale = await kube.read_workload(DEPLOYMENT, namespace, "web")
     assert stale is not None
     testbed.kubectl("label", "deployment/web", "edited=yes", "-n", namespace)
+    return stale
 
+
+async def test_patch_guarded_by_resource_version_refuses_a_stale_object(
+    kube: Kube, testbed: Testbed, namespace: str
+) -> None:
+    stale = await read_then_edit(kube, testbed, namespace)
     patch = build_patch(stale, {"nginx": f"{REGISTRY}/nginx:1.21.4-alpine"})
     with pytest.raises(Invalid) as caught:
         await kube.patch_workload(DEPLOYMENT, namespace, "web", patch)
@@ -70,10 +75,7 @@ async def test_patch_guarded_by_resource_version_refuses_a_stale_object(
 async def test_a_write_with_a_stale_resource_version_is_a_conflict(
     kube: Kube, testbed: Testbed, namespace: str
 ) -> None:
-    create_deployment(testbed, namespace, "web")
-    stale = await kube.read_workload(DEPLOYMENT, namespace, "web")
-    assert stale is not None
-    testbed.kubectl("label", "deployment/web", "edited=yes", "-n", namespace)
+    stale = await read_then_edit(kube, testbed, namespace)
     # A patch that carries a resourceVersion is checked like an update: 409 Conflict.
     version = stale["metadata"]["resourceVersion"]
     patch = [
