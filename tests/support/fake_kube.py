@@ -121,8 +121,8 @@ class FakeKube:
             patched: JsonObject = jsonpatch.apply_patch(current, list(patch))
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as e:
             # What the apiserver answers when the patch document fails: it names no object.
-            message = f"testing value failed: test failed ({e})"
-            raise api_error(422, _status(422, "Invalid", message, {}), fallback="") from None
+            message = "the server rejected our request due to an error in our request"
+            raise api_error(422, _status(422, "Invalid", message, {}), fallback="") from e
         refusal = self.admission(patched) if self.admission is not None else None
         if refusal is not None:
             message = f"ValidatingAdmissionPolicy 'deny' denied request: {refusal}"

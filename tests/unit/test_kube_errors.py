@@ -53,7 +53,7 @@ def status(code: int, reason: str, message: str, details: dict[str, Any] | None)
 
 
 TEST_FAILED = status(
-    422, "Invalid", "testing value /metadata/resourceVersion failed: test failed", {}
+    422, "Invalid", "the server rejected our request due to an error in our request", {}
 )
 ADMISSION_REFUSED = status(
     422,

@@ -11,9 +11,9 @@ What the apiserver (v1.37) answers, checked on the test bed (tests/e2e/test_kube
 and pinned in tests/unit/test_kube_errors.py:
 
 - a failed JSON-patch `test` (the object changed since we read it): 422, "Invalid",
-  message "testing value /metadata/resourceVersion failed: test failed", details that
-  name no object and carry no causes (the patch handler reports the patch document
-  failing to apply, before any validation of the object);
+  the generic message "the server rejected our request due to an error in our request"
+  (the failed test is not named), details that name no object and carry no causes (the
+  patch handler reports the patch document failing to apply, before it has an object);
 - a ValidatingAdmissionPolicy refusal: 422, "Invalid" (the policy's reason, Invalid by
   default), details naming the object (kind "deployments", its name) with one cause
   holding the policy's message; field validation errors name the object too;
