@@ -1,8 +1,9 @@
 """The `image-cloner` command: argument parsing only, the work happens in the library.
 
-Exit statuses: 0 success, 1 the copy failed (the registry said no, was unreachable, or
-lied), 2 bad input or configuration. Failures print one line on stderr; the result (the
-destination reference with its digest) is the only thing printed on stdout.
+Exit statuses (`image_cloner.exits`): 0 success, 1 the copy failed (the registry said no,
+was unreachable, or lied), 2 bad input or configuration, 130 interrupted. Failures print
+one line on stderr; the result (the destination reference with its digest) is the only
+thing printed on stdout.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from image_cloner import __version__
+from image_cloner.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from image_cloner.logs import LOG_FORMATS, LOG_LEVELS
 from image_cloner.mapping import is_backup, parse_backup_location, target_for
 from image_cloner.oci.copying import Copier, CopyResult
@@ -32,13 +34,9 @@ from image_cloner.settings import (
     registry_options_from_env,
 )
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "build_parser", "main"]
+__all__ = ["build_parser", "main"]
 
 PROG = "image-cloner"
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
 
 
 class UsageError(Exception):

@@ -32,7 +32,6 @@ __all__ = [
     "RedactingFilter",
     "Redactor",
     "TextFormatter",
-    "WorkloadLog",
     "configure_logging",
     "log_event",
 ]
@@ -50,10 +49,9 @@ _FIELDS = "fields"  # LogRecord attribute holding the structured fields
 _MASK = "***"
 _MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words all over the log
 
-# Keys whose value is a credential, in free text ("password=x", '"auth": "x"') and as
-# field names; names must end with the word, so "pull_secret_name" stays readable.
-_SECRET_KEY = r"[\w.-]*(?:password|passwd|secret|token|_pass)|auth|\.?dockerconfigjson"
-_SECRET_KEY_RE = re.compile(rf"(?:{_SECRET_KEY})", re.IGNORECASE)
+# Credential shapes in free text. What is secret is known by value: the configured
+# passwords (`Redactor.add`), and these shapes, never by the name of a log field.
+_CREDENTIAL_WORD = r"[\w.-]*(?:password|passwd|token|_pass)|auth|\.?dockerconfigjson"
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # "Authorization: Bearer x", "'Authorization': 'Basic x'", "authorization=x"
     (
@@ -65,11 +63,18 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     # https://user:password@host → https://user:***@host
     (re.compile(r"([a-z][a-z0-9+.-]*://[^/\s:@]+):[^/\s@]+@", re.IGNORECASE), rf"\1:{_MASK}@"),
+    # "password=x", "access_token=x" (a query), '"auth": "x"' (a docker config.json entry)
     (
-        re.compile(rf"(\b(?:{_SECRET_KEY})\b[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&}}]+", re.IGNORECASE),
+        re.compile(
+            rf"(\b(?:{_CREDENTIAL_WORD})\b[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&}}]+", re.IGNORECASE
+        ),
         rf"\1{_MASK}",
     ),
 )
+# A whole value that is an Authorization header's credentials ("Bearer eyJ..."); a
+# WWW-Authenticate challenge ('Bearer realm="..."') is not one and stays readable.
+_CREDENTIALS_RE = re.compile(r"(?:basic|bearer)\s+[\w.~+/-]+=*", re.IGNORECASE)
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization"})
 
 
 class Redactor:
@@ -94,11 +99,15 @@ class Redactor:
         return text
 
     def value(self, value: object, *, key: str = "") -> object:
-        """Redact a structured field value; a secret-named key masks the value whole."""
-        if key and _SECRET_KEY_RE.fullmatch(key) and value is not None:
+        """Redact a structured field value, by what it holds (its name does not matter).
+
+        The one exception is a header mapping: the value of an `Authorization` entry is a
+        credential whatever its shape.
+        """
+        if key.lower() in _CREDENTIAL_HEADERS and value is not None:
             return _MASK
         if isinstance(value, str):
-            return self(value)
+            return _MASK if _CREDENTIALS_RE.fullmatch(value.strip()) else self(value)
         if isinstance(value, Mapping):
             return {str(k): self.value(v, key=str(k)) for k, v in value.items()}
         if isinstance(value, list | tuple | set | frozenset):
@@ -121,7 +130,7 @@ class RedactingFilter(logging.Filter):
         record.msg, record.args = self.redactor(message), None
         fields = getattr(record, _FIELDS, None)
         if isinstance(fields, Mapping):
-            setattr(record, _FIELDS, {k: self.redactor.value(v, key=k) for k, v in fields.items()})
+            setattr(record, _FIELDS, self.redactor.value(fields))
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -138,14 +147,17 @@ def log_event(
     /,
     *,
     exc_info: BaseException | None = None,
+    stacklevel: int = 1,
     **fields: object,
 ) -> None:
     """Log `msg` with structured fields (rendered as JSON after the message, or as keys).
 
     `exc_info` adds the exception's traceback (redacted like everything else).
+    `stacklevel` is which caller the record names: 1, the caller of `log_event`; a helper
+    that logs for its own caller passes 2.
     """
-    # stacklevel=2: the record names the caller, not this helper.
-    logger.log(level, msg, exc_info=exc_info, extra={_FIELDS: fields}, stacklevel=2)
+    # +1: the record names a caller, never this function.
+    logger.log(level, msg, exc_info=exc_info, extra={_FIELDS: fields}, stacklevel=stacklevel + 1)
 
 
 def _fields_of(record: logging.LogRecord) -> dict[str, object]:
@@ -226,58 +238,3 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level)
     return redactor
-
-
-class WorkloadLog:
-    """The seed's decision lines about one workload, named by its kind's noun.
-
-    One call per decision; extra keyword fields (e.g. `container="web"`) follow the seed's.
-    Per-event lines are DEBUG, lines about changes INFO, failures WARNING.
-    """
-
-    def __init__(
-        self,
-        noun: str,
-        *,
-        name: str,
-        namespace: str,
-        logger: logging.Logger | None = None,
-    ) -> None:
-        self.noun = noun
-        self._where: dict[str, object] = {"name": name, "namespace": namespace}
-        self._logger = logger or logging.getLogger(CONTROLLER_LOGGER)
-
-    def _log(self, level: int, msg: str, fields: Mapping[str, object]) -> None:
-        self._logger.log(level, msg, extra={_FIELDS: {**self._where, **fields}}, stacklevel=3)
-
-    def inspecting(self, **fields: object) -> None:
-        self._log(logging.DEBUG, f"inspecting {self.noun}", fields)
-
-    def not_ready(self, reason: str, **fields: object) -> None:
-        self._log(logging.DEBUG, f"{self.noun} not ready", {"reason": reason, **fields})
-
-    def checking_container(self, image: str, **fields: object) -> None:
-        self._log(logging.DEBUG, f"checking {self.noun} container", {"image": image, **fields})
-
-    def already_cloned(self, image: str, **fields: object) -> None:
-        self._log(logging.DEBUG, "image already cloned", {"image": image, **fields})
-
-    def cloning(self, image: str, **fields: object) -> None:
-        self._log(logging.INFO, f"cloning {self.noun} image", {"image": image, **fields})
-
-    def clone_failed(self, image: str, reason: str, **fields: object) -> None:
-        self._log(
-            logging.WARNING,
-            f"cloning {self.noun} image failed",
-            {"image": image, "reason": reason, **fields},
-        )
-
-    def updating(self, from_image: str, to_image: str, **fields: object) -> None:
-        self._log(
-            logging.INFO,
-            f"updating {self.noun} image",
-            {"From": from_image, "To": to_image, **fields},
-        )
-
-    def updated(self, image: str, **fields: object) -> None:
-        self._log(logging.INFO, f"{self.noun} image reference updated", {"image": image, **fields})

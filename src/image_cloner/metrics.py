@@ -1,30 +1,22 @@
-"""What the controller reports about itself: Prometheus metrics, liveness and readiness.
+"""What the controller counts about its work: Prometheus collectors, and their label sets.
 
-Labels come from small fixed sets (a reason, a workload kind), never from image names,
-namespaces or anything a user controls, so series stay few and nothing secret leaks
-into a scrape. All collectors live on one dedicated `CollectorRegistry` (no global
-state; tests make as many as they like).
-
-Readiness answers "is this process doing its job": the start-up registry check passed,
-and every watch stream delivered an event or a successful (re)list recently. A silently
-dead watch stream is a known failure of operators, so its age is both a metric and a
-readiness condition.
+Labels come from small fixed sets (`SkipReason`, `FailureReason`, a workload kind), never
+from image names, namespaces or anything a user controls, so series stay few and nothing
+secret leaks into a scrape. All collectors live on one dedicated `CollectorRegistry` (no
+global state; tests make as many as they like). The age of each watch stream comes from
+`health.Health` at scrape time; `controller.server` serves all of it over HTTP.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from enum import StrEnum
-from typing import Self
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from image_cloner.health import Health
 from image_cloner.oci.errors import (
     AuthenticationError,
     DigestMismatchError,
@@ -34,22 +26,8 @@ from image_cloner.oci.errors import (
     UnsupportedMediaTypeError,
 )
 from image_cloner.oci.references import InvalidReference
-from image_cloner.workloads import KINDS
 
-__all__ = [
-    "DEFAULT_METRICS_PORT",
-    "DEFAULT_WATCH_STALENESS",
-    "FailureReason",
-    "Health",
-    "Metrics",
-    "MetricsServer",
-    "SkipReason",
-    "make_app",
-]
-
-DEFAULT_METRICS_PORT = 8080
-DEFAULT_WATCH_STALENESS = 300.0
-"""Seconds without a watch event or (re)list after which a stream counts as stale."""
+__all__ = ["FailureReason", "Metrics", "SkipReason"]
 
 COPY_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
@@ -93,60 +71,6 @@ _REASONS: tuple[tuple[type[Exception], FailureReason], ...] = (
     (InvalidManifestError, FailureReason.INVALID_MANIFEST),
     (UnsupportedMediaTypeError, FailureReason.UNSUPPORTED_MEDIA_TYPE),
 )
-
-
-class Health:
-    """The facts `/readyz` decides on, fed by the controller as they happen."""
-
-    def __init__(
-        self,
-        *,
-        kinds: Iterable[str] = tuple(KINDS),
-        staleness: float = DEFAULT_WATCH_STALENESS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.kinds: tuple[str, ...] = tuple(kinds)
-        self.staleness = staleness
-        self._clock = clock
-        self._registry_ok: bool | None = None
-        self._last_event: dict[str, float | None] = dict.fromkeys(self.kinds)
-
-    def set_registry_ok(self, ok: bool) -> None:
-        """Record the outcome of the backup-registry check (start-up, or a later re-check)."""
-        self._registry_ok = ok
-
-    def mark_watch_event(self, kind: str) -> None:
-        """A watch stream for `kind` delivered an event, or a (re)list of `kind` succeeded."""
-        if kind not in self._last_event:
-            raise ValueError(f"unknown kind {kind!r}: expected one of {', '.join(self.kinds)}")
-        self._last_event[kind] = self._clock()
-
-    def watch_age(self, kind: str) -> float:
-        """Seconds since the last event of `kind`; infinite when there was none yet."""
-        last = self._last_event[kind]
-        return math.inf if last is None else max(0.0, self._clock() - last)
-
-    def problems(self) -> list[str]:
-        """Why the process is not ready, one line each; empty when it is ready."""
-        found: list[str] = []
-        if self._registry_ok is None:
-            found.append("backup registry check has not run yet")
-        elif not self._registry_ok:
-            found.append("backup registry check failed")
-        for kind in self.kinds:
-            age = self.watch_age(kind)
-            if math.isinf(age):
-                found.append(f"{kind} watch has had no event or listing yet")
-            elif age > self.staleness:
-                found.append(
-                    f"{kind} watch is stale: last event {age:.0f}s ago "
-                    f"(limit {self.staleness:.0f}s)"
-                )
-        return found
-
-    @property
-    def ready(self) -> bool:
-        return not self.problems()
 
 
 class _WatchAgeCollector(Collector):
@@ -244,65 +168,3 @@ class Metrics:
     def track_queue(self, depth: Callable[[], float]) -> None:
         """Report `depth()` (e.g. `lambda: queue.depth`) as the queue depth at each scrape."""
         self._queue_depth.set_function(depth)
-
-
-def make_app(*, metrics: Metrics, health: Health) -> web.Application:
-    """`/metrics` (Prometheus text or OpenMetrics), `/healthz` (alive), `/readyz`."""
-
-    async def serve_metrics(request: web.Request) -> web.Response:
-        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encode(metrics.registry), headers={"Content-Type": content_type})
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def readyz(request: web.Request) -> web.Response:
-        problems = health.problems()
-        if problems:
-            return web.Response(status=503, text="".join(f"{p}\n" for p in problems))
-        return web.Response(text="ok\n")
-
-    app = web.Application()
-    app.router.add_get("/metrics", serve_metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    return app
-
-
-class MetricsServer:
-    """Serves `make_app` on `port` (0: any free port; see `.port` once started)."""
-
-    def __init__(
-        self,
-        *,
-        metrics: Metrics,
-        health: Health,
-        port: int = DEFAULT_METRICS_PORT,
-        host: str | None = None,
-    ) -> None:
-        """`host=None` listens on all interfaces, as a pod must."""
-        self._runner = web.AppRunner(make_app(metrics=metrics, health=health), access_log=None)
-        self._host = host
-        self._port = port
-
-    @property
-    def port(self) -> int:
-        """The port actually listened on."""
-        addresses = self._runner.addresses
-        if not addresses:
-            raise RuntimeError("metrics server is not started")
-        return int(addresses[0][1])
-
-    async def start(self) -> None:
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self._host, self._port).start()
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()

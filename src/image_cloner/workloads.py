@@ -6,8 +6,11 @@ out; no API client, no kopf, no aiohttp) so it can be tested exhaustively and re
 `revert` and `plan` commands. Objects are the dicts the API server returns and kopf
 hands to handlers.
 
-A kind is data (`WorkloadKind`): adding StatefulSet means adding one entry with its
-readiness rule, not touching the code that reads pod templates or builds patches.
+A kind is data (`WorkloadKind`): its API group, version and plural (which give the
+controller its watch and its URLs), where its pod template lives (which gives the image
+pointers and the patch) and its readiness rule. Adding StatefulSet (template at
+`spec.template`) or CronJob (`spec.jobTemplate.spec.template`) means adding one entry to
+`KINDS`, not touching the code that watches, reads pod templates or builds patches.
 """
 
 from __future__ import annotations
@@ -44,8 +47,6 @@ ORIGINAL_IMAGES_ANNOTATION = "image-cloner.io/original-images"
 
 CONTAINER_SECTIONS = ("containers", "initContainers")
 """The pod-spec lists whose images we copy. Ephemeral containers never appear in templates."""
-
-_POD_SPEC_POINTER = "/spec/template/spec"
 
 Obj = Mapping[str, Any]
 
@@ -94,11 +95,32 @@ class WorkloadKind:
     """Resource name for URLs and kopf handlers: "deployments"."""
     noun: str
     """How log lines name it: "deployment" ("inspecting deployment")."""
+    template: tuple[str, ...]
+    """Path from the object's root to its pod template: ("spec", "template")."""
     readiness: Callable[[Obj], Readiness]
 
     @property
     def api_version(self) -> str:
-        return f"{self.group}/{self.version}"
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def pod_spec_pointer(self) -> str:
+        """JSON pointer to the template's pod spec: "/spec/template/spec"."""
+        return "/" + "/".join(_pointer_token(part) for part in (*self.template, "spec"))
+
+    def pod_spec(self, obj: Obj) -> Any:
+        """The pod spec of `obj`'s template (None when the object has none)."""
+        return _get(obj, *self.template, "spec")
+
+    def collection(self, namespace: str | None) -> str:
+        """API path of the kind's objects, in `namespace` or (None) in all namespaces."""
+        root = f"/apis/{self.group}" if self.group else "/api"
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        return f"{root}/{self.version}{scope}/{self.plural}"
+
+    def path(self, namespace: str, name: str) -> str:
+        """API path of one object of the kind."""
+        return f"{self.collection(namespace)}/{name}"
 
 
 @dataclass(frozen=True)
@@ -122,11 +144,13 @@ class ContainerImage:
     index: int
     name: str
     image: str
+    pod_spec: str
+    """JSON pointer to the pod spec holding the container (`WorkloadKind.pod_spec_pointer`)."""
 
     @property
     def pointer(self) -> str:
         """JSON pointer to the image field, for patches."""
-        return f"{_POD_SPEC_POINTER}/{self.section}/{self.index}/image"
+        return f"{self.pod_spec}/{self.section}/{self.index}/image"
 
 
 def _get(obj: Obj, *path: str) -> Any:
@@ -197,6 +221,7 @@ DEPLOYMENT = WorkloadKind(
     version="v1",
     plural="deployments",
     noun="deployment",
+    template=("spec", "template"),
     readiness=_deployment_readiness,
 )
 DAEMONSET = WorkloadKind(
@@ -205,6 +230,7 @@ DAEMONSET = WorkloadKind(
     version="v1",
     plural="daemonsets",
     noun="daemonset",
+    template=("spec", "template"),
     readiness=_daemonset_readiness,
 )
 
@@ -237,15 +263,18 @@ def is_ready(obj: Obj) -> Readiness:
 
 def images_of(obj: Obj) -> list[ContainerImage]:
     """Every container image of the pod template, containers first, in spec order."""
+    kind = kind_of(obj)
+    pod_spec = kind.pod_spec(obj)
     found: list[ContainerImage] = []
     for section in CONTAINER_SECTIONS:
-        containers = _get(obj, "spec", "template", "spec", section) or []
+        containers = _get(pod_spec, section) or []
         for index, container in enumerate(containers):
             image = container.get("image") if isinstance(container, Mapping) else None
             # The API server requires an image for workload templates; skip rather than
             # crash on a hand-made object that lacks one.
             if isinstance(image, str) and image:
-                found.append(ContainerImage(section, index, str(container.get("name")), image))
+                name = str(container.get("name"))
+                found.append(ContainerImage(section, index, name, image, kind.pod_spec_pointer))
     return found
 
 
@@ -317,7 +346,7 @@ def build_patch(
         {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
         *image_ops,
         _annotation_op(obj, annotation, originals),
-        *_pull_secret_ops(obj, pull_secret),
+        *_pull_secret_ops(obj, kind_of(obj), pull_secret),
     ]
 
 
@@ -339,11 +368,11 @@ def _annotation_op(obj: Obj, annotation: str, originals: Mapping[str, str]) -> d
     return {"op": "add", "path": "/metadata/annotations", "value": {annotation: value}}
 
 
-def _pull_secret_ops(obj: Obj, pull_secret: str | None) -> list[dict[str, Any]]:
+def _pull_secret_ops(obj: Obj, kind: WorkloadKind, pull_secret: str | None) -> list[dict[str, Any]]:
     if not pull_secret:
         return []
-    existing = _get(obj, "spec", "template", "spec", "imagePullSecrets")
-    path = f"{_POD_SPEC_POINTER}/imagePullSecrets"
+    existing = _get(kind.pod_spec(obj), "imagePullSecrets")
+    path = f"{kind.pod_spec_pointer}/imagePullSecrets"
     if not isinstance(existing, list):
         return [{"op": "add", "path": path, "value": [{"name": pull_secret}]}]
     if any(isinstance(s, Mapping) and s.get("name") == pull_secret for s in existing):

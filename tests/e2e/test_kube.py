@@ -4,7 +4,9 @@
 watching, so each call is checked here as the ServiceAccount the install gives it: the
 guarded JSON patch refuses a stale object, repeated Events count up, the pull Secret is
 created, left alone, updated, and never taken from its owner; and the watch-vs-list check
-of `WatchTracker` finds a workload the watch never showed.
+of `WatchTracker` finds a workload the watch never showed, and forgets workloads that
+were deleted while the watch did not say so (kopf relists after a broken stream but sends
+no DELETED for what vanished meanwhile).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from image_cloner.controller.handlers import WatchTracker
-from image_cloner.controller.kube import Conflict, Kube
+from image_cloner.controller.kube import Kube
+from image_cloner.controller.kube_errors import Conflict, Invalid
 from image_cloner.controller.queue import WorkQueue
-from image_cloner.metrics import Health
+from image_cloner.controller.watch import WatchTracker
+from image_cloner.health import Health
 from image_cloner.oci.options import Credentials
 from image_cloner.settings import Settings
 from image_cloner.workloads import DEPLOYMENT, WorkloadKey, build_patch
@@ -37,33 +40,61 @@ def cluster_events(testbed: Testbed, namespace: str, reason: str) -> list[dict[s
     return [e for e in items["items"] if e.get("reason") == reason]
 
 
+async def read_then_edit(kube: Kube, testbed: Testbed, namespace: str) -> dict[str, Any]:
+    """A Deployment `web` as we read it, then labelled by a user: what we hold is stale."""
+    create_deployment(testbed, namespace, "web")
+    stale = await kube.read_workload(DEPLOYMENT, namespace, "web")
+    assert stale is not None
+    testbed.kubectl("label", "deployment/web", "edited=yes", "-n", namespace)
+    return stale
+
+
 async def test_patch_guarded_by_resource_version_refuses_a_stale_object(
     kube: Kube, testbed: Testbed, namespace: str
 ) -> None:
-    create_deployment(testbed, namespace, "web")
-    stale = await kube.read_workload("Deployment", namespace, "web")
-    assert stale is not None
-    testbed.kubectl("label", "deployment/web", "edited=yes", "-n", namespace)
-
+    stale = await read_then_edit(kube, testbed, namespace)
     patch = build_patch(stale, {"nginx": f"{REGISTRY}/nginx:1.21.4-alpine"})
-    with pytest.raises(Conflict):
-        await kube.patch_workload("Deployment", namespace, "web", patch)
+    with pytest.raises(Invalid) as caught:
+        await kube.patch_workload(DEPLOYMENT, namespace, "web", patch)
+    # What the apiserver answers for a failed `test` op (docs/controller.md): 422 Invalid,
+    # naming no object, no causes, and a generic message.
+    assert (caught.value.status, caught.value.reason) == (422, "Invalid")
+    assert (caught.value.details.get("name"), caught.value.causes) in {(None, ()), ("", ())}
+    assert caught.value.patch_did_not_apply
+    assert caught.value.message == "the server rejected our request due to an error in our request"
 
-    fresh = await kube.read_workload("Deployment", namespace, "web")
+    fresh = await kube.read_workload(DEPLOYMENT, namespace, "web")
     assert fresh is not None
     patched = await kube.patch_workload(
-        "Deployment", namespace, "web", build_patch(fresh, {"nginx": f"{REGISTRY}/nginx:x"})
+        DEPLOYMENT, namespace, "web", build_patch(fresh, {"nginx": f"{REGISTRY}/nginx:x"})
     )
     assert patched["metadata"]["labels"]["edited"] == "yes"
     assert patched["spec"]["template"]["spec"]["containers"][0]["image"] == f"{REGISTRY}/nginx:x"
-    assert await kube.read_workload("Deployment", namespace, "gone") is None
+    assert await kube.read_workload(DEPLOYMENT, namespace, "gone") is None
+
+
+async def test_a_write_with_a_stale_resource_version_is_a_conflict(
+    kube: Kube, testbed: Testbed, namespace: str
+) -> None:
+    stale = await read_then_edit(kube, testbed, namespace)
+    # A patch that carries a resourceVersion is checked like an update: 409 Conflict.
+    version = stale["metadata"]["resourceVersion"]
+    patch = [
+        {"op": "replace", "path": "/metadata/resourceVersion", "value": version},
+        {"op": "add", "path": "/metadata/labels/touched", "value": "yes"},
+    ]
+    with pytest.raises(Conflict) as caught:
+        await kube.patch_workload(DEPLOYMENT, namespace, "web", patch)
+    assert (caught.value.status, caught.value.reason) == (409, "Conflict")
+    assert caught.value.details.get("name") == "web"
+    assert "the object has been modified" in caught.value.message
 
 
 async def test_repeated_events_count_up_instead_of_piling_up(
     kube: Kube, testbed: Testbed, namespace: str
 ) -> None:
     create_deployment(testbed, namespace, "web")
-    obj = await kube.read_workload("Deployment", namespace, "web")
+    obj = await kube.read_workload(DEPLOYMENT, namespace, "web")
     assert obj is not None
     for _ in range(3):
         await kube.post_event(obj, reason="CloneFailed", message="registry down", warning=True)
@@ -130,10 +161,34 @@ async def test_resync_finds_what_the_watch_did_not_show(
     assert "Deployment watch has had no event or listing yet" in health.problems()
 
     # Once the watch has delivered the current version, a listing proves the stream current.
-    current = await kube.read_workload("Deployment", namespace, "web")
+    current = await kube.read_workload(DEPLOYMENT, namespace, "web")
     assert current is not None
     tracker.observe(DEPLOYMENT, "MODIFIED", current)
     now[0] = 100.0
     assert health.watch_age("Deployment") == 100.0
     assert await tracker.resync(DEPLOYMENT) == 0
     assert health.watch_age("Deployment") == 0.0
+
+
+async def test_the_watch_tracker_forgets_workloads_deleted_behind_its_back(
+    kube: Kube, testbed: Testbed, namespace: str
+) -> None:
+    for name in ("gone", "kept"):
+        testbed.kubectl("create", "deployment", name, "--image=nginx:1", "-n", namespace)
+    settings = Settings.from_env(
+        {"IMAGE_CLONER_REGISTRY": "localhost:5000", "IMAGE_CLONER_NAMESPACE": namespace}
+    )
+    queue: WorkQueue[WorkloadKey] = WorkQueue()
+    tracker = WatchTracker(queue=queue, health=Health(), kube=kube, settings=settings)
+    for name in ("gone", "kept"):
+        current = await kube.read_workload(DEPLOYMENT, namespace, name)
+        assert current is not None
+        tracker.observe(DEPLOYMENT, None, current)
+
+    # Deleted while the stream was down: the relist that follows sends no DELETED event.
+    testbed.kubectl("delete", "deployment", "gone", "-n", namespace)
+    await tracker.resync(DEPLOYMENT)
+
+    assert WorkloadKey("Deployment", namespace, "kept") in tracker
+    assert WorkloadKey("Deployment", namespace, "gone") not in tracker
+    assert len(tracker) == 1

@@ -1,4 +1,4 @@
-"""Log formats (seed-style text, JSON lines), the seed's decision lines, and redaction."""
+"""Log formats (seed-style text, JSON lines) and redaction."""
 
 from __future__ import annotations
 
@@ -6,16 +6,13 @@ import io
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
 from image_cloner.logs import (
-    CONTROLLER_LOGGER,
     RedactingFilter,
     Redactor,
-    WorkloadLog,
     configure_logging,
     log_event,
 )
@@ -23,40 +20,8 @@ from image_cloner.logs import (
 TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d{4}"
 
 
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-
-
-@pytest.fixture
-def capture(root_logging: None) -> Callable[..., io.StringIO]:
-    def configure(**kwargs: Any) -> io.StringIO:
-        stream = io.StringIO()
-        configure_logging(stream=stream, level=logging.DEBUG, **kwargs)
-        return stream
-
-    return configure
-
-
 def lines(stream: io.StringIO) -> list[str]:
     return stream.getvalue().splitlines()
-
-
-def test_text_format_is_the_seeds(capture: Callable[..., io.StringIO]) -> None:
-    out = capture(fmt="text")
-    WorkloadLog("deployment", name="nginx", namespace="demo-system").inspecting()
-    (line,) = lines(out)
-    expected = (
-        rf"{TIMESTAMP}\tDEBUG\tcontroller\.image-cloner\tinspecting deployment\t"
-        r'\{"name": "nginx", "namespace": "demo-system"\}'
-    )
-    assert re.fullmatch(expected, line), line
 
 
 def test_text_without_fields_has_no_trailing_json(capture: Callable[..., io.StringIO]) -> None:
@@ -66,81 +31,10 @@ def test_text_without_fields_has_no_trailing_json(capture: Callable[..., io.Stri
     assert re.fullmatch(rf"{TIMESTAMP}\tINFO\tsetup\tstarting manager", line), line
 
 
-SEED_LINES: list[tuple[Callable[[WorkloadLog], None], int, str, dict[str, object]]] = [
-    (lambda w: w.inspecting(), logging.DEBUG, "inspecting {noun}", {}),
-    (
-        lambda w: w.checking_container("nginx:1.21.4-alpine"),
-        logging.DEBUG,
-        "checking {noun} container",
-        {"image": "nginx:1.21.4-alpine"},
-    ),
-    (
-        lambda w: w.cloning("nginx:1.21.4-alpine"),
-        logging.INFO,
-        "cloning {noun} image",
-        {"image": "nginx:1.21.4-alpine"},
-    ),
-    (
-        lambda w: w.updating("nginx:1.21.4-alpine", "localhost:5000/nginx:1.21.4-alpine"),
-        logging.INFO,
-        "updating {noun} image",
-        {"From": "nginx:1.21.4-alpine", "To": "localhost:5000/nginx:1.21.4-alpine"},
-    ),
-    (
-        lambda w: w.updated("localhost:5000/nginx:1.21.4-alpine"),
-        logging.INFO,
-        "{noun} image reference updated",
-        {"image": "localhost:5000/nginx:1.21.4-alpine"},
-    ),
-    (
-        lambda w: w.already_cloned("localhost:5000/nginx:1.21.4-alpine"),
-        logging.DEBUG,
-        "image already cloned",
-        {"image": "localhost:5000/nginx:1.21.4-alpine"},
-    ),
-    (
-        lambda w: w.clone_failed("nginx:1.21.4-alpine", "authentication", container="web"),
-        logging.WARNING,
-        "cloning {noun} image failed",
-        {"image": "nginx:1.21.4-alpine", "reason": "authentication", "container": "web"},
-    ),
-    (
-        lambda w: w.not_ready("waiting for rollout: 1 of 2 updated replicas are available"),
-        logging.DEBUG,
-        "{noun} not ready",
-        {"reason": "waiting for rollout: 1 of 2 updated replicas are available"},
-    ),
-]
-
-
-@pytest.mark.parametrize("noun", ["deployment", "daemonset"])
-@pytest.mark.parametrize("case", SEED_LINES)
-def test_decision_lines_as_json(
-    capture: Callable[..., io.StringIO],
-    noun: str,
-    case: tuple[Callable[[WorkloadLog], None], int, str, dict[str, object]],
-) -> None:
-    call, level, message, fields = case
-    out = capture(fmt="json")
-    call(WorkloadLog(noun, name="nginx", namespace="demo-system"))
-    (line,) = lines(out)
-    entry = json.loads(line)
-    assert re.fullmatch(TIMESTAMP, entry.pop("time"))
-    assert entry == {
-        "level": logging.getLevelName(level).lower(),
-        "logger": CONTROLLER_LOGGER,
-        "msg": message.format(noun=noun),
-        "name": "nginx",
-        "namespace": "demo-system",
-        **fields,
-    }
-
-
 def test_records_name_the_caller(root_logging: None, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    WorkloadLog("deployment", name="a", namespace="b").inspecting()
     log_event(logging.getLogger("x"), logging.INFO, "hello", a=1)
-    assert [r.funcName for r in caplog.records] == ["test_records_name_the_caller"] * 2
+    assert [r.funcName for r in caplog.records] == ["test_records_name_the_caller"]
 
 
 def test_json_field_named_like_a_key_does_not_clobber_it(
@@ -208,7 +102,10 @@ def test_bad_format_arguments_do_not_break_the_caller() -> None:
             "http://127.0.0.1:5000/v2/nginx/blobs/sha256:ab",
         ),
         ("token expired; refreshing", "token expired; refreshing"),
-        ("pull_secret_name=image-cloner-pull", "pull_secret_name=image-cloner-pull"),
+        (
+            "pull secret created: pull_secret=image-cloner-pull",
+            "pull secret created: pull_secret=image-cloner-pull",
+        ),
     ],
 )
 def test_redactor_patterns(text: str, expected: str) -> None:
@@ -234,10 +131,13 @@ def test_redaction_covers_message_args_fields_and_tracebacks(
         logger,
         logging.INFO,
         "login as %s",
-        password="anything",
-        nested={"token": "t0k3n-value", "note": "used testpass"},
+        password="testpass",
+        anything="the password is testpass",
+        nested={"headers": {"Authorization": "Basic dXNlcjpwYXNz"}, "note": "used testpass"},
+        credentials="Bearer t0k3n-value",
         items=["testpass"],
-        pull_secret_name="image-cloner-pull",
+        pull_secret="image-cloner-pull",
+        challenge='Bearer realm="https://auth.r.io/token"',
     )
     logger.warning("login as %s with %s", "testuser", "testpass")
     try:
@@ -246,13 +146,17 @@ def test_redaction_covers_message_args_fields_and_tracebacks(
         logger.exception("copy failed")
     text = out.getvalue()
     assert "testpass" not in text
-    assert "anything" not in text
+    assert "dXNlcjpwYXNz" not in text
     assert "t0k3n-value" not in text
     first, second, third = (json.loads(line) for line in text.splitlines() if line.startswith("{"))
+    # What is secret is known by value (configured, or a credential's shape), not by name:
     assert first["password"] == "***"
-    assert first["nested"] == {"token": "***", "note": "used ***"}
+    assert first["anything"] == "the password is ***"
+    assert first["nested"] == {"headers": {"Authorization": "***"}, "note": "used ***"}
+    assert first["credentials"] == "***"
     assert first["items"] == ["***"]
-    assert first["pull_secret_name"] == "image-cloner-pull"
+    assert first["pull_secret"] == "image-cloner-pull", "a Secret's name is not a secret"
+    assert first["challenge"] == 'Bearer realm="https://auth.r.io/token"'
     assert second["msg"] == "login as testuser with ***"
     assert "RuntimeError: registry said no to ***" in third["exception"]
 

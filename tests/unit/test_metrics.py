@@ -1,4 +1,4 @@
-"""Metrics, health and readiness, read back through the real HTTP server on a free port."""
+"""Metrics, health and the HTTP server that serves both (`/metrics`, `/healthz`, `/readyz`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from image_cloner.metrics import FailureReason, Health, Metrics, MetricsServer, SkipReason
+from image_cloner.controller.server import MetricsServer
+from image_cloner.health import Health
+from image_cloner.metrics import FailureReason, Metrics, SkipReason
 from image_cloner.oci.errors import (
     AuthenticationError,
     DigestMismatchError,

@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from image_cloner.controller.queue import ExponentialBackoff, Retry, WorkQueue
+from image_cloner.backoff import Backoff, KeyedBackoff
+from image_cloner.controller.queue import Retry, WorkQueue
 
 DEADLINE = 5.0
 
@@ -28,7 +29,7 @@ async def until(condition: Callable[[], bool]) -> None:
 
 @pytest.fixture
 async def queue() -> AsyncIterator[WorkQueue[str]]:
-    q: WorkQueue[str] = WorkQueue(backoff=ExponentialBackoff(base=0.01, cap=0.04), name="test")
+    q: WorkQueue[str] = WorkQueue(backoff=KeyedBackoff(Backoff(base=0.01, cap=0.04)), name="test")
     yield q
     await q.shutdown(grace=1)
 
@@ -266,7 +267,7 @@ async def test_run_rejects_bad_worker_counts_and_a_second_run(queue: WorkQueue[s
 
 
 def test_backoff_doubles_up_to_the_cap_per_key() -> None:
-    backoff: ExponentialBackoff[str] = ExponentialBackoff(base=1, cap=8)
+    backoff: KeyedBackoff[str] = KeyedBackoff(Backoff(base=1, cap=8))
     assert [backoff.when("a") for _ in range(5)] == [1, 2, 4, 8, 8]
     assert backoff.when("b") == 1
     assert backoff.failures("a") == 5
@@ -275,7 +276,7 @@ def test_backoff_doubles_up_to_the_cap_per_key() -> None:
 
 
 def test_backoff_survives_many_failures() -> None:
-    backoff: ExponentialBackoff[str] = ExponentialBackoff(base=0.5, cap=300)
+    backoff: KeyedBackoff[str] = KeyedBackoff(Backoff(base=0.5, cap=300))
     for _ in range(2000):
         delay = backoff.when("a")
     assert delay == 300
@@ -284,4 +285,4 @@ def test_backoff_survives_many_failures() -> None:
 @pytest.mark.parametrize(("base", "cap"), [(0, 1), (2, 1), (-1, 5)])
 def test_backoff_rejects_nonsense(base: float, cap: float) -> None:
     with pytest.raises(ValueError, match="base"):
-        ExponentialBackoff(base=base, cap=cap)
+        Backoff(base=base, cap=cap)

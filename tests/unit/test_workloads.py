@@ -13,6 +13,7 @@ from typing import Any
 import jsonpatch
 import pytest
 
+from image_cloner import workloads
 from image_cloner.workloads import (
     DAEMONSET,
     DEPLOYMENT,
@@ -21,8 +22,10 @@ from image_cloner.workloads import (
     ContainerImage,
     InvalidAnnotation,
     PatchError,
+    Readiness,
     UnsupportedWorkload,
     WorkloadKey,
+    WorkloadKind,
     build_patch,
     images_of,
     is_ready,
@@ -277,6 +280,42 @@ def test_kinds_are_data() -> None:
     )
 
 
+def test_kinds_give_the_api_paths() -> None:
+    assert DEPLOYMENT.collection(None) == "/apis/apps/v1/deployments"
+    assert DAEMONSET.collection("demo") == "/apis/apps/v1/namespaces/demo/daemonsets"
+    assert DEPLOYMENT.path("demo", "web") == "/apis/apps/v1/namespaces/demo/deployments/web"
+    assert DEPLOYMENT.pod_spec_pointer == "/spec/template/spec"
+
+
+def test_a_kind_with_its_template_elsewhere_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What adding CronJob will take: one entry naming where its pod template lives.
+    cronjob = WorkloadKind(
+        kind="CronJob",
+        group="batch",
+        version="v1",
+        plural="cronjobs",
+        noun="cronjob",
+        template=("spec", "jobTemplate", "spec", "template"),
+        readiness=lambda obj: Readiness(ready=True, reason="scheduled"),
+    )
+    monkeypatch.setattr(workloads, "KINDS", {**KINDS, "CronJob": cronjob})
+    pod_spec = {"containers": [{"name": "job", "image": "busybox:1"}]}
+    obj: dict[str, Any] = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": "nightly", "namespace": "demo", "resourceVersion": "7"},
+        "spec": {"jobTemplate": {"spec": {"template": {"spec": pod_spec}}}},
+    }
+    (image,) = images_of(obj)
+    assert image.pointer == "/spec/jobTemplate/spec/template/spec/containers/0/image"
+    patch = build_patch(obj, {"job": "localhost:5000/busybox:1"}, pull_secret="pull")
+    after = jsonpatch.apply_patch(obj, patch)
+    template = after["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert template["containers"][0]["image"] == "localhost:5000/busybox:1"
+    assert template["imagePullSecrets"] == [{"name": "pull"}]
+    assert cronjob.path("demo", "nightly") == "/apis/batch/v1/namespaces/demo/cronjobs/nightly"
+
+
 def test_unsupported_kind_is_rejected() -> None:
     with pytest.raises(UnsupportedWorkload, match="'StatefulSet'"):
         is_ready({"kind": "StatefulSet"})
@@ -291,6 +330,8 @@ def test_key_of() -> None:
 
 # --- images -------------------------------------------------------------------
 
+POD_SPEC = "/spec/template/spec"
+
 
 def test_images_of_lists_containers_then_init_containers() -> None:
     obj = deployment(
@@ -301,9 +342,9 @@ def test_images_of_lists_containers_then_init_containers() -> None:
         init_containers=[{"name": "migrate", "image": "ghcr.io/acme/migrate:2"}],
     )
     assert images_of(obj) == [
-        ContainerImage("containers", 0, "web", "nginx:1.21.4-alpine"),
-        ContainerImage("containers", 1, "sidecar", "busybox@sha256:" + "a" * 64),
-        ContainerImage("initContainers", 0, "migrate", "ghcr.io/acme/migrate:2"),
+        ContainerImage("containers", 0, "web", "nginx:1.21.4-alpine", POD_SPEC),
+        ContainerImage("containers", 1, "sidecar", "busybox@sha256:" + "a" * 64, POD_SPEC),
+        ContainerImage("initContainers", 0, "migrate", "ghcr.io/acme/migrate:2", POD_SPEC),
     ]
     assert images_of(obj)[2].pointer == "/spec/template/spec/initContainers/0/image"
 

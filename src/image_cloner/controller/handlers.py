@@ -1,44 +1,24 @@
-"""Thin kopf handlers: kopf watches Deployments and DaemonSets, we only enqueue keys.
+"""Thin kopf handlers: kopf watches every kind in `workloads.KINDS`, we only pass events on.
 
 Only `on.event` handlers (plus the login and startup activities): kopf keeps no state
 on users' objects for those, no annotations and no finalizers, which a copy tool has
 no business adding. kopf's own Event posting, peering and cluster scanning are off, so
-the controller needs no rights beyond watching its two kinds.
-
-The watch is trusted but checked. `WatchTracker` remembers the resourceVersion each
-watch event delivered; every `RESYNC_INTERVAL` it lists the workloads and enqueues any
-whose version the watch has not shown us (repairing a missed event). When a listing
-matches everything the watch delivered, the stream is provably current, which feeds
-readiness just like an event does; a stream that silently died while workloads change
-stops doing either, and `/readyz` turns stale.
+the controller needs no rights beyond watching its kinds. Each event goes to the
+`watch.WatchTracker`, which decides what to enqueue.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
 
-from image_cloner.controller.kube import Kube, KubeApiError
-from image_cloner.controller.queue import WorkQueue
-from image_cloner.logs import CONTROLLER_LOGGER, WorkloadLog, log_event
-from image_cloner.metrics import Health
-from image_cloner.settings import Settings
-from image_cloner.workloads import KINDS, WorkloadKey, WorkloadKind
+from image_cloner.controller.kube import Kube
+from image_cloner.controller.watch import WatchTracker
+from image_cloner.workloads import KINDS, WorkloadKind
 
-__all__ = ["RESYNC_INTERVAL", "WatchTracker", "build_registry", "operator_settings"]
-
-RESYNC_INTERVAL = 120.0
-"""Seconds between consistency listings; well under `metrics.DEFAULT_WATCH_STALENESS`."""
-
-FIRST_RESYNC_DELAY = 5.0
-"""The first listing comes soon after start: a kind with no objects gets no watch event,
-and only a listing can show that its (empty) stream is current."""
-
-logger = logging.getLogger(CONTROLLER_LOGGER)
+__all__ = ["build_registry", "operator_settings"]
 
 
 def operator_settings() -> kopf.OperatorSettings:
@@ -51,93 +31,6 @@ def operator_settings() -> kopf.OperatorSettings:
     # One replica; no KopfPeering objects (and no rights for them).
     settings.peering.standalone = True
     return settings
-
-
-class WatchTracker:
-    """Turns watch events into queue keys, and checks the watch against listings."""
-
-    def __init__(
-        self,
-        *,
-        queue: WorkQueue[WorkloadKey],
-        health: Health,
-        kube: Kube,
-        settings: Settings,
-    ) -> None:
-        self._queue = queue
-        self._health = health
-        self._kube = kube
-        self._settings = settings
-        self._seen: dict[WorkloadKey, str] = {}
-
-    def observe(self, kind: WorkloadKind, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """One watch event (type None: the initial listing): remember it, maybe enqueue it."""
-        self._health.mark_watch_event(kind.kind)
-        meta = body.get("metadata") or {}
-        key = WorkloadKey(kind.kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
-        if event_type == "DELETED":
-            self._seen.pop(key, None)
-            return
-        self._seen[key] = str(meta.get("resourceVersion", ""))
-        self._consider(kind, key, body)
-
-    def _consider(self, kind: WorkloadKind, key: WorkloadKey, body: Mapping[str, Any]) -> None:
-        if key.namespace in self._settings.ignored_namespaces:
-            return
-        readiness = kind.readiness(body)
-        if not readiness.ready:
-            # The event that completes the rollout brings it back; no API read until then.
-            WorkloadLog(kind.noun, name=key.name, namespace=key.namespace).not_ready(
-                readiness.reason
-            )
-            return
-        self._queue.add(key)
-
-    async def resync_forever(
-        self, *, interval: float = RESYNC_INTERVAL, first: float = FIRST_RESYNC_DELAY
-    ) -> None:
-        """List each kind and repair what the watch missed: after `first`, then every `interval`."""
-        await asyncio.sleep(first)
-        while True:
-            for kind in KINDS.values():
-                await self.resync(kind)
-            await asyncio.sleep(interval)
-
-    async def resync(self, kind: WorkloadKind) -> int:
-        """List `kind`; enqueue workloads the watch is behind on; returns how many."""
-        # Seen before the listing began yet absent from it: deleted, though a relisting watch
-        # (after a broken stream) sends no DELETED for it. Forget it, or it stays for good.
-        known = {key for key in self._seen if key.kind == kind.kind}
-        try:
-            items = await self._kube.list_workloads(kind.kind, namespace=self._settings.namespace)
-        except KubeApiError as e:
-            log_event(
-                logger, logging.WARNING, "resync listing failed", kind=kind.kind, error=str(e)
-            )
-            return 0
-        behind = 0
-        for item in items:
-            meta = item.get("metadata") or {}
-            key = WorkloadKey(kind.kind, str(meta.get("namespace")), str(meta.get("name")))
-            known.discard(key)
-            if self._seen.get(key) != meta.get("resourceVersion"):
-                behind += 1
-                self._consider(kind, key, item)
-        scope = self._settings.namespace
-        for key in known:
-            if scope is None or key.namespace == scope:
-                self._seen.pop(key, None)
-        if behind:
-            log_event(
-                logger,
-                logging.INFO,
-                "watch is behind the listing",
-                kind=kind.kind,
-                workloads=behind,
-            )
-        else:
-            self._health.mark_watch_event(kind.kind)
-        return behind
 
 
 def build_registry(

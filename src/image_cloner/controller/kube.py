@@ -6,6 +6,11 @@ them in one small module makes the RBAC the controller needs exactly the list of
 methods below (get/list/patch workloads, create/patch events, get/create/patch
 one Secret name). Objects travel as plain JSON dicts, as the API serves them:
 `workloads` works on those, and no model class can drop a field we do not know.
+Each workload method takes a `WorkloadKind`, whose entry gives the API path.
+
+`_call` is the one place where the client's exceptions (`ApiException`, aiohttp's
+connection errors, timeouts) become ours: a `KubeApiError` keeping the apiserver's
+`Status` (see `kube_errors`), so callers decide from its reason.
 """
 
 from __future__ import annotations
@@ -20,21 +25,28 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import kopf
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
+from image_cloner.controller.kube_errors import (
+    AlreadyExists,
+    NotFound,
+    Unreachable,
+    api_error,
+)
 from image_cloner.oci.options import Credentials
+from image_cloner.workloads import WorkloadKind
 
 __all__ = [
     "COMPONENT",
     "MANAGED_BY_LABEL",
-    "Conflict",
+    "JsonObject",
     "Kube",
-    "KubeApiError",
+    "KubeCalls",
     "SecretOutcome",
 ]
 
@@ -51,23 +63,32 @@ EVENT_SERIES_WINDOW = 600.0
 
 EVENT_CACHE_SIZE = 4096
 
-PLURALS: Mapping[str, str] = {"Deployment": "deployments", "DaemonSet": "daemonsets"}
-
 JsonObject = dict[str, Any]
 SecretOutcome = Literal["created", "updated", "unchanged", "not-managed"]
 
 
-class KubeApiError(Exception):
-    """An API request failed; the message is the apiserver's, never a request body."""
+class KubeCalls(Protocol):
+    """What the reconciler and the watch tracker call: `Kube`, or a fake in unit tests."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"Kubernetes API error {status}: {message}")
-        self.status = status
-        self.message = message
+    async def read_workload(
+        self, kind: WorkloadKind, namespace: str, name: str
+    ) -> JsonObject | None: ...
 
+    async def list_workloads(
+        self, kind: WorkloadKind, *, namespace: str | None
+    ) -> list[JsonObject]: ...
 
-class Conflict(KubeApiError):
-    """The object changed under us (409), or a JSON patch `test` failed (422)."""
+    async def patch_workload(
+        self, kind: WorkloadKind, namespace: str, name: str, patch: Sequence[Mapping[str, Any]]
+    ) -> JsonObject: ...
+
+    async def post_event(
+        self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False
+    ) -> None: ...
+
+    async def ensure_pull_secret(
+        self, namespace: str, name: str, *, registry_host: str, credentials: Credentials
+    ) -> SecretOutcome: ...
 
 
 @dataclass(frozen=True)
@@ -121,41 +142,37 @@ class Kube:
 
     # --- workloads ------------------------------------------------------------
 
-    async def read_workload(self, kind: str, namespace: str, name: str) -> JsonObject | None:
+    async def read_workload(
+        self, kind: WorkloadKind, namespace: str, name: str
+    ) -> JsonObject | None:
         """The workload as stored now, or None when it is gone."""
         try:
-            return await self._call("GET", _workload_path(kind, namespace, name))
-        except KubeApiError as e:
-            if e.status == 404:
-                return None
-            raise
+            return await self._call("GET", kind.path(namespace, name))
+        except NotFound:
+            return None
 
-    async def list_workloads(self, kind: str, *, namespace: str | None) -> list[JsonObject]:
+    async def list_workloads(
+        self, kind: WorkloadKind, *, namespace: str | None
+    ) -> list[JsonObject]:
         """Every workload of a kind (in one namespace or all), for the periodic resync."""
-        scope = f"/namespaces/{namespace}" if namespace else ""
-        listing = await self._call("GET", f"/apis/apps/v1{scope}/{PLURALS[kind]}")
+        listing = await self._call("GET", kind.collection(namespace))
         items: list[JsonObject] = listing.get("items", [])
         # Lists omit each item's kind; put it back so items look like single reads.
         for item in items:
-            item.setdefault("kind", kind)
-            item.setdefault("apiVersion", "apps/v1")
+            item.setdefault("kind", kind.kind)
+            item.setdefault("apiVersion", kind.api_version)
         return items
 
     async def patch_workload(
-        self, kind: str, namespace: str, name: str, patch: Sequence[Mapping[str, Any]]
+        self, kind: WorkloadKind, namespace: str, name: str, patch: Sequence[Mapping[str, Any]]
     ) -> JsonObject:
-        """Apply a JSON patch; raises `Conflict` when one of its `test`s fails."""
-        try:
-            return await self._call(
-                "PATCH",
-                _workload_path(kind, namespace, name),
-                body=list(patch),
-                content_type="application/json-patch+json",
-            )
-        except KubeApiError as e:
-            if e.status in (409, 422):
-                raise Conflict(e.status, e.message) from None
-            raise
+        """Apply a JSON patch. A failed `test` raises `Invalid` with `patch_did_not_apply`."""
+        return await self._call(
+            "PATCH",
+            kind.path(namespace, name),
+            body=list(patch),
+            content_type="application/json-patch+json",
+        )
 
     # --- events ---------------------------------------------------------------
 
@@ -216,10 +233,8 @@ class Kube:
                 body=patch,
                 content_type="application/merge-patch+json",
             )
-        except KubeApiError as e:
-            if e.status == 404:  # expired or deleted: post a fresh one
-                return False
-            raise
+        except NotFound:  # expired or deleted: post a fresh one
+            return False
         return True
 
     # --- the pull Secret ------------------------------------------------------
@@ -234,10 +249,8 @@ class Kube:
         desired = _docker_config(registry_host, credentials)
         path = f"/api/v1/namespaces/{namespace}/secrets/{name}"
         try:
-            current = await self._call("GET", path)
-        except KubeApiError as e:
-            if e.status != 404:
-                raise
+            current: JsonObject | None = await self._call("GET", path)
+        except NotFound:
             current = None
         if current is None:
             try:
@@ -246,9 +259,7 @@ class Kube:
                     f"/api/v1/namespaces/{namespace}/secrets",
                     body=_pull_secret(name, desired),
                 )
-            except KubeApiError as e:
-                if e.status != 409:
-                    raise
+            except AlreadyExists:
                 # Another worker created it for a workload in the same namespace just now.
                 current = await self._call("GET", path)
             else:
@@ -288,17 +299,14 @@ class Kube:
                 _request_timeout=REQUEST_TIMEOUT,
             )
         except k8s.ApiException as e:
-            raise KubeApiError(int(e.status or 0), _status_message(e)) from None
+            # The body is the apiserver's Status: it names what failed, never request data.
+            raise api_error(int(e.status or 0), e.body, fallback=str(e.reason or "")) from None
         except (aiohttp.ClientError, TimeoutError) as e:
             # Refused, reset, TLS trouble or no answer in time: a failed request like any
             # other (status 0), which callers retry; it must not escape them and end a task.
             reason = str(e) or type(e).__name__
-            raise KubeApiError(0, f"cannot reach the apiserver: {reason}") from None
+            raise Unreachable(0, f"cannot reach the apiserver: {reason}") from None
         return dict(result or {})
-
-
-def _workload_path(kind: str, namespace: str, name: str) -> str:
-    return f"/apis/apps/v1/namespaces/{namespace}/{PLURALS[kind]}/{name}"
 
 
 def _timestamp() -> str:
@@ -333,12 +341,3 @@ def _decoded_config(secret: Mapping[str, Any]) -> object:
         return json.loads(base64.b64decode(encoded))
     except ValueError:
         return None
-
-
-def _status_message(error: Any) -> str:
-    """The apiserver's Status message: it names what failed and carries no request data."""
-    try:
-        status = json.loads(error.body)
-        return str(status.get("message") or error.reason)
-    except (TypeError, ValueError, AttributeError):
-        return str(error.reason or "no response")

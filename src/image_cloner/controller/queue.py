@@ -7,7 +7,7 @@ safe and cheap:
 - a key waiting in the queue is there once, however many events arrive (dedup);
 - a key is processed by one worker at a time; an `add` while it is in flight marks it
   dirty and it is queued again when the worker is done, so no change is missed;
-- failures are retried after a per-key exponential backoff (`ExponentialBackoff`),
+- failures are retried after a per-key exponential backoff (`backoff.KeyedBackoff`),
   reset by the next success;
 - `shutdown` stops taking work, lets in-flight keys finish (within a grace period),
   and drops what is pending: a restart re-lists everything anyway.
@@ -21,15 +21,15 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from image_cloner.backoff import Backoff, KeyedBackoff
 from image_cloner.logs import log_event
 
-__all__ = ["ExponentialBackoff", "Retry", "WorkQueue"]
+__all__ = ["DEFAULT_BACKOFF", "Retry", "WorkQueue"]
 
 K = TypeVar("K", bound=Hashable)
 
-DEFAULT_BACKOFF_BASE = 1.0
-DEFAULT_BACKOFF_CAP = 300.0
-_MAX_EXPONENT = 62  # beyond this the delay is capped anyway; avoids float overflow
+DEFAULT_BACKOFF = Backoff(base=1.0, cap=300.0)
+"""A failing workload is retried after 1 s, 2 s, 4 s, ... at most every 5 minutes."""
 
 logger = logging.getLogger(__name__)
 
@@ -48,44 +48,15 @@ class Retry(Exception):
         self.after = after
 
 
-class ExponentialBackoff(Generic[K]):
-    """Per-key delays doubling from `base` up to `cap` seconds, until `forget`.
-
-    Usable on its own, e.g. keyed by image reference for per-image retries.
-    """
-
-    def __init__(
-        self, *, base: float = DEFAULT_BACKOFF_BASE, cap: float = DEFAULT_BACKOFF_CAP
-    ) -> None:
-        if base <= 0 or cap < base:
-            raise ValueError(f"backoff needs 0 < base <= cap, got base={base}, cap={cap}")
-        self.base = base
-        self.cap = cap
-        self._failures: dict[K, int] = {}
-
-    def when(self, key: K) -> float:
-        """Record one more failure of `key`; return how long to wait before the next try."""
-        failures = self._failures.get(key, 0)
-        self._failures[key] = failures + 1
-        return min(self.cap, self.base * 2.0 ** min(failures, _MAX_EXPONENT))
-
-    def failures(self, key: K) -> int:
-        return self._failures.get(key, 0)
-
-    def forget(self, key: K) -> None:
-        """`key` succeeded: its next failure starts from `base` again."""
-        self._failures.pop(key, None)
-
-
 class WorkQueue(Generic[K]):
     """Keys to reconcile, deduplicated, one in flight per key, with delayed and backed-off adds.
 
     Must be created and used inside one running event loop.
     """
 
-    def __init__(self, *, backoff: ExponentialBackoff[K] | None = None, name: str = "work") -> None:
+    def __init__(self, *, backoff: KeyedBackoff[K] | None = None, name: str = "work") -> None:
         self.name = name
-        self.backoff: ExponentialBackoff[K] = backoff or ExponentialBackoff()
+        self.backoff: KeyedBackoff[K] = backoff or KeyedBackoff(DEFAULT_BACKOFF)
         self._queue: deque[K] = deque()
         self._dirty: set[K] = set()  # needs processing: queued, or to re-queue when done
         self._processing: set[K] = set()

@@ -8,7 +8,9 @@ is what keeps users' workloads whole:
    event that completes it brings the key back;
 2. every image of the pod template is copied and verified before anything is written;
 3. one JSON patch, guarded by `resourceVersion` and by a `test` of each old image,
-   rewrites them all; if the object changed meanwhile we read it again and start over;
+   rewrites them all; if the object changed meanwhile (the apiserver's Status says a
+   `test` failed, or a Conflict) we read it again and start over; a refusal of the
+   patched object (an admission policy, validation) is a failure, reported as such;
 4. failures leave the workload untouched, become a Warning Event, and come back later:
    per workload through the queue's backoff, per image through `ImageBackoff`, so an
    image that keeps failing is not retried by every workload that uses it.
@@ -21,16 +23,21 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from image_cloner.controller.kube import Conflict, JsonObject, Kube, KubeApiError
-from image_cloner.controller.queue import ExponentialBackoff, Retry
-from image_cloner.logs import CONTROLLER_LOGGER, WorkloadLog, log_event
+from image_cloner.backoff import Backoff, KeyedBackoff
+from image_cloner.controller.decisions import WorkloadLog
+from image_cloner.controller.kube import JsonObject, KubeCalls
+from image_cloner.controller.kube_errors import Conflict, Invalid, KubeApiError, NotFound
+from image_cloner.controller.queue import Retry
+from image_cloner.logs import CONTROLLER_LOGGER, log_event
 from image_cloner.mapping import is_backup, target_for
 from image_cloner.metrics import FailureReason, Metrics, SkipReason
-from image_cloner.oci.copying import Copier, CopyResult
+from image_cloner.oci.copying import CopyResult
 from image_cloner.oci.errors import RegistryError
 from image_cloner.oci.references import InvalidReference, Reference, parse_reference
 from image_cloner.settings import Settings
+from image_cloner.singleflight import SingleFlight
 from image_cloner.workloads import (
     KINDS,
     ContainerImage,
@@ -41,7 +48,14 @@ from image_cloner.workloads import (
     is_ready,
 )
 
-__all__ = ["CLONE_FAILED", "IMAGES_CLONED", "ImageBackoff", "Reconciler"]
+__all__ = [
+    "CLONE_FAILED",
+    "IMAGES_CLONED",
+    "ImageBackoff",
+    "ImageCopier",
+    "Reconciler",
+    "changed_meanwhile",
+]
 
 IMAGES_CLONED = "ImagesCloned"
 CLONE_FAILED = "CloneFailed"
@@ -49,8 +63,8 @@ CLONE_FAILED = "CloneFailed"
 MAX_CONFLICTS = 5
 """Times we re-read and decide again when the object changes under our patch."""
 
-IMAGE_BACKOFF_BASE = 5.0
-IMAGE_BACKOFF_CAP = 600.0
+IMAGE_BACKOFF = Backoff(base=5.0, cap=600.0)
+"""A failing image is tried again after 5 s, 10 s, 20 s, ... at most every 10 minutes."""
 
 logger = logging.getLogger(CONTROLLER_LOGGER)
 
@@ -64,19 +78,29 @@ ImageKey = tuple[str, str]
 """(source name, target name): one copy job."""
 
 
+class ImageCopier(Protocol):
+    """What the reconciler needs of `oci.copying.Copier` (a fake in unit tests)."""
+
+    async def copy_image(self, source: Reference, target: Reference) -> CopyResult: ...
+
+
 class ImageBackoff:
     """When each failing image may be tried again; shared by every workload using it."""
 
     def __init__(
         self,
+        backoff: Backoff = IMAGE_BACKOFF,
         *,
-        base: float = IMAGE_BACKOFF_BASE,
-        cap: float = IMAGE_BACKOFF_CAP,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._delays: ExponentialBackoff[ImageKey] = ExponentialBackoff(base=base, cap=cap)
+        self._delays: KeyedBackoff[ImageKey] = KeyedBackoff(backoff)
         self._clock = clock
         self._blocked: dict[ImageKey, tuple[float, str]] = {}
+
+    @property
+    def size(self) -> int:
+        """Images remembered as failing (blocked now, or recently)."""
+        return len(self._blocked)
 
     def blocked(self, key: ImageKey) -> tuple[float, str] | None:
         """(seconds left, last failure) while `key` is backing off, else None."""
@@ -101,7 +125,7 @@ class ImageBackoff:
     def _prune(self, now: float) -> None:
         # An image free for longer than the cap that nobody tried again belongs to workloads
         # that were deleted or fixed; without this its entry would stay for the process's life.
-        cap = self._delays.cap
+        cap = self._delays.backoff.cap
         for key in [k for k, (until, _) in self._blocked.items() if now - until > cap]:
             self.succeeded(key)
 
@@ -122,14 +146,22 @@ class _Failed(Exception):
         self.after = after
 
 
+class _Changed(Exception):
+    """The workload changed after we read it: read it again and decide again."""
+
+    def __init__(self, error: KubeApiError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Reconciler:
     """The queue's worker: `await reconciler(key)` brings one workload to the wanted state."""
 
     def __init__(
         self,
         *,
-        kube: Kube,
-        copier: Copier,
+        kube: KubeCalls,
+        copier: ImageCopier,
         settings: Settings,
         metrics: Metrics,
         image_backoff: ImageBackoff | None = None,
@@ -139,7 +171,7 @@ class Reconciler:
         self._settings = settings
         self._metrics = metrics
         self._image_backoff = image_backoff or ImageBackoff()
-        self._copies: dict[ImageKey, asyncio.Task[CopyResult]] = {}
+        self._copies: SingleFlight[CopyResult] = SingleFlight()
 
     async def __call__(self, key: WorkloadKey) -> None:
         if key.namespace in self._settings.ignored_namespaces:
@@ -159,7 +191,7 @@ class Reconciler:
 
     async def _read(self, key: WorkloadKey) -> JsonObject | None:
         try:
-            return await self._kube.read_workload(key.kind, key.namespace, key.name)
+            return await self._kube.read_workload(KINDS[key.kind], key.namespace, key.name)
         except KubeApiError as e:
             log_event(
                 logger, logging.WARNING, "cannot read workload", workload=str(key), error=str(e)
@@ -181,19 +213,15 @@ class Reconciler:
         pull_secret = await self._ensure_pull_secret(key)
         try:
             await self._rewrite(key, obj, plan, log, pull_secret=pull_secret)
-        except Conflict as e:
-            fresh = await self._read(key)
-            if fresh is not None and _version(fresh) == _version(obj):
-                # Unchanged, so the apiserver refused the patch itself (an admission policy, a
-                # validation error: 422 as well); reading it again would only repeat that.
-                raise _Failed(f"images copied, but the workload cannot be patched: {e}") from None
+        except _Changed as changed:
             log_event(
                 logger,
                 logging.DEBUG,
                 "workload changed meanwhile, reading it again",
                 name=key.name,
                 namespace=key.namespace,
-                status=e.status,
+                status=changed.error.status,
+                reason=changed.error.reason,
             )
             return False
         return True
@@ -248,19 +276,7 @@ class Reconciler:
     async def _copy_once(self, source: Reference, target: Reference) -> CopyResult:
         """One attempt per image however many workloads wait for it, counted once."""
         key = (source.name, target.name)
-        task = self._copies.get(key)
-        if task is None:
-            task = asyncio.create_task(self._attempt(key, source, target))
-            self._copies[key] = task
-            task.add_done_callback(lambda done: self._forget_copy(key, done))
-        # One waiter being cancelled (its workload's worker) must not cancel the others'.
-        return await asyncio.shield(task)
-
-    def _forget_copy(self, key: ImageKey, task: asyncio.Task[CopyResult]) -> None:
-        if self._copies.get(key) is task:
-            del self._copies[key]
-        if not task.cancelled():
-            task.exception()  # retrieved here: every waiter may have been cancelled
+        return await self._copies.run(key, lambda: self._attempt(key, source, target))
 
     async def _attempt(self, key: ImageKey, source: Reference, target: Reference) -> CopyResult:
         started = time.monotonic()
@@ -294,8 +310,7 @@ class Reconciler:
             raise _Failed(f"cannot write pull secret {name}: {e}") from None
         message = _SECRET_MESSAGES.get(outcome)
         if message is not None:
-            # Field named so the log redactor, which masks "*secret" keys, leaves it readable.
-            log_event(logger, logging.INFO, message, pull_secret_name=name, namespace=key.namespace)
+            log_event(logger, logging.INFO, message, pull_secret=name, namespace=key.namespace)
         return name
 
     async def _rewrite(
@@ -317,12 +332,16 @@ class Reconciler:
         for r in plan:
             log.updating(r.container.image, str(r.target), container=r.container.name)
         try:
-            patched = await self._kube.patch_workload(key.kind, key.namespace, key.name, patch)
-        except Conflict:
-            raise
+            patched = await self._kube.patch_workload(
+                KINDS[key.kind], key.namespace, key.name, patch
+            )
+        except NotFound:
+            return  # deleted while its images were copied: nothing left to rewrite
         except KubeApiError as e:
-            if e.status == 404:
-                return  # deleted while its images were copied: nothing left to rewrite
+            if changed_meanwhile(e):
+                raise _Changed(e) from None
+            # Refused for what it is (an admission policy, validation): re-reading would
+            # only repeat that.
             raise _Failed(f"images copied, but the workload cannot be patched: {e}") from None
         for r in plan:
             log.updated(str(r.target), container=r.container.name)
@@ -351,5 +370,8 @@ class Reconciler:
             log_event(logger, logging.WARNING, "cannot post event", event=reason, error=str(e))
 
 
-def _version(obj: JsonObject) -> object:
-    return (obj.get("metadata") or {}).get("resourceVersion")
+def changed_meanwhile(error: KubeApiError) -> bool:
+    """The patch failed because the object is no longer the one we read (see kube_errors)."""
+    if isinstance(error, Conflict):
+        return True
+    return isinstance(error, Invalid) and error.patch_did_not_apply

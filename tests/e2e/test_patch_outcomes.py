@@ -1,12 +1,10 @@
-"""Review findings in the controller, on the real apiserver, each pinned by a test.
+"""What becomes of the rewrite when the patch cannot land, on the real apiserver.
 
-- A patch the apiserver refuses for what it is (an admission policy, a validation error:
-  both 422, like a failed JSON-patch `test`) is a failure to report, not a concurrent edit
-  to re-read: the user gets a `CloneFailed` Event naming the refusal.
+- A patch the apiserver refuses for what it is (an admission policy: 422 "Invalid", like a
+  failed JSON-patch `test`, but naming the object) is a failure to report, not a concurrent
+  edit to re-read: the user gets a `CloneFailed` Event naming the refusal.
 - A workload deleted while its images are copied is simply gone: no Warning Event about a
   patch that could not find it, no retry.
-- The watch tracker forgets workloads that were deleted while the watch did not say so
-  (kopf relists after a broken stream but sends no DELETED for what vanished meanwhile).
 
 The reconciler and the tracker run in-process as the ServiceAccount of examples/rbac*.yml,
 against a real registry and the test bed.
@@ -21,15 +19,16 @@ from typing import Any
 
 import pytest
 
-from image_cloner.controller.handlers import WatchTracker
 from image_cloner.controller.kube import Kube
-from image_cloner.controller.queue import Retry, WorkQueue
-from image_cloner.controller.reconcile import CLONE_FAILED, Reconciler
-from image_cloner.metrics import Health, Metrics
+from image_cloner.controller.kube_errors import Invalid
+from image_cloner.controller.queue import Retry
+from image_cloner.controller.reconcile import CLONE_FAILED, Reconciler, changed_meanwhile
+from image_cloner.health import Health
+from image_cloner.metrics import Metrics
 from image_cloner.oci.copying import Copier, CopyResult, ProgressListener
 from image_cloner.oci.references import Reference
 from image_cloner.settings import Settings
-from image_cloner.workloads import DEPLOYMENT, WorkloadKey
+from image_cloner.workloads import DEPLOYMENT, WorkloadKey, build_patch
 from tests.support.controller import wait_until
 from tests.support.images import ImageSeeder
 from tests.support.registries import RunningRegistry
@@ -156,30 +155,21 @@ async def test_a_patch_refused_by_an_admission_policy_becomes_a_clone_failed_eve
     assert len(failed) == 1
     assert "backup images refused" in failed[0]["message"]
     assert "error 422: Kubernetes API error" not in failed[0]["message"]
-    image = workload(testbed, namespace, "web")["spec"]["template"]["spec"]["containers"][0]
+    current = workload(testbed, namespace, "web")
+    image = current["spec"]["template"]["spec"]["containers"][0]
     assert image["image"] == source, "the workload is untouched"
 
-
-async def test_the_watch_tracker_forgets_workloads_deleted_behind_its_back(
-    kube: Kube, testbed: Testbed, namespace: str
-) -> None:
-    for name in ("gone", "kept"):
-        testbed.kubectl("create", "deployment", name, "--image=nginx:1", "-n", namespace)
-    settings = Settings.from_env(
-        {"IMAGE_CLONER_REGISTRY": "localhost:5000", "IMAGE_CLONER_NAMESPACE": namespace}
-    )
-    queue: WorkQueue[WorkloadKey] = WorkQueue()
-    tracker = WatchTracker(queue=queue, health=Health(), kube=kube, settings=settings)
-    for name in ("gone", "kept"):
-        current = await kube.read_workload("Deployment", namespace, name)
-        assert current is not None
-        tracker.observe(DEPLOYMENT, None, current)
-
-    # Deleted while the stream was down: the relist that follows sends no DELETED event.
-    testbed.kubectl("delete", "deployment", "gone", "-n", namespace)
-    await tracker.resync(DEPLOYMENT)
-
-    assert set(tracker._seen) == {WorkloadKey("Deployment", namespace, "kept")}
+    # What the apiserver answers for the refusal (docs/controller.md): 422 "Invalid" like a
+    # failed `test`, but the Status names the object and carries the policy's message.
+    patch = build_patch(current, {image["name"]: f"{backup}/app:1"})
+    with pytest.raises(Invalid) as refused:
+        await kube.patch_workload(DEPLOYMENT, namespace, "web", patch)
+    error = refused.value
+    assert (error.status, error.reason) == (422, "Invalid")
+    assert (error.details.get("kind"), error.details.get("name")) == ("deployments", "web")
+    assert any("backup images refused" in cause.message for cause in error.causes)
+    assert not error.patch_did_not_apply
+    assert not changed_meanwhile(error)
 
 
 async def test_a_workload_deleted_while_its_images_are_copied_gets_no_clone_failed_event(

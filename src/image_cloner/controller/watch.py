@@ -1,0 +1,136 @@
+"""The watch, trusted but checked: watch events become queue keys, listings repair misses.
+
+`WatchTracker` remembers the resourceVersion each watch event delivered; every
+`RESYNC_INTERVAL` it lists the workloads and enqueues any whose version the watch has not
+shown us (repairing a missed event), and from then on counts that version as seen. When a
+listing matches everything the watch delivered, the stream is provably current, which
+feeds readiness just like an event does; a stream that silently died while workloads
+change stops doing either, and `/readyz` turns stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from image_cloner.controller.decisions import WorkloadLog
+from image_cloner.controller.kube import KubeCalls
+from image_cloner.controller.kube_errors import KubeApiError
+from image_cloner.controller.queue import WorkQueue
+from image_cloner.health import Health
+from image_cloner.logs import CONTROLLER_LOGGER, log_event
+from image_cloner.settings import Settings
+from image_cloner.workloads import KINDS, WorkloadKey, WorkloadKind
+
+__all__ = ["FIRST_RESYNC_DELAY", "RESYNC_INTERVAL", "WatchTracker"]
+
+RESYNC_INTERVAL = 120.0
+"""Seconds between consistency listings; well under `health.DEFAULT_WATCH_STALENESS`."""
+
+FIRST_RESYNC_DELAY = 5.0
+"""The first listing comes soon after start: a kind with no objects gets no watch event,
+and only a listing can show that its (empty) stream is current."""
+
+logger = logging.getLogger(CONTROLLER_LOGGER)
+
+
+class WatchTracker:
+    """Turns watch events into queue keys, and checks the watch against listings."""
+
+    def __init__(
+        self,
+        *,
+        queue: WorkQueue[WorkloadKey],
+        health: Health,
+        kube: KubeCalls,
+        settings: Settings,
+    ) -> None:
+        self._queue = queue
+        self._health = health
+        self._kube = kube
+        self._settings = settings
+        self._seen: dict[WorkloadKey, str] = {}
+
+    def __len__(self) -> int:
+        """Workloads tracked: shown by the watch or a listing, and not deleted since."""
+        return len(self._seen)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._seen
+
+    def observe(self, kind: WorkloadKind, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """One watch event (type None: the initial listing): remember it, maybe enqueue it."""
+        self._health.mark_watch_event(kind.kind)
+        meta = body.get("metadata") or {}
+        key = WorkloadKey(kind.kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
+        if event_type == "DELETED":
+            self._seen.pop(key, None)
+            return
+        self._seen[key] = str(meta.get("resourceVersion", ""))
+        self._consider(kind, key, body)
+
+    def _consider(self, kind: WorkloadKind, key: WorkloadKey, body: Mapping[str, Any]) -> None:
+        if key.namespace in self._settings.ignored_namespaces:
+            return
+        readiness = kind.readiness(body)
+        if not readiness.ready:
+            # The event that completes the rollout brings it back; no API read until then.
+            WorkloadLog(kind.noun, name=key.name, namespace=key.namespace).not_ready(
+                readiness.reason
+            )
+            return
+        self._queue.add(key)
+
+    async def resync_forever(
+        self, *, interval: float = RESYNC_INTERVAL, first: float = FIRST_RESYNC_DELAY
+    ) -> None:
+        """List each kind and repair what the watch missed: after `first`, then every `interval`."""
+        await asyncio.sleep(first)
+        while True:
+            for kind in KINDS.values():
+                await self.resync(kind)
+            await asyncio.sleep(interval)
+
+    async def resync(self, kind: WorkloadKind) -> int:
+        """List `kind`; enqueue workloads the watch is behind on; returns how many."""
+        # Seen before the listing began yet absent from it: deleted, though a relisting watch
+        # (after a broken stream) sends no DELETED for it. Forget it, or it stays for good.
+        known = {key for key in self._seen if key.kind == kind.kind}
+        before = dict(self._seen)
+        try:
+            items = await self._kube.list_workloads(kind, namespace=self._settings.namespace)
+        except KubeApiError as e:
+            log_event(
+                logger, logging.WARNING, "resync listing failed", kind=kind.kind, error=str(e)
+            )
+            return 0
+        behind = 0
+        for item in items:
+            meta = item.get("metadata") or {}
+            key = WorkloadKey(kind.kind, str(meta.get("namespace")), str(meta.get("name")))
+            known.discard(key)
+            listed = str(meta.get("resourceVersion", ""))
+            if self._seen.get(key) != listed:
+                behind += 1
+                if self._seen.get(key) == before.get(key):
+                    # Repaired: this version is handled now. Unless the watch delivered a
+                    # newer one during the listing, which is the one to keep.
+                    self._seen[key] = listed
+                self._consider(kind, key, item)
+        scope = self._settings.namespace
+        for key in known:
+            if scope is None or key.namespace == scope:
+                self._seen.pop(key, None)
+        if behind:
+            log_event(
+                logger,
+                logging.INFO,
+                "watch is behind the listing",
+                kind=kind.kind,
+                workloads=behind,
+            )
+        else:
+            self._health.mark_watch_event(kind.kind)
+        return behind

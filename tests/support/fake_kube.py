@@ -1,0 +1,186 @@
+"""A small in-process Kubernetes API for fast unit tests of the reconciler and the watch.
+
+It answers the calls of `controller.kube.KubeCalls` the way the apiserver does where the
+controller's decisions depend on it: a JSON patch is applied for real (RFC 6902, `test`
+ops included) and bumps `resourceVersion`; a failed `test` and an admission refusal raise
+the same `KubeApiError`s, built from the same `Status` bodies the test bed's apiserver
+sends (see tests/unit/test_kube_errors.py). The real-apiserver suites stay the proof.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonpatch
+import jsonpointer
+
+from image_cloner.controller.kube import JsonObject, SecretOutcome
+from image_cloner.controller.kube_errors import api_error
+from image_cloner.oci.options import Credentials
+from image_cloner.workloads import WorkloadKind
+
+__all__ = ["FakeKube", "PostedEvent", "deployment"]
+
+Key = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class PostedEvent:
+    kind: str
+    name: str
+    reason: str
+    message: str
+    warning: bool
+
+
+def _status(code: int, reason: str, message: str, details: Mapping[str, Any]) -> str:
+    return json.dumps(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "code": code,
+            "reason": reason,
+            "message": message,
+            "details": dict(details),
+        }
+    )
+
+
+@dataclass
+class FakeKube:
+    """Workloads as dicts, Events and Secrets as lists; hooks to play a concurrent user."""
+
+    objects: dict[Key, JsonObject] = field(default_factory=dict)
+    events: list[PostedEvent] = field(default_factory=list)
+    patches: list[list[dict[str, Any]]] = field(default_factory=list)
+    """Every patch that was applied, in order."""
+    secrets: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(namespace, name) → registry host, for each pull Secret ensured."""
+    admission: Callable[[JsonObject], str | None] | None = None
+    """A policy on the patched object: a message refuses it (422 naming the object)."""
+    before_patch: Callable[[], None] | None = None
+    """Runs as a patch arrives: the user editing the object just before we write."""
+    _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(100))
+
+    def add(self, obj: JsonObject) -> JsonObject:
+        """Store `obj` (a copy) with a fresh resourceVersion and a uid; returns the copy."""
+        stored = copy.deepcopy(obj)
+        meta = stored.setdefault("metadata", {})
+        meta.setdefault("uid", f"uid-{meta['name']}")
+        meta["resourceVersion"] = str(next(self._versions))
+        self.objects[self._key_of(stored)] = stored
+        return stored
+
+    def edit(
+        self, kind: str, namespace: str, name: str, change: Callable[[JsonObject], None]
+    ) -> None:
+        """Change a stored object as a user would: a new resourceVersion."""
+        obj = self.objects[(kind, namespace, name)]
+        change(obj)
+        obj["metadata"]["resourceVersion"] = str(next(self._versions))
+
+    def get(self, kind: str, namespace: str, name: str) -> JsonObject:
+        return self.objects[(kind, namespace, name)]
+
+    # --- KubeCalls ----------------------------------------------------------------
+
+    async def read_workload(
+        self, kind: WorkloadKind, namespace: str, name: str
+    ) -> JsonObject | None:
+        found = self.objects.get((kind.kind, namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
+    async def list_workloads(
+        self, kind: WorkloadKind, *, namespace: str | None
+    ) -> list[JsonObject]:
+        return [
+            copy.deepcopy(obj)
+            for (k, ns, _), obj in self.objects.items()
+            if k == kind.kind and (namespace is None or ns == namespace)
+        ]
+
+    async def patch_workload(
+        self, kind: WorkloadKind, namespace: str, name: str, patch: Sequence[Mapping[str, Any]]
+    ) -> JsonObject:
+        if self.before_patch is not None:
+            self.before_patch()
+        key = (kind.kind, namespace, name)
+        current = self.objects.get(key)
+        if current is None:
+            details = {"name": name, "group": kind.group, "kind": kind.plural}
+            raise api_error(
+                404, _status(404, "NotFound", f"{name} not found", details), fallback=""
+            )
+        try:
+            patched: JsonObject = jsonpatch.apply_patch(current, list(patch))
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as e:
+            # What the apiserver answers when the patch document fails: it names no object.
+            message = "the server rejected our request due to an error in our request"
+            raise api_error(422, _status(422, "Invalid", message, {}), fallback="") from e
+        refusal = self.admission(patched) if self.admission is not None else None
+        if refusal is not None:
+            message = f"ValidatingAdmissionPolicy 'deny' denied request: {refusal}"
+            refused: dict[str, Any] = {
+                "name": name,
+                "group": kind.group,
+                "kind": kind.plural,
+                "causes": [{"message": message}],
+            }
+            full = f'{kind.plural}.{kind.group} "{name}" is forbidden: {message}'
+            raise api_error(422, _status(422, "Invalid", full, refused), fallback="")
+        patched["metadata"]["resourceVersion"] = str(next(self._versions))
+        self.objects[key] = patched
+        self.patches.append([dict(op) for op in patch])
+        return copy.deepcopy(patched)
+
+    async def post_event(
+        self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False
+    ) -> None:
+        meta = obj["metadata"]
+        self.events.append(PostedEvent(obj["kind"], meta["name"], reason, message, warning))
+
+    async def ensure_pull_secret(
+        self, namespace: str, name: str, *, registry_host: str, credentials: Credentials
+    ) -> SecretOutcome:
+        known = self.secrets.get((namespace, name))
+        self.secrets[(namespace, name)] = registry_host
+        return "unchanged" if known == registry_host else "created"
+
+    @staticmethod
+    def _key_of(obj: JsonObject) -> Key:
+        meta = obj["metadata"]
+        return (obj["kind"], meta["namespace"], meta["name"])
+
+
+def deployment(
+    name: str,
+    images: Mapping[str, str],
+    *,
+    namespace: str = "demo",
+    ready: bool = True,
+) -> JsonObject:
+    """A Deployment with one container per entry of `images`, rolled out if `ready`."""
+    available = 1 if ready else 0
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "generation": 1},
+        "spec": {
+            "replicas": 1,
+            "template": {
+                "spec": {"containers": [{"name": c, "image": i} for c, i in images.items()]}
+            },
+        },
+        "status": {
+            "observedGeneration": 1,
+            "replicas": 1,
+            "updatedReplicas": 1,
+            "availableReplicas": available,
+        },
+    }

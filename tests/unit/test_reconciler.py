@@ -1,0 +1,180 @@
+"""The reconciler's decisions, on a fake Kubernetes API and a fake copier: milliseconds each.
+
+What a user sees is asserted on the fake's state: the workload's images and annotation,
+the patches applied, the Events posted. tests/e2e proves the same paths on a real
+apiserver and real registries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from image_cloner.controller.queue import Retry
+from image_cloner.controller.reconcile import CLONE_FAILED, IMAGES_CLONED, Reconciler
+from image_cloner.health import Health
+from image_cloner.metrics import Metrics
+from image_cloner.oci.copying import CopyResult
+from image_cloner.oci.errors import NotFoundError, RegistryError
+from image_cloner.oci.references import Reference
+from image_cloner.settings import Settings
+from image_cloner.workloads import ORIGINAL_IMAGES_ANNOTATION, WorkloadKey
+from tests.support.fake_kube import FakeKube, deployment
+
+BACKUP = "backup.example:5000"
+SETTINGS = Settings.from_env(
+    {"IMAGE_CLONER_REGISTRY": BACKUP, "IMAGE_CLONER_USER": "robot", "IMAGE_CLONER_PASS": "pw"}
+)
+PULL_SECRET = "image-cloner-pull"
+WEB = WorkloadKey("Deployment", "demo", "web")
+
+
+class FakeCopier:
+    """Copies nothing; records what it was asked, fails the images it is told to."""
+
+    def __init__(self) -> None:
+        self.copied: list[tuple[str, str]] = []
+        self.failing: dict[str, RegistryError] = {}
+        self.gate: asyncio.Event | None = None
+        """When set, copies wait for it: lets several workloads ask at the same time."""
+
+    async def copy_image(self, source: Reference, target: Reference) -> CopyResult:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.copied.append((str(source), str(target)))
+        if str(source) in self.failing:
+            raise self.failing[str(source)]
+        return CopyResult(source, target, "sha256:" + "0" * 64, already_present=False)
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube()
+
+
+@pytest.fixture
+def copier() -> FakeCopier:
+    return FakeCopier()
+
+
+@pytest.fixture
+def reconciler(kube: FakeKube, copier: FakeCopier) -> Reconciler:
+    metrics = Metrics(health=Health())
+    return Reconciler(kube=kube, copier=copier, settings=SETTINGS, metrics=metrics)
+
+
+def containers(obj: dict[str, Any]) -> dict[str, str]:
+    pod_spec = obj["spec"]["template"]["spec"]
+    return {c["name"]: c["image"] for c in pod_spec["containers"]}
+
+
+async def test_a_workload_not_rolled_out_is_left_alone(
+    kube: FakeKube, copier: FakeCopier, reconciler: Reconciler
+) -> None:
+    kube.add(deployment("web", {"app": "nginx:1"}, ready=False))
+    await reconciler(WEB)
+    assert (copier.copied, kube.patches, kube.events) == ([], [], [])
+
+
+async def test_a_ready_workload_is_copied_then_patched_once(
+    kube: FakeKube, copier: FakeCopier, reconciler: Reconciler
+) -> None:
+    kube.add(deployment("web", {"app": "nginx:1", "side": "busybox:1"}))
+    await reconciler(WEB)
+
+    assert sorted(copier.copied) == [
+        ("busybox:1", f"{BACKUP}/busybox:1"),
+        ("nginx:1", f"{BACKUP}/nginx:1"),
+    ]
+    assert len(kube.patches) == 1
+    obj = kube.get("Deployment", "demo", "web")
+    assert containers(obj) == {
+        "app": f"{BACKUP}/nginx:1",
+        "side": f"{BACKUP}/busybox:1",
+    }
+    annotation = json.loads(obj["metadata"]["annotations"][ORIGINAL_IMAGES_ANNOTATION])
+    assert annotation == {"app": "nginx:1", "side": "busybox:1"}
+    assert obj["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": PULL_SECRET}]
+    assert kube.secrets == {("demo", PULL_SECRET): BACKUP}
+    (event,) = kube.events
+    assert (event.reason, event.warning) == (IMAGES_CLONED, False)
+
+    await reconciler(WEB)  # level-triggered: the rewritten workload needs nothing more
+    assert len(kube.patches) == 1
+
+
+async def test_a_concurrent_edit_is_read_again_and_decided_again(
+    kube: FakeKube, copier: FakeCopier, reconciler: Reconciler
+) -> None:
+    kube.add(deployment("web", {"app": "nginx:1"}))
+    edits = iter([lambda obj: obj["metadata"].update(labels={"edited": "yes"})])
+
+    def user_edits_first() -> None:
+        # The first patch meets an object changed since it was read; later ones do not.
+        for edit in edits:
+            kube.edit("Deployment", "demo", "web", edit)
+            return
+
+    kube.before_patch = user_edits_first
+    await reconciler(WEB)
+
+    obj = kube.get("Deployment", "demo", "web")
+    assert obj["metadata"]["labels"] == {"edited": "yes"}, "the user's edit is kept"
+    assert containers(obj) == {"app": f"{BACKUP}/nginx:1"}
+    assert len(kube.patches) == 1
+    assert [e.reason for e in kube.events] == [IMAGES_CLONED]
+
+
+async def test_a_patch_refused_by_admission_is_a_clone_failed_event_and_a_retry(
+    kube: FakeKube, copier: FakeCopier, reconciler: Reconciler
+) -> None:
+    kube.add(deployment("web", {"app": "nginx:1"}))
+    kube.admission = lambda obj: "backup images refused"
+
+    with pytest.raises(Retry) as caught:
+        await reconciler(WEB)
+
+    assert "backup images refused" in caught.value.reason
+    assert caught.value.after is None, "backed off by the queue, not re-read at once"
+    (event,) = kube.events
+    assert (event.reason, event.warning) == (CLONE_FAILED, True)
+    assert "backup images refused" in event.message
+    assert containers(kube.get("Deployment", "demo", "web")) == {"app": "nginx:1"}
+
+
+async def test_a_failed_copy_is_a_clone_failed_event_and_nothing_is_patched(
+    kube: FakeKube, copier: FakeCopier, reconciler: Reconciler
+) -> None:
+    kube.add(deployment("web", {"app": "nginx:1", "side": "typo:1"}))
+    copier.failing["typo:1"] = NotFoundError("manifest unknown")
+
+    with pytest.raises(Retry) as caught:
+        await reconciler(WEB)
+
+    assert (caught.value.after or 0) > 0, "retried when the image's backoff allows"
+    assert kube.patches == []
+    (event,) = kube.events
+    assert (event.reason, event.warning) == (CLONE_FAILED, True)
+    assert "typo:1" in event.message
+    assert "manifest unknown" in event.message
+
+
+async def test_an_image_two_workloads_share_is_copied_once(
+    kube: FakeKube, copier: FakeCopier, reconciler: Reconciler
+) -> None:
+    kube.add(deployment("web", {"app": "nginx:1"}))
+    kube.add(deployment("api", {"app": "nginx:1"}))
+    copier.gate = asyncio.Event()
+
+    both = asyncio.gather(reconciler(WEB), reconciler(WorkloadKey("Deployment", "demo", "api")))
+    await asyncio.sleep(0.01)  # both wait on the same copy
+    copier.gate.set()
+    await both
+
+    assert copier.copied == [("nginx:1", f"{BACKUP}/nginx:1")]
+    assert len(kube.patches) == 2
+    for name in ("web", "api"):
+        assert containers(kube.get("Deployment", "demo", name)) == {"app": f"{BACKUP}/nginx:1"}

@@ -1,0 +1,51 @@
+"""The watch tracker on a fake API: events become keys, listings repair what the watch missed."""
+
+from __future__ import annotations
+
+from image_cloner.controller.queue import WorkQueue
+from image_cloner.controller.watch import WatchTracker
+from image_cloner.health import Health
+from image_cloner.settings import Settings
+from image_cloner.workloads import DEPLOYMENT, WorkloadKey
+from tests.support.fake_kube import FakeKube, deployment
+
+KEY = WorkloadKey("Deployment", "demo", "web")
+
+
+def tracker_on(
+    kube: FakeKube, clock: list[float]
+) -> tuple[WatchTracker, WorkQueue[WorkloadKey], Health]:
+    settings = Settings.from_env({"IMAGE_CLONER_REGISTRY": "localhost:5000"})
+    health = Health(staleness=60, clock=lambda: clock[0])
+    queue: WorkQueue[WorkloadKey] = WorkQueue()
+    return WatchTracker(queue=queue, health=health, kube=kube, settings=settings), queue, health
+
+
+async def test_a_watch_event_is_remembered_and_a_ready_workload_queued() -> None:
+    kube = FakeKube()
+    obj = kube.add(deployment("web", {"app": "nginx:1"}))
+    tracker, queue, health = tracker_on(kube, [0.0])
+    tracker.observe(DEPLOYMENT, "ADDED", obj)
+    assert (KEY in tracker, len(tracker), queue.depth) == (True, 1, 1)
+    assert await tracker.resync(DEPLOYMENT) == 0, "the listing matches the watch"
+    assert health.watch_age("Deployment") == 0.0
+    tracker.observe(DEPLOYMENT, "DELETED", obj)
+    assert KEY not in tracker
+
+
+async def test_a_repaired_miss_is_repaired_once_and_the_watch_counts_as_current_again() -> None:
+    kube = FakeKube()
+    obj = kube.add(deployment("web", {"app": "nginx:1"}))
+    clock = [0.0]
+    tracker, queue, health = tracker_on(kube, clock)
+    tracker.observe(DEPLOYMENT, "ADDED", obj)
+    # An event the watch never delivered: the label changes a quiet workload's version.
+    kube.edit("Deployment", "demo", "web", lambda o: o["metadata"].update(labels={"a": "b"}))
+
+    clock[0] = 10.0
+    assert await tracker.resync(DEPLOYMENT) == 1, "the listing repairs the missed event"
+    assert queue.depth == 1
+    clock[0] = 130.0
+    assert await tracker.resync(DEPLOYMENT) == 0, "the repaired version counts as seen"
+    assert health.watch_age("Deployment") == 0.0, "so the listing proves the stream current"
+    assert "Deployment watch is stale" not in " ".join(health.problems())
