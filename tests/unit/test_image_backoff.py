@@ -7,7 +7,7 @@ workloads do not pile up over weeks.
 from __future__ import annotations
 
 from image_cloner.backoff import Backoff
-from image_cloner.controller.reconcile import ImageBackoff
+from image_cloner.controller.copies import ImageBackoff
 
 KEY = ("docker.io/library/nginx:1", "localhost:5000/nginx:1")
 

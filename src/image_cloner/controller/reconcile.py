@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-from image_cloner.backoff import Backoff, KeyedBackoff
+from image_cloner.controller.copies import ImageBackoff, ImageCopier, ImageCopies
 from image_cloner.controller.decisions import WorkloadLog
 from image_cloner.controller.kube import JsonObject, KubeCalls
 from image_cloner.controller.kube_errors import Conflict, Invalid, KubeApiError, NotFound
@@ -33,11 +31,9 @@ from image_cloner.controller.queue import Retry
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
 from image_cloner.mapping import is_backup, target_for
 from image_cloner.metrics import FailureReason, Metrics, SkipReason
-from image_cloner.oci.copying import CopyResult
 from image_cloner.oci.errors import RegistryError
 from image_cloner.oci.references import InvalidReference, Reference, parse_reference
 from image_cloner.settings import Settings
-from image_cloner.singleflight import SingleFlight
 from image_cloner.workloads import (
     KINDS,
     ContainerImage,
@@ -48,23 +44,13 @@ from image_cloner.workloads import (
     is_ready,
 )
 
-__all__ = [
-    "CLONE_FAILED",
-    "IMAGES_CLONED",
-    "ImageBackoff",
-    "ImageCopier",
-    "Reconciler",
-    "changed_meanwhile",
-]
+__all__ = ["CLONE_FAILED", "IMAGES_CLONED", "Reconciler", "changed_meanwhile"]
 
 IMAGES_CLONED = "ImagesCloned"
 CLONE_FAILED = "CloneFailed"
 
 MAX_CONFLICTS = 5
 """Times we re-read and decide again when the object changes under our patch."""
-
-IMAGE_BACKOFF = Backoff(base=5.0, cap=600.0)
-"""A failing image is tried again after 5 s, 10 s, 20 s, ... at most every 10 minutes."""
 
 logger = logging.getLogger(CONTROLLER_LOGGER)
 
@@ -73,61 +59,6 @@ _SECRET_MESSAGES = {
     "updated": "pull secret updated",
     "not-managed": "pull secret exists and is not managed by image-cloner: used as it is",
 }
-
-ImageKey = tuple[str, str]
-"""(source name, target name): one copy job."""
-
-
-class ImageCopier(Protocol):
-    """What the reconciler needs of `oci.copying.Copier` (a fake in unit tests)."""
-
-    async def copy_image(self, source: Reference, target: Reference) -> CopyResult: ...
-
-
-class ImageBackoff:
-    """When each failing image may be tried again; shared by every workload using it."""
-
-    def __init__(
-        self,
-        backoff: Backoff = IMAGE_BACKOFF,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._delays: KeyedBackoff[ImageKey] = KeyedBackoff(backoff)
-        self._clock = clock
-        self._blocked: dict[ImageKey, tuple[float, str]] = {}
-
-    @property
-    def size(self) -> int:
-        """Images remembered as failing (blocked now, or recently)."""
-        return len(self._blocked)
-
-    def blocked(self, key: ImageKey) -> tuple[float, str] | None:
-        """(seconds left, last failure) while `key` is backing off, else None."""
-        entry = self._blocked.get(key)
-        if entry is None:
-            return None
-        left = entry[0] - self._clock()
-        return (left, entry[1]) if left > 0 else None
-
-    def failed(self, key: ImageKey, reason: str) -> float:
-        """Record a failed attempt; returns the seconds until the next one."""
-        now = self._clock()
-        self._prune(now)
-        delay = self._delays.when(key)
-        self._blocked[key] = (now + delay, reason)
-        return delay
-
-    def succeeded(self, key: ImageKey) -> None:
-        self._delays.forget(key)
-        self._blocked.pop(key, None)
-
-    def _prune(self, now: float) -> None:
-        # An image free for longer than the cap that nobody tried again belongs to workloads
-        # that were deleted or fixed; without this its entry would stay for the process's life.
-        cap = self._delays.backoff.cap
-        for key in [k for k, (until, _) in self._blocked.items() if now - until > cap]:
-            self.succeeded(key)
 
 
 @dataclass(frozen=True)
@@ -167,11 +98,9 @@ class Reconciler:
         image_backoff: ImageBackoff | None = None,
     ) -> None:
         self._kube = kube
-        self._copier = copier
         self._settings = settings
         self._metrics = metrics
-        self._image_backoff = image_backoff or ImageBackoff()
-        self._copies: SingleFlight[CopyResult] = SingleFlight()
+        self._copies = ImageCopies(copier, metrics=metrics, backoff=image_backoff)
 
     async def __call__(self, key: WorkloadKey) -> None:
         if key.namespace in self._settings.ignored_namespaces:
@@ -256,43 +185,21 @@ class Reconciler:
     async def _copy(self, rewrite: _Rewrite, log: WorkloadLog) -> tuple[str, float] | None:
         """Copy one image; (message, retry delay) when it failed."""
         source, target, name = rewrite.source, rewrite.target, rewrite.container.name
-        image_key = (source.name, target.name)
-        blocked = self._image_backoff.blocked(image_key)
+        blocked = self._copies.blocked(source, target)
         if blocked is not None:
             # The same words as the failure itself, so repeated Events count up as one.
             left, reason = blocked
             return f"{source} → {target}: {reason}", left
         log.cloning(str(source), container=name, target=str(target))
         try:
-            result = await self._copy_once(source, target)
+            result = await self._copies.copy(source, target)
         except RegistryError as e:
             log.clone_failed(str(source), str(e), container=name, target=str(target))
-            retry = self._image_backoff.blocked(image_key)
+            retry = self._copies.blocked(source, target)
             return f"{source} → {target}: {e}", retry[0] if retry else 0.0
         if result.already_present:
             log.already_cloned(str(source), container=name, target=str(target))
         return None
-
-    async def _copy_once(self, source: Reference, target: Reference) -> CopyResult:
-        """One attempt per image however many workloads wait for it, counted once."""
-        key = (source.name, target.name)
-        return await self._copies.run(key, lambda: self._attempt(key, source, target))
-
-    async def _attempt(self, key: ImageKey, source: Reference, target: Reference) -> CopyResult:
-        started = time.monotonic()
-        try:
-            result = await self._copier.copy_image(source, target)
-        except RegistryError as e:
-            self._metrics.image_failed(FailureReason.of(e))
-            self._image_backoff.failed(key, str(e))
-            raise
-        self._image_backoff.succeeded(key)
-        if result.already_present:
-            self._metrics.image_skipped(SkipReason.ALREADY_PRESENT)
-        else:
-            seconds = time.monotonic() - started
-            self._metrics.image_copied(bytes_copied=result.bytes_copied, seconds=seconds)
-        return result
 
     async def _ensure_pull_secret(self, key: WorkloadKey) -> str | None:
         name = self._settings.pull_secret_name
