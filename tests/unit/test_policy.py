@@ -23,7 +23,9 @@ def workload(annotations: dict[str, str] | None = None, **meta: Any) -> dict[str
     return {"metadata": {"name": "w", "annotations": annotations or {}, **meta}}
 
 
-OWNED: dict[str, Any] = {"ownerReferences": [{"kind": "Operator", "name": "db", "controller": True}]}
+OWNED: dict[str, Any] = {
+    "ownerReferences": [{"kind": "Operator", "name": "db", "controller": True}]
+}
 
 
 @pytest.mark.parametrize(
