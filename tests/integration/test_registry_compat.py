@@ -27,8 +27,8 @@ from tests.support import skopeo
 from tests.support.crane import Crane
 from tests.support.images import ImageKind, ImageSeeder, SyntheticImage
 from tests.support.pki import TestPKI
-from tests.support.registries import RegistryImpl, RegistryKind, RunningRegistry
 from tests.support.regctl import Regctl
+from tests.support.registries import RegistryImpl, RegistryKind, RunningRegistry
 from tests.support.token_issuer import TokenIssuer
 
 pytestmark = pytest.mark.integration
@@ -40,6 +40,13 @@ Reader = Callable[[RunningRegistry, str], bytes]
 class Setup:
     impl: RegistryImpl
     kind: RegistryKind
+
+
+@dataclass(frozen=True)
+class Case:
+    source: str
+    target: str
+    kind: ImageKind
 
 
 SETUPS = {
@@ -54,11 +61,11 @@ MAIN = ("d2-htpasswd", "d3-htpasswd", "ggcr-open")
 EXTRA = (("ggcr-open", "d3-token"), ("d3-token", "ggcr-tls"))
 """The other auth kinds, one index copy each way."""
 CASES = [
-    pytest.param(src, dst, kind, id=f"{src}-to-{dst}-{kind}")
+    Case(src, dst, kind)
     for src in MAIN
     for dst in MAIN
     for kind in (ImageKind.INDEX, ImageKind.DOCKER_LIST)
-] + [pytest.param(src, dst, ImageKind.INDEX, id=f"{src}-to-{dst}-index") for src, dst in EXTRA]
+] + [Case(src, dst, ImageKind.INDEX) for src, dst in EXTRA]
 
 
 def sha256(data: bytes) -> str:
@@ -108,14 +115,35 @@ def sources(
     return get
 
 
-@pytest.fixture(scope="module")
-def crane(tmp_path_factory: pytest.TempPathFactory) -> Crane:
-    return Crane(tmp_path_factory.mktemp("crane"))
+@dataclass(frozen=True)
+class Witnesses:
+    """skopeo, crane and regctl: three client stacks that must all read back the same bytes."""
+
+    crane: Crane
+    regctl: Regctl
+
+    def assert_identical(self, registry: RunningRegistry, name: str, image: SyntheticImage) -> None:
+        """Each reads `image`'s exact top-level bytes and every child by its digest at `name`."""
+        repo = name.split(":", maxsplit=1)[0]
+        readers: dict[str, Reader] = {
+            "skopeo": skopeo.inspect_raw,
+            "crane": self.crane.manifest,
+            "regctl": self.regctl.manifest,
+        }
+        for witness, read in readers.items():
+            assert read(registry, name) == image.raw, witness
+            for child in image.child_digests:
+                assert sha256(read(registry, f"{repo}@{child}")) == child, witness
+        assert self.crane.digest(registry, name) == image.digest
+        assert self.regctl.digest(registry, name) == image.digest
+        assert self.crane.validate(registry, name).startswith(f"PASS: {registry.ref(name)}")
 
 
 @pytest.fixture(scope="module")
-def regctl(tmp_path_factory: pytest.TempPathFactory) -> Regctl:
-    return Regctl(tmp_path_factory.mktemp("regctl"))
+def witnesses(tmp_path_factory: pytest.TempPathFactory) -> Witnesses:
+    return Witnesses(
+        Crane(tmp_path_factory.mktemp("crane")), Regctl(tmp_path_factory.mktemp("regctl"))
+    )
 
 
 def copy_args(source: RunningRegistry, src: str, target: RunningRegistry, dst: str) -> list[str]:
@@ -130,36 +158,21 @@ def copy_args(source: RunningRegistry, src: str, target: RunningRegistry, dst: s
     return args
 
 
-@pytest.mark.parametrize(("src_setup", "dst_setup", "kind"), CASES)
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.source}-to-{c.target}-{c.kind}" for c in CASES])
 def test_copy_is_byte_identical_for_every_witness(
     registries: dict[str, RunningRegistry],
     sources: Callable[[str, ImageKind], tuple[str, SyntheticImage]],
-    crane: Crane,
-    regctl: Regctl,
+    witnesses: Witnesses,
     capsys: pytest.CaptureFixture[str],
-    src_setup: str,
-    dst_setup: str,
-    kind: ImageKind,
+    case: Case,
 ) -> None:
-    source, target = registries[src_setup], registries[dst_setup]
-    src_name, image = sources(src_setup, kind)
-    repo = f"compat-{uuid.uuid4().hex[:8]}/{kind}"
-    dst_name = f"{repo}:1"
+    source, target = registries[case.source], registries[case.target]
+    src_name, image = sources(case.source, case.kind)
+    dst_name = f"compat-{uuid.uuid4().hex[:8]}/{case.kind}:1"
 
     status = cli.main(["copy", *copy_args(source, src_name, target, dst_name)])
 
     out, err = capsys.readouterr()
     assert (status, err) == (0, "")
     assert out == f"{target.ref(dst_name)}@{image.digest}\n"
-    readers: dict[str, Reader] = {
-        "skopeo": skopeo.inspect_raw,
-        "crane": crane.manifest,
-        "regctl": regctl.manifest,
-    }
-    for witness, read in readers.items():
-        assert read(target, dst_name) == image.raw, witness
-        for child in image.child_digests:
-            assert sha256(read(target, f"{repo}@{child}")) == child, witness
-    assert crane.digest(target, dst_name) == image.digest
-    assert regctl.digest(target, dst_name) == image.digest
-    assert crane.validate(target, dst_name).startswith(f"PASS: {target.ref(dst_name)}")
+    witnesses.assert_identical(target, dst_name, image)
