@@ -3,7 +3,8 @@
 #   .tools/    the pinned uv used to build the virtualenv
 #   .venv/     the project's virtualenv (from uv.lock)
 #   .stamps/   markers for one-off system set-up (Debian packages)
-#   .testbed/  Go-built control-plane binaries, kubeconfig, logs, state
+#   .testbed/  Go-built test bed binaries (control plane, registries, witnesses), kubeconfig,
+#              logs, state
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -74,7 +75,8 @@ lint: venv
 unit: venv testbed
 	$(VENV)/bin/pytest -q tests/unit
 
-integration: setup
+# The registry compatibility tests run distribution 3, ggcr, crane and regctl from the test bed.
+integration: setup testbed
 	$(VENV)/bin/pytest -q tests/integration
 
 e2e: setup testbed

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the test bed's binaries (etcd, Kubernetes control plane, kubectl, kwok, helm) from the pinned
+# Builds the test bed's binaries (etcd, Kubernetes control plane, kubectl, kwok, helm, and the registries
+# and witnesses of the compatibility tests: registry-v3, ggcr-registry, crane, regctl) from the pinned
 # Go modules under testbed/ into .testbed/bin/, plus the KWOK stages config. A module is rebuilt only
 # when one of its binaries is missing or its go.mod/go.sum (or the recipe below) changed: a stamp with
 # that hash sits next to the binaries. Go's module and build caches stay at their defaults (outside the
@@ -85,6 +86,21 @@ helm_recipe() {
     echo "$flags"
 }
 
+distribution_recipe() {
+    local v pkg=github.com/distribution/distribution/v3
+    v="$(module_version "$TESTBED/distribution" $pkg)"
+    # As upstream's Dockerfile stamps the registry:3 image: `registry --version` prints 3.x.y.
+    echo "-s -w -X $pkg/version.version=${v#v} -X $pkg/version.mainpkg=$pkg"
+}
+
+ggcr_recipe() {
+    echo "-s -w -X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$(module_version "$TESTBED/ggcr" github.com/google/go-containerregistry)"
+}
+
+regclient_recipe() {
+    echo "-s -w -X github.com/regclient/regclient/internal/version.vcsTag=$(module_version "$TESTBED/regclient" github.com/regclient/regclient)"
+}
+
 # KWOK v0.8.0 has no built-in stages: assemble node fast + node heartbeat + pod fast from the
 # module's own kustomize/stage/ so they always match the pinned kwok.
 kwok_stages() {
@@ -111,5 +127,10 @@ build k8s "$(k8s_recipe)" \
     kubectl=k8s.io/kubernetes/cmd/kubectl
 build kwok "$(kwok_recipe)" kwok=sigs.k8s.io/kwok/cmd/kwok
 build helm "$(helm_recipe)" helm=helm.sh/helm/v3/cmd/helm
+# Registry implementations and witnesses of the registry compatibility tests (docs/testbed.md).
+build distribution "$(distribution_recipe)" registry-v3=github.com/distribution/distribution/v3/cmd/registry
+build ggcr "$(ggcr_recipe)" crane=github.com/google/go-containerregistry/cmd/crane \
+    ggcr-registry=./ggcr-registry
+build regclient "$(regclient_recipe)" regctl=github.com/regclient/regclient/cmd/regctl
 kwok_stages
 log "binaries up to date in $BIN ($((SECONDS - total))s)"

@@ -1,9 +1,12 @@
-"""Real `docker-registry` processes on loopback for integration, e2e tests and benchmarks.
+"""Real registry processes on loopback for integration, e2e tests and benchmarks.
 
-We test against the real registry (distribution 2.8) rather than a fake, because what matters is
-how the copy engine behaves against a registry's actual auth challenges, upload sessions,
-digest checks and error bodies. Each registry gets a free port, its own temp dir and log file,
-and is always stopped by whoever started it (use it as a context manager or call `stop()`).
+We test against real registries rather than a fake, because what matters is how the copy engine
+behaves against a registry's actual auth challenges, upload sessions, digest checks and error
+bodies. The default is Debian's `docker-registry` (distribution 2.8); `RegistryImpl` also picks
+distribution 3 (what `registry:3` runs) or go-containerregistry's registry, both built by
+`testbed/build.sh`, because registries differ in exactly those answers. Each registry gets a
+free port, its own temp dir and log file, and is always stopped by whoever started it (use it as
+a context manager or call `stop()`).
 
 The process helpers (`free_port`, `wait_until_ready`, `stop_process` and the timeouts) belong to
 `tests.support.processes`; they are re-exported here for the code that imports them from here.
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from image_cloner.oci.options import Credentials, RegistryOptions
+from tests.support.binaries import tool
 from tests.support.pki import TestPKI, make_cert_dir
 from tests.support.processes import (
     READY_TIMEOUT,
@@ -41,6 +45,7 @@ __all__ = [
     "TEST_USER",
     "RegistryEndpoint",
     "RegistryFactory",
+    "RegistryImpl",
     "RegistryKind",
     "Role",
     "RunningRegistry",
@@ -69,6 +74,27 @@ class RegistryKind(enum.StrEnum):
     """TLS from the test CA, Basic auth (testuser / testpass)."""
     TOKEN = "token"
     """TLS from the test CA, Bearer tokens from the test token issuer."""
+    TLS = "tls"
+    """TLS from the test CA, no auth."""
+
+
+class RegistryImpl(enum.StrEnum):
+    """Which registry program serves: they differ in status codes, headers and strictness."""
+
+    DISTRIBUTION_2 = "distribution-2"
+    """Debian's `docker-registry` (distribution 2.8), /usr/bin/docker-registry."""
+    DISTRIBUTION_3 = "distribution-3"
+    """distribution v3 (`registry:3`), `registry-v3` from the test bed."""
+    GGCR = "ggcr"
+    """go-containerregistry's pkg/registry (`ggcr-registry` from the test bed): in memory, so
+    its data is lost on `stop()`; no auth, and the OCI referrers API switched on."""
+
+    @property
+    def kinds(self) -> frozenset[RegistryKind]:
+        """The kinds this implementation can run as."""
+        if self is RegistryImpl.GGCR:
+            return frozenset({RegistryKind.OPEN, RegistryKind.TLS})
+        return frozenset(RegistryKind)
 
 
 @dataclass(frozen=True)
@@ -121,7 +147,8 @@ class RegistryEndpoint:
 
 
 class RunningRegistry(RegistryEndpoint, ServiceProcess):
-    """A `docker-registry serve` process on 127.0.0.1 with filesystem storage in `workdir`.
+    """A registry process on 127.0.0.1 (`impl`, by default `docker-registry serve`) whose
+    storage, config and log are in `workdir`.
 
     `stop()` then `start()` restarts it on the same port with the same data, for
     "registry down, then up again" tests. Both block (about a second for `start`); from async
@@ -136,12 +163,17 @@ class RunningRegistry(RegistryEndpoint, ServiceProcess):
         pki: TestPKI | None = None,
         token: TokenAuthConfig | None = None,
         port: int | None = None,
+        impl: RegistryImpl = RegistryImpl.DISTRIBUTION_2,
     ) -> None:
+        if kind not in impl.kinds:
+            raise ValueError(f"{impl} registries cannot run as {kind}")
         if kind is not RegistryKind.OPEN and pki is None:
             raise ValueError(f"a {kind} registry needs the test PKI for TLS")
         if kind is RegistryKind.TOKEN and token is None:
             raise ValueError("a token registry needs a TokenAuthConfig")
         self.kind = kind
+        self.impl = impl
+        self.pki = pki
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.log_file = workdir / "registry.log"
@@ -149,7 +181,7 @@ class RunningRegistry(RegistryEndpoint, ServiceProcess):
         self.port = port or free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.scheme = "http" if kind is RegistryKind.OPEN else "https"
-        with_password = kind is not RegistryKind.OPEN
+        with_password = kind in (RegistryKind.HTPASSWD, RegistryKind.TOKEN)
         self.username = TEST_USER if with_password else None
         self.password = TEST_PASSWORD if with_password else None
         self.ca_file = None if pki is None or kind is RegistryKind.OPEN else pki.ca_cert
@@ -157,7 +189,8 @@ class RunningRegistry(RegistryEndpoint, ServiceProcess):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.ca_file is not None:
             self.cert_dir = make_cert_dir(workdir / "certs.d", self.ca_file)
-        self._write_config(pki, token)
+        if impl is not RegistryImpl.GGCR:  # it takes flags, not a config file
+            self._write_config(pki, token)
 
     def start(self) -> None:
         """Start (or restart) the registry and wait until `/v2/` answers."""
@@ -165,8 +198,10 @@ class RunningRegistry(RegistryEndpoint, ServiceProcess):
             return
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         env["REGISTRY_HTTP_SECRET"] = HTTP_SECRET
+        # distribution 3 exports OpenTelemetry traces to localhost:4318 unless told not to.
+        env["OTEL_TRACES_EXPORTER"] = "none"
         self._launch(
-            [REGISTRY_BINARY, "serve", str(self.config_file)],
+            self._command(),
             ready_url=f"{self.url}/v2/",
             ca_file=self.ca_file,
             env=env,
@@ -181,9 +216,25 @@ class RunningRegistry(RegistryEndpoint, ServiceProcess):
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
     def __repr__(self) -> str:
-        return f"<RunningRegistry {self.kind} {self.url}>"
+        return f"<RunningRegistry {self.impl} {self.kind} {self.url}>"
+
+    def _command(self) -> list[str]:
+        if self.impl is RegistryImpl.DISTRIBUTION_2:
+            return [REGISTRY_BINARY, "serve", str(self.config_file)]
+        if self.impl is RegistryImpl.DISTRIBUTION_3:
+            return [str(tool("registry-v3")), "serve", str(self.config_file)]
+        command = [str(tool("ggcr-registry")), "--address", self.host]
+        if self.kind is RegistryKind.TLS and self.pki is not None:
+            command += [
+                "--tls-cert",
+                str(self.pki.server_cert),
+                "--tls-key",
+                str(self.pki.server_key),
+            ]
+        return command
 
     def _write_config(self, pki: TestPKI | None, token: TokenAuthConfig | None) -> None:
+        """The config.yml of distribution 2.8 and 3 (3 reads the same keys)."""
         http: dict[str, object] = {
             "addr": self.host,
             "headers": {"X-Content-Type-Options": ["nosniff"]},
@@ -261,10 +312,15 @@ class RegistryFactory:
         self.token = token
         self.started: list[RunningRegistry] = []
 
-    def __call__(self, kind: RegistryKind | str = RegistryKind.OPEN) -> RunningRegistry:
+    def __call__(
+        self,
+        kind: RegistryKind | str = RegistryKind.OPEN,
+        *,
+        impl: RegistryImpl = RegistryImpl.DISTRIBUTION_2,
+    ) -> RunningRegistry:
         kind = RegistryKind(kind)
-        workdir = self.root / f"{kind}-{len(self.started)}"
-        registry = RunningRegistry(workdir, kind=kind, pki=self.pki, token=self.token)
+        workdir = self.root / f"{impl}-{kind}-{len(self.started)}"
+        registry = RunningRegistry(workdir, kind=kind, pki=self.pki, token=self.token, impl=impl)
         self.started.append(registry)
         registry.start()
         return registry

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import ssl
 import subprocess
@@ -27,24 +26,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.support.binaries import (
+    BIN_ENV,
+    STAGES,
+    default_bin_dir,
+    missing_binaries,
+)
 from tests.support.kubeconfig import certificate_user, token_user, write_kubeconfig
 from tests.support.pki import ControlPlanePKI, make_control_plane_pki
 from tests.support.processes import ProcessGroup, Service, free_ports, log_tail
 
 __all__ = ["BIN_ENV", "Testbed", "TestbedError", "default_bin_dir", "missing_binaries"]
 
-BIN_ENV = "IMAGE_CLONER_TESTBED_BIN"
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = REPO / ".testbed"
-BINARIES = (
-    "etcd",
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "kubectl",
-    "kwok",
-)
-STAGES = "kwok-stages.yaml"
 NODE_NAMES = ("kwok-node-0", "kwok-node-1")
 # Generous: on a busy 2-core machine the apiserver alone can take half a minute to become ready.
 START_TIMEOUT = 180.0
@@ -60,16 +55,6 @@ class TestbedError(RuntimeError):
     """The test bed could not be built, started, reached or stopped; the message says why."""
 
     __test__ = False
-
-
-def default_bin_dir() -> Path:
-    """Where build.sh puts the binaries: `$IMAGE_CLONER_TESTBED_BIN` or `<repo>/.testbed/bin`."""
-    return Path(os.environ.get(BIN_ENV) or REPO / ".testbed" / "bin")
-
-
-def missing_binaries(bin_dir: Path) -> list[str]:
-    """Names of the binaries (and the KWOK stages file) not present in `bin_dir`."""
-    return [name for name in (*BINARIES, STAGES) if not (bin_dir / name).is_file()]
 
 
 class Testbed(Service):
