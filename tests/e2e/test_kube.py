@@ -49,6 +49,24 @@ async def read_then_edit(kube: Kube, testbed: Testbed, namespace: str) -> dict[s
     return stale
 
 
+async def patch_fresh(
+    kube: Kube, namespace: str, name: str, rewrites: dict[str, str]
+) -> dict[str, Any]:
+    """Read, then patch what was read, as the controller does: the Deployment controller may
+    update the new object's status in between, so a failed `test` means read again."""
+    for _ in range(5):
+        fresh = await kube.read_workload(DEPLOYMENT, namespace, name)
+        assert fresh is not None
+        try:
+            return await kube.patch_workload(
+                DEPLOYMENT, namespace, name, build_patch(fresh, rewrites)
+            )
+        except Invalid as e:
+            if not e.patch_did_not_apply:
+                raise
+    raise AssertionError(f"{name} changed under every one of 5 fresh patches")
+
+
 async def test_patch_guarded_by_resource_version_refuses_a_stale_object(
     kube: Kube, testbed: Testbed, namespace: str
 ) -> None:
@@ -63,11 +81,7 @@ async def test_patch_guarded_by_resource_version_refuses_a_stale_object(
     assert caught.value.patch_did_not_apply
     assert caught.value.message == "the server rejected our request due to an error in our request"
 
-    fresh = await kube.read_workload(DEPLOYMENT, namespace, "web")
-    assert fresh is not None
-    patched = await kube.patch_workload(
-        DEPLOYMENT, namespace, "web", build_patch(fresh, {"nginx": f"{REGISTRY}/nginx:x"})
-    )
+    patched = await patch_fresh(kube, namespace, "web", {"nginx": f"{REGISTRY}/nginx:x"})
     assert patched["metadata"]["labels"]["edited"] == "yes"
     assert patched["spec"]["template"]["spec"]["containers"][0]["image"] == f"{REGISTRY}/nginx:x"
     assert await kube.read_workload(DEPLOYMENT, namespace, "gone") is None
