@@ -16,7 +16,7 @@ pointers and the patch) and its readiness rule. Adding StatefulSet (template at
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -34,6 +34,7 @@ __all__ = [
     "UnsupportedWorkload",
     "WorkloadKey",
     "WorkloadKind",
+    "build_marker_patch",
     "build_patch",
     "images_of",
     "is_ready",
@@ -348,6 +349,44 @@ def build_patch(
         _annotation_op(obj, annotation, originals),
         *_pull_secret_ops(obj, kind_of(obj), pull_secret),
     ]
+
+
+def build_marker_patch(
+    obj: Obj,
+    marker: str,
+    value: str,
+    *,
+    forget: Collection[str] = (),
+    annotation: str = ORIGINAL_IMAGES_ANNOTATION,
+) -> list[dict[str, Any]]:
+    """The JSON patch that puts annotation `marker` (= `value`) on the workload.
+
+    Guarded by `resourceVersion` like `build_patch`: if the object changed since it was
+    read, the apiserver rejects it and the caller decides again. The containers named in
+    `forget` leave our record of originals (the whole annotation goes when none is left):
+    they run their originals again, so there is nothing of ours to record or to restore,
+    and once a person removes the marker they count as never rewritten.
+    """
+    resource_version = _get(obj, "metadata", "resourceVersion")
+    if not isinstance(resource_version, str) or not resource_version:
+        raise PatchError("object has no metadata.resourceVersion to guard the patch with")
+    ops: list[dict[str, Any]] = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+    ]
+    if isinstance(_get(obj, "metadata", "annotations"), Mapping):
+        path = f"/metadata/annotations/{_pointer_token(marker)}"
+        ops.append({"op": "add", "path": path, "value": value})
+    else:
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": {marker: value}})
+    if not forget or _get(obj, "metadata", "annotations", annotation) is None:
+        return ops
+    names = {c.name for c in images_of(obj)} - set(forget)
+    kept = _kept_originals(obj, annotation, names)
+    if kept:
+        ops.append(_annotation_op(obj, annotation, kept))
+    else:
+        ops.append({"op": "remove", "path": f"/metadata/annotations/{_pointer_token(annotation)}"})
+    return ops
 
 
 def _kept_originals(obj: Obj, annotation: str, names: set[str]) -> dict[str, str]:
