@@ -60,7 +60,7 @@ def reasons(kube: FakeKube) -> list[tuple[str, bool]]:
     return [(e.reason, e.warning) for e in kube.events]
 
 
-def annotations(kube: FakeKube, name: str = "web") -> dict[str, str]:
+def annotations_on(kube: FakeKube, name: str = "web") -> dict[str, str]:
     annotated: dict[str, str] = kube.get("Deployment", "demo", name)["metadata"].get(
         "annotations", {}
     )
@@ -69,7 +69,7 @@ def annotations(kube: FakeKube, name: str = "web") -> dict[str, str]:
 
 def managed_by(manager: str, time: str) -> dict[str, Any]:
     """A managedFields entry owning the template's containers, as the apiserver writes it."""
-    fields = {"f:spec": {"f:template": {"f:spec": {"f:containers": {}}}}}
+    fields: dict[str, Any] = {"f:spec": {"f:template": {"f:spec": {"f:containers": {}}}}}
     return {"manager": manager, "operation": "Update", "time": time, "fieldsV1": fields}
 
 
@@ -250,7 +250,7 @@ async def test_a_revert_without_a_known_manager_is_still_marked(
     await reconciler(WEB)
     revert(kube, "web", {"app": "nginx:1"}, manager=None)
     await reconciler(WEB)
-    assert annotations(kube)[REVERTED_ANNOTATION].startswith("at 20")
+    assert annotations_on(kube)[REVERTED_ANNOTATION].startswith("at 20")
     assert "another field manager put the original images back" in kube.events[1].message
 
 
