@@ -150,7 +150,9 @@ class Reconciler:
             return True
         await self._copy_all(plan, log)
         if decision.action is Action.COPY_ONLY:
-            log.not_rewritten(decision.reason)
+            log.not_rewritten(
+                decision.reason, resource_version=obj["metadata"].get("resourceVersion")
+            )
             await self._gate.copied_only(obj, decision)
             return True
         pull_secret = await self._ensure_pull_secret(key)
