@@ -322,9 +322,7 @@ def build_patch(
     images in `annotation`, keeping the entries of other containers that still exist, and
     adds `pull_secret` to the template's `imagePullSecrets` if it is not there yet.
     """
-    resource_version = _get(obj, "metadata", "resourceVersion")
-    if not isinstance(resource_version, str) or not resource_version:
-        raise PatchError("object has no metadata.resourceVersion to guard the patch with")
+    guard = _guard(obj)
     containers = {c.name: c for c in images_of(obj)}
     unknown = sorted(set(rewrites) - set(containers))
     if unknown:
@@ -344,7 +342,7 @@ def build_patch(
         return []
 
     return [
-        {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+        guard,
         *image_ops,
         _annotation_op(obj, annotation, originals),
         *_pull_secret_ops(obj, kind_of(obj), pull_secret),
@@ -367,17 +365,7 @@ def build_marker_patch(
     they run their originals again, so there is nothing of ours to record or to restore,
     and once a person removes the marker they count as never rewritten.
     """
-    resource_version = _get(obj, "metadata", "resourceVersion")
-    if not isinstance(resource_version, str) or not resource_version:
-        raise PatchError("object has no metadata.resourceVersion to guard the patch with")
-    ops: list[dict[str, Any]] = [
-        {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
-    ]
-    if isinstance(_get(obj, "metadata", "annotations"), Mapping):
-        path = f"/metadata/annotations/{_pointer_token(marker)}"
-        ops.append({"op": "add", "path": path, "value": value})
-    else:
-        ops.append({"op": "add", "path": "/metadata/annotations", "value": {marker: value}})
+    ops = [_guard(obj), _add_annotation_op(obj, marker, value)]
     if not forget or _get(obj, "metadata", "annotations", annotation) is None:
         return ops
     names = {c.name for c in images_of(obj)} - set(forget)
@@ -398,8 +386,19 @@ def _kept_originals(obj: Obj, annotation: str, names: set[str]) -> dict[str, str
     return {name: image for name, image in recorded.items() if name in names}
 
 
+def _guard(obj: Obj) -> dict[str, Any]:
+    resource_version = _get(obj, "metadata", "resourceVersion")
+    if not isinstance(resource_version, str) or not resource_version:
+        raise PatchError("object has no metadata.resourceVersion to guard the patch with")
+    return {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version}
+
+
 def _annotation_op(obj: Obj, annotation: str, originals: Mapping[str, str]) -> dict[str, Any]:
     value = json.dumps(dict(sorted(originals.items())), separators=(",", ":"))
+    return _add_annotation_op(obj, annotation, value)
+
+
+def _add_annotation_op(obj: Obj, annotation: str, value: str) -> dict[str, Any]:
     if isinstance(_get(obj, "metadata", "annotations"), Mapping):
         # "add" on an existing member replaces it, so one op covers both cases.
         path = f"/metadata/annotations/{_pointer_token(annotation)}"
