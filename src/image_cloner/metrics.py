@@ -39,6 +39,8 @@ class SkipReason(StrEnum):
     """The workload already points into the backup location."""
     ALREADY_PRESENT = "already_present"
     """The backup registry already holds it (one HEAD request)."""
+    EXCLUDED = "excluded"
+    """It matches `IMAGE_CLONER_EXCLUDE_IMAGES`: never backed up nor rewritten."""
 
 
 class FailureReason(StrEnum):

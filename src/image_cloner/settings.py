@@ -25,6 +25,7 @@ from image_cloner.logs import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
 from image_cloner.mapping import BackupLocation, parse_backup_location
 from image_cloner.oci.options import DEFAULT_MAX_CONCURRENT_TRANSFERS, Credentials, RegistryOptions
 from image_cloner.oci.references import InvalidReference, Registry
+from image_cloner.policy import ImagePattern, parse_image_patterns
 
 T = TypeVar("T", bound=str)
 
@@ -53,6 +54,9 @@ METRICS_PORT = "IMAGE_CLONER_METRICS_PORT"
 LOG_FORMAT = "IMAGE_CLONER_LOG_FORMAT"
 LOG_LEVEL = "IMAGE_CLONER_LOG_LEVEL"
 MAX_CONCURRENT_TRANSFERS = "IMAGE_CLONER_MAX_CONCURRENT_TRANSFERS"
+# Never fight a workload's owner (policy.py has the rules and their precedence).
+EXCLUDE_IMAGES = "IMAGE_CLONER_EXCLUDE_IMAGES"
+REWRITE_OWNED = "IMAGE_CLONER_REWRITE_OWNED"
 
 DEFAULT_IGNORED_NAMESPACES = frozenset({"kube-system"})
 DEFAULT_PULL_SECRET = "image-cloner-pull"
@@ -107,6 +111,18 @@ class Settings:
     """`debug` shows every decision (inspecting, checking, already cloned); `info` the
     copies, rewrites and failures; `warning` and `error` only problems."""
 
+    # --- never fight a workload's owner ---------------------------------------------
+
+    exclude_images: tuple[ImagePattern, ...] = ()
+    """Repository globs (`IMAGE_CLONER_EXCLUDE_IMAGES`, e.g. `registry.corp.example/*`):
+    containers whose image matches are neither backed up nor rewritten; the workload's
+    other containers still are."""
+
+    rewrite_owned: bool = False
+    """`IMAGE_CLONER_REWRITE_OWNED`: rewrite workloads whose `ownerReferences` name a
+    controller (an operator made them). Off by default: the operator would put its own
+    images back, so they are only backed up, and an Event says why."""
+
     @property
     def backup_credentials(self) -> Credentials | None:
         """The backup registry's login, for the pull Secret."""
@@ -138,6 +154,8 @@ class Settings:
             metrics_port=_integer(env, METRICS_PORT, default=DEFAULT_METRICS_PORT, top=65535),
             log_format=_log_format(env),
             log_level=_choice(env, LOG_LEVEL, LOG_LEVELS, default="info"),
+            exclude_images=_image_patterns(env, EXCLUDE_IMAGES),
+            rewrite_owned=_boolean(env, REWRITE_OWNED, default=False),
         )
 
 
@@ -312,6 +330,13 @@ def _secret_name(env: Mapping[str, str]) -> str:
     if len(name) > 253 or not _DNS_SUBDOMAIN_RE.fullmatch(name):
         raise ConfigError(f"{PULL_SECRET}: {name!r} is not a Secret name (a DNS subdomain)")
     return name
+
+
+def _image_patterns(env: Mapping[str, str], name: str) -> tuple[ImagePattern, ...]:
+    try:
+        return parse_image_patterns(_get(env, name) or "")
+    except ValueError as error:
+        raise ConfigError(f"{name}: {error}") from None
 
 
 def _boolean(env: Mapping[str, str], name: str, *, default: bool) -> bool:

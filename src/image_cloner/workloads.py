@@ -16,7 +16,7 @@ pointers and the patch) and its readiness rule. Adding StatefulSet (template at
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -34,6 +34,7 @@ __all__ = [
     "UnsupportedWorkload",
     "WorkloadKey",
     "WorkloadKind",
+    "build_marker_patch",
     "build_patch",
     "images_of",
     "is_ready",
@@ -321,9 +322,7 @@ def build_patch(
     images in `annotation`, keeping the entries of other containers that still exist, and
     adds `pull_secret` to the template's `imagePullSecrets` if it is not there yet.
     """
-    resource_version = _get(obj, "metadata", "resourceVersion")
-    if not isinstance(resource_version, str) or not resource_version:
-        raise PatchError("object has no metadata.resourceVersion to guard the patch with")
+    guard = _guard(obj)
     containers = {c.name: c for c in images_of(obj)}
     unknown = sorted(set(rewrites) - set(containers))
     if unknown:
@@ -343,11 +342,39 @@ def build_patch(
         return []
 
     return [
-        {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+        guard,
         *image_ops,
         _annotation_op(obj, annotation, originals),
         *_pull_secret_ops(obj, kind_of(obj), pull_secret),
     ]
+
+
+def build_marker_patch(
+    obj: Obj,
+    marker: str,
+    value: str,
+    *,
+    forget: Collection[str] = (),
+    annotation: str = ORIGINAL_IMAGES_ANNOTATION,
+) -> list[dict[str, Any]]:
+    """The JSON patch that puts annotation `marker` (= `value`) on the workload.
+
+    Guarded by `resourceVersion` like `build_patch`: if the object changed since it was
+    read, the apiserver rejects it and the caller decides again. The containers named in
+    `forget` leave our record of originals (the whole annotation goes when none is left):
+    they run their originals again, so there is nothing of ours to record or to restore,
+    and once a person removes the marker they count as never rewritten.
+    """
+    ops = [_guard(obj), _add_annotation_op(obj, marker, value)]
+    if not forget or _get(obj, "metadata", "annotations", annotation) is None:
+        return ops
+    names = {c.name for c in images_of(obj)} - set(forget)
+    kept = _kept_originals(obj, annotation, names)
+    if kept:
+        ops.append(_annotation_op(obj, annotation, kept))
+    else:
+        ops.append({"op": "remove", "path": f"/metadata/annotations/{_pointer_token(annotation)}"})
+    return ops
 
 
 def _kept_originals(obj: Obj, annotation: str, names: set[str]) -> dict[str, str]:
@@ -359,8 +386,19 @@ def _kept_originals(obj: Obj, annotation: str, names: set[str]) -> dict[str, str
     return {name: image for name, image in recorded.items() if name in names}
 
 
+def _guard(obj: Obj) -> dict[str, Any]:
+    resource_version = _get(obj, "metadata", "resourceVersion")
+    if not isinstance(resource_version, str) or not resource_version:
+        raise PatchError("object has no metadata.resourceVersion to guard the patch with")
+    return {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version}
+
+
 def _annotation_op(obj: Obj, annotation: str, originals: Mapping[str, str]) -> dict[str, Any]:
     value = json.dumps(dict(sorted(originals.items())), separators=(",", ":"))
+    return _add_annotation_op(obj, annotation, value)
+
+
+def _add_annotation_op(obj: Obj, annotation: str, value: str) -> dict[str, Any]:
     if isinstance(_get(obj, "metadata", "annotations"), Mapping):
         # "add" on an existing member replaces it, so one op covers both cases.
         path = f"/metadata/annotations/{_pointer_token(annotation)}"

@@ -38,6 +38,7 @@ ALLOWED = [
     ("list", "daemonsets.apps"),
     ("watch", "daemonsets.apps"),
     ("patch", "daemonsets.apps"),
+    ("get", "namespaces"),
     ("create", "events"),
     ("patch", "events"),
     ("create", "events.events.k8s.io"),
@@ -250,7 +251,12 @@ def test_serviceaccount_token_really_patches_workloads_and_is_refused_the_rest(
     assert controller_sa.forbidden("get", "pods", "--all-namespaces")
     assert controller_sa.forbidden("delete", "pods", "--all", "-n", namespace)
     assert controller_sa.forbidden("delete", "deployment", "web", "-n", namespace)
+    # One namespace by name (for its opt-out annotation), never the list of them.
+    read = controller_sa.run("get", "namespace", namespace, "-o", "json")
+    assert read.returncode == 0, read.stderr
+    assert json.loads(read.stdout)["metadata"]["name"] == namespace
     assert controller_sa.forbidden("get", "namespaces")
+    assert controller_sa.forbidden("annotate", "namespace", namespace, "image-cloner.io/skip=true")
 
 
 def test_pull_secret_role_allows_one_secret_name_and_nothing_else(

@@ -9,6 +9,7 @@ sends (see tests/unit/test_kube_errors.py). The real-apiserver suites stay the p
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
 import json
@@ -20,7 +21,7 @@ import jsonpatch
 import jsonpointer
 
 from image_cloner.controller.kube import JsonObject, SecretOutcome
-from image_cloner.controller.kube_errors import api_error
+from image_cloner.controller.kube_errors import KubeApiError, api_error
 from image_cloner.oci.options import Credentials
 from image_cloner.workloads import WorkloadKind
 
@@ -66,6 +67,12 @@ class FakeKube:
     """A policy on the patched object: a message refuses it (422 naming the object)."""
     before_patch: Callable[[], None] | None = None
     """Runs as a patch arrives: the user editing the object just before we write."""
+    namespaces: dict[str, JsonObject] = field(default_factory=dict)
+    """Namespace objects by name (`add_namespace`); others read as bare namespaces."""
+    namespace_reads: list[str] = field(default_factory=list)
+    """The name of every Namespace read, in order."""
+    namespace_error: KubeApiError | None = None
+    """When set, every Namespace read raises it (RBAC refusing, an outage)."""
     _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(100))
 
     def add(self, obj: JsonObject) -> JsonObject:
@@ -76,6 +83,12 @@ class FakeKube:
         meta["resourceVersion"] = str(next(self._versions))
         self.objects[self._key_of(stored)] = stored
         return stored
+
+    def add_namespace(self, name: str, annotations: Mapping[str, str] | None = None) -> None:
+        meta: JsonObject = {"name": name}
+        if annotations is not None:
+            meta["annotations"] = dict(annotations)
+        self.namespaces[name] = {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
 
     def edit(
         self, kind: str, namespace: str, name: str, change: Callable[[JsonObject], None]
@@ -139,6 +152,14 @@ class FakeKube:
         self.patches.append([dict(op) for op in patch])
         return copy.deepcopy(patched)
 
+    async def read_namespace(self, name: str) -> JsonObject:
+        self.namespace_reads.append(name)
+        await asyncio.sleep(0)  # a real read yields: lets concurrent callers meet
+        if self.namespace_error is not None:
+            raise self.namespace_error
+        bare = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        return copy.deepcopy(self.namespaces.get(name, bare))
+
     async def post_event(
         self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False
     ) -> None:
@@ -164,13 +185,17 @@ def deployment(
     *,
     namespace: str = "demo",
     ready: bool = True,
+    annotations: Mapping[str, str] | None = None,
 ) -> JsonObject:
     """A Deployment with one container per entry of `images`, rolled out if `ready`."""
     available = 1 if ready else 0
+    meta: JsonObject = {"name": name, "namespace": namespace, "generation": 1}
+    if annotations is not None:
+        meta["annotations"] = dict(annotations)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace, "generation": 1},
+        "metadata": meta,
         "spec": {
             "replicas": 1,
             "template": {

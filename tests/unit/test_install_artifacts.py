@@ -50,6 +50,7 @@ MAIN_RIGHTS = {
         for r in ("deployments", "daemonsets")
         for v in ("get", "list", "watch", "patch")
     },
+    ("", "namespaces", "get", None),
     *{(g, "events", v, None) for g in ("", "events.k8s.io") for v in ("create", "patch")},
 }
 PULL_SECRET_RIGHTS = {
@@ -479,6 +480,8 @@ def test_chart_passes_every_setting_through(tmp_path: Path) -> None:
         "logFormat=json",
         "metrics.port=9090",
         "maxConcurrentTransfers=8",
+        "excludeImages={registry.corp.example/*,bitnami/*}",
+        "rewriteOwned=true",
     )
     data = one(docs, "ConfigMap")["data"]
     assert data["IMAGE_CLONER_IGNORE_NAMESPACES"] == "kube-system,image-cloner-system,team-a"
@@ -491,6 +494,8 @@ def test_chart_passes_every_setting_through(tmp_path: Path) -> None:
     assert data["IMAGE_CLONER_LOG_FORMAT"] == "json"
     assert data["IMAGE_CLONER_METRICS_PORT"] == "9090"
     assert data["IMAGE_CLONER_MAX_CONCURRENT_TRANSFERS"] == "8"
+    assert data["IMAGE_CLONER_EXCLUDE_IMAGES"] == "registry.corp.example/*,bitnami/*"
+    assert data["IMAGE_CLONER_REWRITE_OWNED"] == "true"
     deployment = one(docs, "Deployment")
     assert_hardened_controller(deployment, port=9090)
     pod = deployment["spec"]["template"]["spec"]
@@ -515,6 +520,8 @@ def test_chart_passes_every_setting_through(tmp_path: Path) -> None:
     assert settings.log_format == "json"
     assert settings.metrics_port == 9090
     assert settings.registry_options.max_concurrent_transfers == 8
+    assert [str(p) for p in settings.exclude_images] == ["registry.corp.example/*", "bitnami/*"]
+    assert settings.rewrite_owned is True
 
 
 def test_chart_service_monitor_only_when_enabled(tmp_path: Path) -> None:

@@ -377,3 +377,38 @@ def test_log_level_error() -> None:
     assert config_error({**BASE, "IMAGE_CLONER_LOG_LEVEL": "verbose"}) == (
         "IMAGE_CLONER_LOG_LEVEL: expected debug or info or warning or error, got 'verbose'"
     )
+
+
+def test_owner_settings_defaults_and_values() -> None:
+    s = settings()
+    assert (s.exclude_images, s.rewrite_owned) == ((), False)
+    s = settings(
+        IMAGE_CLONER_EXCLUDE_IMAGES=" registry.corp.example/*, nginx ,",
+        IMAGE_CLONER_REWRITE_OWNED="true",
+    )
+    assert [p.normalised for p in s.exclude_images] == [
+        "registry.corp.example/*",
+        "docker.io/library/nginx",
+    ]
+    assert s.rewrite_owned is True
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"IMAGE_CLONER_EXCLUDE_IMAGES": "nginx, nginx:1.21"},
+            "IMAGE_CLONER_EXCLUDE_IMAGES: image pattern 'nginx:1.21' names a tag or digest",
+        ),
+        (
+            {"IMAGE_CLONER_EXCLUDE_IMAGES": "Bad Pattern"},
+            "IMAGE_CLONER_EXCLUDE_IMAGES: image pattern 'Bad Pattern' is not a repository",
+        ),
+        (
+            {"IMAGE_CLONER_REWRITE_OWNED": "sometimes"},
+            "IMAGE_CLONER_REWRITE_OWNED: expected true or false, got 'sometimes'",
+        ),
+    ],
+)
+def test_owner_setting_errors(env: dict[str, str], expected: str) -> None:
+    assert config_error({**BASE, **env}).startswith(expected)

@@ -26,6 +26,7 @@ from image_cloner.workloads import (
     UnsupportedWorkload,
     WorkloadKey,
     WorkloadKind,
+    build_marker_patch,
     build_patch,
     images_of,
     is_ready,
@@ -504,3 +505,39 @@ def test_missing_resource_version_is_an_error() -> None:
     del obj["metadata"]["resourceVersion"]
     with pytest.raises(PatchError, match="resourceVersion"):
         build_patch(obj, {"nginx": BACKUP})
+
+
+# --- the marker patch ------------------------------------------------------------------
+
+MARKER = "image-cloner.io/rewrite-reverted"
+
+
+def test_marker_patch_adds_the_marker_guarded_by_the_resource_version() -> None:
+    obj = deployment()
+    patch = build_marker_patch(obj, MARKER, "by flux at 2026-01-01T00:00:00Z")
+    assert patch[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "4711"}
+    after = apply(obj, patch)
+    assert after["metadata"]["annotations"] == {MARKER: "by flux at 2026-01-01T00:00:00Z"}
+    edited = copy.deepcopy(obj)
+    edited["metadata"]["resourceVersion"] = "4712"
+    with pytest.raises(jsonpatch.JsonPatchTestFailed):
+        apply(edited, patch)
+
+
+def test_marker_patch_forgets_reverted_containers_in_the_record() -> None:
+    containers = [{"name": "a", "image": "nginx:1"}, {"name": "b", "image": "backup/busybox:1"}]
+    record = '{"a":"nginx:1","b":"busybox:1"}'
+    obj = deployment(containers=containers, annotations={ORIGINAL_IMAGES_ANNOTATION: record})
+    after = apply(obj, build_marker_patch(obj, MARKER, "at now", forget=["a"]))
+    assert original_images(after) == {"b": "busybox:1"}
+    assert after["metadata"]["annotations"][MARKER] == "at now"
+
+    after = apply(obj, build_marker_patch(obj, MARKER, "at now", forget=["a", "b"]))
+    assert after["metadata"]["annotations"] == {MARKER: "at now"}
+
+
+def test_marker_patch_needs_a_resource_version() -> None:
+    obj = deployment()
+    del obj["metadata"]["resourceVersion"]
+    with pytest.raises(PatchError):
+        build_marker_patch(obj, MARKER, "at now")

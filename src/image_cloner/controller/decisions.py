@@ -40,6 +40,22 @@ class WorkloadLog:
         where: dict[str, object] = {**self._where, **fields}
         log_event(self._logger, level, msg, exc_info=None, stacklevel=3, **where)
 
+    def skipped(self, reason: str, **fields: object) -> None:
+        self._log(logging.DEBUG, f"{self.noun} skipped", {"reason": reason, **fields})
+
+    def not_rewritten(self, reason: str, **fields: object) -> None:
+        self._log(logging.DEBUG, f"{self.noun} not rewritten", {"reason": reason, **fields})
+
+    def rewrite_reverted(self, manager: str | None, **fields: object) -> None:
+        self._log(
+            logging.WARNING,
+            f"{self.noun} rewrite reverted",
+            {"manager": manager or "unknown", **fields},
+        )
+
+    def excluded(self, image: str, pattern: str, **fields: object) -> None:
+        self._log(logging.DEBUG, "image excluded", {"image": image, "pattern": pattern, **fields})
+
     def inspecting(self, **fields: object) -> None:
         self._log(logging.DEBUG, f"inspecting {self.noun}", fields)
 

@@ -1,10 +1,12 @@
 """The Kubernetes API calls the controller makes itself, on one explicit client.
 
 kopf watches; everything else goes through here: reading a workload again before
-deciding, the JSON patch that rewrites it, Events, and the pull Secret. Keeping
-them in one small module makes the RBAC the controller needs exactly the list of
-methods below (get/list/patch workloads, create/patch events, get/create/patch
-one Secret name). Objects travel as plain JSON dicts, as the API serves them:
+deciding, its namespace's annotations (the opt-out), the JSON patch that rewrites it,
+Events, and the pull Secret. Keeping them in one small module makes the RBAC the
+controller needs exactly the list of methods below (get/list/patch workloads, get
+namespaces, create/patch events, get/create/patch one Secret name). Every write names
+us as its field manager (`FIELD_MANAGER`), so `managedFields` tells our changes apart
+from those of whoever undoes them. Objects travel as plain JSON dicts, as the API serves them:
 `workloads` works on those, and no model class can drop a field we do not know.
 Each workload method takes a `WorkloadKind`, whose entry gives the API path.
 
@@ -43,6 +45,7 @@ from image_cloner.workloads import WorkloadKind
 
 __all__ = [
     "COMPONENT",
+    "FIELD_MANAGER",
     "MANAGED_BY_LABEL",
     "JsonObject",
     "Kube",
@@ -54,6 +57,11 @@ COMPONENT = "image-cloner"
 """Our name as the reporting component of Events and the value of the managed-by label."""
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+
+FIELD_MANAGER = COMPONENT
+"""The `fieldManager` of our writes: the `manager` of our entries in `managedFields`."""
+
+_WRITES = frozenset({"POST", "PATCH", "PUT"})
 
 REQUEST_TIMEOUT = 30.0
 """Seconds for one API request; a hung apiserver must not hold a worker forever."""
@@ -81,6 +89,8 @@ class KubeCalls(Protocol):
     async def patch_workload(
         self, kind: WorkloadKind, namespace: str, name: str, patch: Sequence[Mapping[str, Any]]
     ) -> JsonObject: ...
+
+    async def read_namespace(self, name: str) -> JsonObject: ...
 
     async def post_event(
         self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False
@@ -173,6 +183,12 @@ class Kube:
             body=list(patch),
             content_type="application/json-patch+json",
         )
+
+    # --- namespaces -----------------------------------------------------------
+
+    async def read_namespace(self, name: str) -> JsonObject:
+        """The Namespace object, for its annotations; `NotFound` when it is gone."""
+        return await self._call("GET", f"/api/v1/namespaces/{name}")
 
     # --- events ---------------------------------------------------------------
 
@@ -291,6 +307,7 @@ class Kube:
             result = await self._api.call_api(
                 path,
                 method,
+                query_params=[("fieldManager", FIELD_MANAGER)] if method in _WRITES else [],
                 header_params={"Accept": "application/json", "Content-Type": content_type},
                 body=body,
                 response_types_map={200: "object", 201: "object"},

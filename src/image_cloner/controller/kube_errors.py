@@ -39,6 +39,7 @@ __all__ = [
     "StatusCause",
     "Unreachable",
     "api_error",
+    "changed_meanwhile",
 ]
 
 
@@ -126,6 +127,13 @@ class Invalid(KubeApiError):
         admission policy) always names the object.
         """
         return not self.names_object and not self.causes
+
+
+def changed_meanwhile(error: KubeApiError) -> bool:
+    """A write guarded by what we read failed because the object is no longer that one."""
+    if isinstance(error, Conflict):
+        return True
+    return isinstance(error, Invalid) and error.patch_did_not_apply
 
 
 _BY_REASON: Mapping[str, type[KubeApiError]] = {

@@ -4,6 +4,10 @@ The queue hands us a key, never an event: we read the object as it is now and de
 from that alone, so running twice, late, or after a restart is always safe. The order
 is what keeps users' workloads whole:
 
+0. the gate (`controller.gate`, the rules of `policy`) decides first whether we may touch
+   the workload at all (opt-outs, objects being deleted), only back it up (owned by a
+   controller, a rewrite someone undid) or back it up and rewrite it; images matching
+   `IMAGE_CLONER_EXCLUDE_IMAGES` are left out of the plan;
 1. nothing happens until the rollout is complete (`workloads.is_ready`); the watch
    event that completes it brings the key back;
 2. every image of the pod template is copied and verified before anything is written;
@@ -25,14 +29,16 @@ from dataclasses import dataclass
 
 from image_cloner.controller.copies import ImageBackoff, ImageCopier, ImageCopies
 from image_cloner.controller.decisions import WorkloadLog
+from image_cloner.controller.gate import Gate
 from image_cloner.controller.kube import JsonObject, KubeCalls
-from image_cloner.controller.kube_errors import Conflict, Invalid, KubeApiError, NotFound
+from image_cloner.controller.kube_errors import KubeApiError, NotFound, changed_meanwhile
 from image_cloner.controller.queue import Retry
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
 from image_cloner.mapping import is_backup, target_for
 from image_cloner.metrics import FailureReason, Metrics, SkipReason
 from image_cloner.oci.errors import RegistryError
 from image_cloner.oci.references import InvalidReference, Reference, parse_reference
+from image_cloner.policy import Action
 from image_cloner.settings import Settings
 from image_cloner.workloads import (
     KINDS,
@@ -101,6 +107,7 @@ class Reconciler:
         self._settings = settings
         self._metrics = metrics
         self._copies = ImageCopies(copier, metrics=metrics, backoff=image_backoff)
+        self._gate = Gate(kube=kube, settings=settings)
 
     async def __call__(self, key: WorkloadKey) -> None:
         if key.namespace in self._settings.ignored_namespaces:
@@ -128,7 +135,10 @@ class Reconciler:
             raise Retry(f"cannot read {key}: {e}") from None
 
     async def _pass(self, key: WorkloadKey, obj: JsonObject, log: WorkloadLog) -> bool:
-        """One read-decide-act pass; False when the patch met a concurrent change."""
+        """One read-decide-act pass; False when a patch met a concurrent change."""
+        decision = await self._gate.check(key, obj, log)
+        if decision is None or decision.action is Action.SKIP:
+            return decision is not None
         readiness = is_ready(obj)
         if not readiness.ready:
             # Not an error: the watch event that completes the rollout brings the key back.
@@ -139,6 +149,12 @@ class Reconciler:
         if not plan:
             return True
         await self._copy_all(plan, log)
+        if decision.action is Action.COPY_ONLY:
+            log.not_rewritten(
+                decision.reason, resource_version=obj["metadata"].get("resourceVersion")
+            )
+            await self._gate.copied_only(obj, decision)
+            return True
         pull_secret = await self._ensure_pull_secret(key)
         try:
             await self._rewrite(key, obj, plan, log, pull_secret=pull_secret)
@@ -161,6 +177,10 @@ class Reconciler:
             log.checking_container(container.image, container=container.name)
             try:
                 source = parse_reference(container.image)
+                if (pattern := self._gate.excluded(source)) is not None:
+                    log.excluded(container.image, str(pattern), container=container.name)
+                    self._metrics.image_skipped(SkipReason.EXCLUDED)
+                    continue
                 if is_backup(source, self._settings.backup):
                     log.already_cloned(container.image, container=container.name)
                     self._metrics.image_skipped(SkipReason.ALREADY_BACKUP)
@@ -275,10 +295,3 @@ class Reconciler:
         except KubeApiError as e:
             # The Event is a report, not the work: losing it must not undo or repeat the work.
             log_event(logger, logging.WARNING, "cannot post event", event=reason, error=str(e))
-
-
-def changed_meanwhile(error: KubeApiError) -> bool:
-    """The patch failed because the object is no longer the one we read (see kube_errors)."""
-    if isinstance(error, Conflict):
-        return True
-    return isinstance(error, Invalid) and error.patch_did_not_apply
