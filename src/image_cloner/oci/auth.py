@@ -5,8 +5,9 @@ configured credentials; for `Bearer` we fetch a token from the challenge's realm
 the credentials, or anonymously) for the scopes the request needs, and cache it per
 (realm, service, scopes, login) until shortly before it expires. Credentials are looked up
 at every request, so a rotated login is used from the next request on; keying the cache by
-the login means a token obtained with the old one is never reused after the change. Once a host has challenged us we
-authenticate its later requests up front, so a copy pays the 401 round trip once per host.
+the login means a token obtained with the old one is never reused after the change. Once
+a host has challenged us we authenticate its later requests up front, so a copy pays the
+401 round trip once per host.
 
 The scope is read off the request itself (`/v2/<name>/...`, the method, a mount's `from=`),
 which keeps callers free of auth concerns. Being a middleware also means each redirect
