@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
@@ -17,35 +16,9 @@ from image_cloner.credentials import (
     watch_logins,
 )
 from image_cloner.oci.options import Credentials
+from tests.support.mounted_secret import MountedSecret
 
 PASSWORD = "s3cr3t-Pa55word"
-
-
-class MountedSecret:
-    """A Secret volume the way the kubelet writes it: keys are symlinks through `..data`,
-    which points at a timestamped directory; an update writes a new directory and swaps
-    `..data` in one rename (atomic_writer.go)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.generation = 0
-        root.mkdir()
-
-    def write(self, **keys: str) -> None:
-        self.generation += 1
-        fresh = self.root / f"..2024_01_01_00_00_0{self.generation}.0000"
-        fresh.mkdir()
-        for key, value in keys.items():
-            (fresh / key).write_text(value)
-            link = self.root / key
-            if not link.is_symlink():
-                link.symlink_to(Path("..data") / key)
-        staging = self.root / "..data_tmp"
-        staging.symlink_to(fresh.name)
-        os.replace(staging, self.root / "..data")
-
-    def path(self, key: str) -> Path:
-        return self.root / key
 
 
 def file_login(secret: MountedSecret) -> Login:

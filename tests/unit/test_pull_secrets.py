@@ -163,5 +163,5 @@ def test_handing_out_the_push_login_is_said_at_start(
         assert warnings == []
     else:
         assert len(warnings) == 1
-        assert "IMAGE_CLONER_PULL_USER" in warnings[0].getMessage()
+        assert "IMAGE_CLONER_PULL_USER" in str(getattr(warnings[0], "fields", {}))
     assert "push-pass" not in caplog.text

@@ -29,11 +29,13 @@ from image_cloner.metrics import Metrics
 from image_cloner.settings import PULL_PASS, PULL_USER, Settings
 from image_cloner.workloads import kind_of
 
-__all__ = ["CONFIRMED_FOR", "PullSecrets", "watched_logins"]
+__all__ = ["CONFIRMED_FOR", "PUSH_LOGIN_WARNING", "PullSecrets", "watched_logins"]
 
 CONFIRMED_FOR = 600.0
 """Seconds a namespace's Secret counts as current without reading it again: bounds how
 long a Secret deleted by hand, or a namespace deleted and made again, goes unrepaired."""
+
+PUSH_LOGIN_WARNING = "pull secrets get the push credentials"
 
 logger = logging.getLogger(CONTROLLER_LOGGER)
 
@@ -111,10 +113,11 @@ class PullSecrets:
             log_event(
                 logger,
                 logging.WARNING,
-                "pull secrets get the push credentials: anyone who can read Secrets in a"
-                " rewritten namespace can overwrite the backups; set a pull-only login"
-                f" ({PULL_USER}/{PULL_PASS} or their _FILE forms)",
+                PUSH_LOGIN_WARNING,
                 pull_secret=self._name,
+                risk="anyone who can read Secrets in a rewritten namespace can overwrite"
+                " the backed-up images",
+                fix=f"set a pull-only login: {PULL_USER}/{PULL_PASS} (or their _FILE forms)",
             )
 
     async def ensure(self, namespace: str) -> str | None:
