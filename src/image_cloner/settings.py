@@ -137,7 +137,7 @@ class Settings:
 
     @property
     def backup_credentials(self) -> Credentials | None:
-        """The backup registry's login, for the pull Secret."""
+        """The backup registry's (push) login as read at start."""
         return self.registry_options.credentials.get(self.backup.registry.host)
 
     @classmethod

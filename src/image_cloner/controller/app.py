@@ -172,6 +172,8 @@ class _Rotation:
 
     async def _changed(self, login: WatchedLogin) -> None:
         self._redactor.add(login.current.password)
+        if not self._pull_secrets.follows(login):
+            return
         namespaces = self._pull_secrets.namespaces
         # Every workload there is read again; those that use the Secret rewrite it.
         queued = self._tracker.requeue(lambda key: key.namespace in namespaces)

@@ -106,6 +106,10 @@ class PullSecrets:
         """Namespaces whose Secret we wrote or confirmed: where a rotation must reach."""
         return frozenset(self._confirmed)
 
+    def follows(self, login: WatchedLogin) -> bool:
+        """Whether a change of `login` changes what the pull Secrets should hold."""
+        return self._name is not None and login is self._login
+
     def report_login(self, metrics: Metrics) -> None:
         """At start: say (WARNING and gauge) when the push login is being handed out."""
         metrics.pull_secret_uses_push_login(self._uses_push_login)
