@@ -137,6 +137,11 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self._push_login_handed_out = Gauge(
+            "image_cloner_pull_secret_uses_push_credentials",
+            "1 when pull Secrets get the push login (no pull-only login is set), else 0.",
+            registry=self.registry,
+        )
         self._queue_depth = Gauge(
             "image_cloner_queue_depth",
             "Workloads waiting to be reconciled.",
@@ -166,6 +171,9 @@ class Metrics:
         if kind not in self._kinds:
             raise ValueError(f"unknown kind {kind!r}: expected one of {', '.join(self._kinds)}")
         self._rewritten.labels(kind).inc()
+
+    def pull_secret_uses_push_login(self, uses: bool) -> None:
+        self._push_login_handed_out.set(1 if uses else 0)
 
     def track_queue(self, depth: Callable[[], float]) -> None:
         """Report `depth()` (e.g. `lambda: queue.depth`) as the queue depth at each scrape."""

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from image_cloner.credentials import CredentialError, Login, Secret
 from image_cloner.logs import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
 from image_cloner.mapping import BackupLocation, parse_backup_location
 from image_cloner.oci.options import DEFAULT_MAX_CONCURRENT_TRANSFERS, Credentials, RegistryOptions
@@ -57,6 +58,20 @@ MAX_CONCURRENT_TRANSFERS = "IMAGE_CLONER_MAX_CONCURRENT_TRANSFERS"
 # Never fight a workload's owner (policy.py has the rules and their precedence).
 EXCLUDE_IMAGES = "IMAGE_CLONER_EXCLUDE_IMAGES"
 REWRITE_OWNED = "IMAGE_CLONER_REWRITE_OWNED"
+
+# Logins from files, and the pull-only login (issue 10): who may pull what we back up.
+USER_FILE = "IMAGE_CLONER_USER_FILE"
+"""File holding the push login's user name (a key of a mounted Secret); re-read on change."""
+PASS_FILE = "IMAGE_CLONER_PASS_FILE"
+"""File holding the push login's password; a trailing newline is dropped; re-read on change."""
+PULL_USER = "IMAGE_CLONER_PULL_USER"
+"""User name written into the pull Secrets: a login that may only pull from the backup."""
+PULL_PASS = "IMAGE_CLONER_PULL_PASS"
+"""Its password. Without a pull login the push login goes into pull Secrets (with a warning)."""
+PULL_USER_FILE = "IMAGE_CLONER_PULL_USER_FILE"
+"""File holding the pull login's user name; re-read on change, and pull Secrets follow."""
+PULL_PASS_FILE = "IMAGE_CLONER_PULL_PASS_FILE"
+"""File holding the pull login's password; re-read on change, and pull Secrets follow."""
 
 DEFAULT_IGNORED_NAMESPACES = frozenset({"kube-system"})
 DEFAULT_PULL_SECRET = "image-cloner-pull"
@@ -98,8 +113,8 @@ class Settings:
 
     pull_secret_name: str | None = DEFAULT_PULL_SECRET
     """Name of the docker-registry Secret kept in each rewritten workload's namespace and
-    added to its `imagePullSecrets`; None when that is switched off or the backup
-    registry has no credentials (there is nothing to put in it)."""
+    added to its `imagePullSecrets`; None when that is switched off or there is no login
+    to put in it (neither a pull login nor a push login)."""
 
     metrics_port: int = DEFAULT_METRICS_PORT
     """Port of `/metrics`, `/healthz` and `/readyz`."""
@@ -123,9 +138,22 @@ class Settings:
     controller (an operator made them). Off by default: the operator would put its own
     images back, so they are only backed up, and an Event says why."""
 
+    push_login: Login | None = None
+    """The backup registry's login (`IMAGE_CLONER_USER`/`_PASS`, or their `_FILE` forms):
+    where it comes from, so that a file-backed one can be re-read when it is rotated."""
+
+    pull_login: Login | None = None
+    """The login written into pull Secrets (`IMAGE_CLONER_PULL_USER`/`_PASS`, or their
+    `_FILE` forms); None hands out `push_login` instead."""
+
+    @property
+    def pull_secret_uses_push_login(self) -> bool:
+        """Pull Secrets are written, with the push login in them (no pull login is set)."""
+        return self.pull_secret_name is not None and self.pull_login is None
+
     @property
     def backup_credentials(self) -> Credentials | None:
-        """The backup registry's login, for the pull Secret."""
+        """The backup registry's (push) login as read at start."""
         return self.registry_options.credentials.get(self.backup.registry.host)
 
     @classmethod
@@ -143,7 +171,11 @@ class Settings:
             )
         secret_name = _secret_name(env)
         manage = _boolean(env, MANAGE_PULL_SECRET, default=True)
-        has_credentials = backup.registry.host in options.credentials
+        push_login = _login(env, USER, PASS, user_file=USER_FILE, pass_file=PASS_FILE)
+        pull_login = _login(
+            env, PULL_USER, PULL_PASS, user_file=PULL_USER_FILE, pass_file=PULL_PASS_FILE
+        )
+        has_credentials = push_login is not None or pull_login is not None
         return cls(
             backup=backup,
             registry_options=options,
@@ -156,6 +188,8 @@ class Settings:
             log_level=_choice(env, LOG_LEVEL, LOG_LEVELS, default="info"),
             exclude_images=_image_patterns(env, EXCLUDE_IMAGES),
             rewrite_owned=_boolean(env, REWRITE_OWNED, default=False),
+            push_login=push_login,
+            pull_login=pull_login,
         )
 
 
@@ -169,18 +203,19 @@ def registry_options_from_env(
 ) -> RegistryOptions:
     """Registry options from the environment, plus what the CLI's flags add.
 
-    `IMAGE_CLONER_USER` / `IMAGE_CLONER_PASS` become the credentials of `backup_host`
-    (the computed or given destination); they are an error when `backup_host` is None.
+    `IMAGE_CLONER_USER` / `IMAGE_CLONER_PASS` (or their `_FILE` forms, read once here)
+    become the credentials of `backup_host` (the computed or given destination); they
+    are an error when `backup_host` is None.
     `extra_credentials` (`--src-creds`, `--dest-creds`, keyed by registry host) win over
     them, `extra_insecure_hosts` add to `IMAGE_CLONER_INSECURE_REGISTRIES`, and `ca_file`
     replaces `IMAGE_CLONER_CA_FILE`.
     """
     credentials: dict[str, Credentials] = {}
-    login = _backup_login(env)
+    login = _login(env, USER, PASS, user_file=USER_FILE, pass_file=PASS_FILE)
     if login is not None:
         if backup_host is None:
             raise ConfigError(f"{USER}: set, but there is no backup registry to use it for")
-        credentials[_host(backup_host, what="backup registry")] = login
+        credentials[_host(backup_host, what="backup registry")] = login.first
     for host, extra in (extra_credentials or {}).items():
         credentials[_host(host, what="credentials")] = extra
     insecure = _hosts(env, INSECURE_REGISTRIES) | {
@@ -232,17 +267,39 @@ def _backup_location(env: Mapping[str, str]) -> BackupLocation:
         raise ConfigError(f"{REGISTRY}: {error}") from None
 
 
-def _backup_login(env: Mapping[str, str]) -> Credentials | None:
-    username = _get(env, USER)
-    # A password read from a file often ends with a newline; blanks may be meant.
-    password = env.get(PASS, "").rstrip("\r\n") or None
-    if username is None and password is None:
+def _login(
+    env: Mapping[str, str], user: str, password: str, *, user_file: str, pass_file: str
+) -> Login | None:
+    """A login from a user variable and a password variable, each inline or as a file."""
+    username = _secret(env, user, user_file, password=False)
+    secret = _secret(env, password, pass_file, password=True)
+    if username is None and secret is None:
         return None
     if username is None:
-        raise ConfigError(f"{PASS} is set but {USER} is not: set both or neither")
-    if password is None:
-        raise ConfigError(f"{USER} is set but {PASS} is not: set both or neither")
-    return Credentials(username, password)
+        raise ConfigError(
+            f"{secret.variable if secret else password} is set but {user} is not:"
+            " set both or neither"
+        )
+    if secret is None:
+        raise ConfigError(f"{username.variable} is set but {password} is not: set both or neither")
+    try:
+        return Login.load(username=username, password=secret)
+    except CredentialError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _secret(env: Mapping[str, str], name: str, file_name: str, *, password: bool) -> Secret | None:
+    """One half of a login: the variable's value, or the file its `_FILE` twin names."""
+    # A password read from a file often ends with a newline; blanks may be meant.
+    value = env.get(name, "").rstrip("\r\n") if password else _get(env, name)
+    path = _get(env, file_name)
+    if value and path is not None:
+        raise ConfigError(f"{name} and {file_name} are both set: use one of them")
+    if path is not None:
+        return Secret(variable=file_name, path=Path(path), password=password)
+    if value:
+        return Secret(variable=name, value=value, password=password)
+    return None
 
 
 def _host(text: str, *, what: str) -> str:

@@ -63,6 +63,8 @@ class FakeKube:
     """Every patch that was applied, in order."""
     secrets: dict[tuple[str, str], str] = field(default_factory=dict)
     """(namespace, name) → registry host, for each pull Secret ensured."""
+    secret_calls: list[tuple[str, str, Credentials]] = field(default_factory=list)
+    """Every `ensure_pull_secret` call: (namespace, name, the login it was given)."""
     admission: Callable[[JsonObject], str | None] | None = None
     """A policy on the patched object: a message refuses it (422 naming the object)."""
     before_patch: Callable[[], None] | None = None
@@ -169,6 +171,7 @@ class FakeKube:
     async def ensure_pull_secret(
         self, namespace: str, name: str, *, registry_host: str, credentials: Credentials
     ) -> SecretOutcome:
+        self.secret_calls.append((namespace, name, credentials))
         known = self.secrets.get((namespace, name))
         self.secrets[(namespace, name)] = registry_host
         return "unchanged" if known == registry_host else "created"

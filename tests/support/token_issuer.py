@@ -8,7 +8,8 @@ It runs as a subprocess (`python -m tests.support.token_issuer ...`) so that it 
 tests' event loops; `TokenIssuer` starts and stops it. Users: testuser/testpass may do anything,
 reader/readpass may only pull, anonymous requests get a token that grants nothing. Tokens stop
 working at the registry exactly `lifetime` seconds after they are issued (see `_exp_claim`).
-Control endpoints: `GET /_stats` (tokens issued so far) and `POST /_config` ({"lifetime": N}).
+Control endpoints: `GET /_stats` (tokens issued so far), `POST /_config` ({"lifetime": N}) and
+`POST /_users` ({"user", "password", "actions"}: add or replace a user, for rotation tests).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def build_app(
     app.router.add_get("/token", _token)
     app.router.add_get("/_stats", _stats)
     app.router.add_post("/_config", _config)
+    app.router.add_post("/_users", _add_user)
     return app
 
 
@@ -166,6 +168,13 @@ async def _config(request: web.Request) -> web.Response:
     return web.json_response({"lifetime": request.app[STATE].lifetime})
 
 
+async def _add_user(request: web.Request) -> web.Response:
+    body = await request.json()
+    actions = frozenset(body["actions"]) & ALL_ACTIONS
+    USERS[str(body["user"])] = (str(body["password"]), actions)
+    return web.json_response({"user": body["user"], "actions": sorted(actions)})
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, required=True)
@@ -232,6 +241,13 @@ class TokenIssuer(ServiceProcess):
     def set_lifetime(self, seconds: int) -> None:
         """Lifetime of tokens issued from now on (the registry enforces it, to the second)."""
         self._control("POST", "/_config", {"lifetime": seconds})
+
+    def add_user(self, user: str, password: str, *, actions: Sequence[str] = ("pull",)) -> None:
+        """Let `user` log in with `password` from now on, granted `actions` (pull only by
+        default); the users known at start stay."""
+        self._control(
+            "POST", "/_users", {"user": user, "password": password, "actions": list(actions)}
+        )
 
     def _control(
         self, method: str, path: str, body: dict[str, Any] | None = None

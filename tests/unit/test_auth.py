@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -178,14 +179,22 @@ class _TokenRegistry:
         self.token_requests = 0
         self.realm = realm
         self.url = URL()
+        self.logins: list[str] = []
+        """The Basic credentials each token request came with ("" when anonymous)."""
+        self.tokens_seen: list[str] = []
+        """The Bearer tokens manifest requests were answered for."""
 
     async def token(self, request: web.Request) -> web.Response:
         self.token_requests += 1
+        login = request.headers.get("Authorization", "").removeprefix("Basic ")
+        self.logins.append(login)
         await asyncio.sleep(0.05)  # slow enough that concurrent requests overlap
-        return web.json_response({"token": "t0k3n", "expires_in": 300})
+        return web.json_response({"token": f"t0k3n{login}", "expires_in": 300})
 
     async def manifest(self, request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") == "Bearer t0k3n":
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer t0k3n"):
+            self.tokens_seen.append(header.removeprefix("Bearer "))
             return web.Response(text="{}")
         realm = self.realm or str(self.url.with_path("/token"))
         challenge = f'Bearer realm="{realm}",service="test"'
@@ -236,3 +245,26 @@ async def test_a_realm_host_that_is_no_reference_host_is_an_authentication_error
             await session.get(url)
     assert "secret" not in str(caught.value)
     assert token_registry.token_requests == 0
+
+
+async def test_a_changed_login_gets_its_own_token(token_registry: _TokenRegistry) -> None:
+    # A rotated login (the mapping's value changes while the session lives) must not be
+    # served the token fetched with the old one: the cache is keyed by the login too.
+    authority = token_registry.url.raw_authority
+    logins = {authority: Credentials("old", "pass-one")}
+    auth = RegistryAuth(logins)
+    url = token_registry.url.with_path("/v2/app/manifests/1")
+    async with aiohttp.ClientSession(middlewares=[auth]) as session:
+        for _ in range(2):
+            async with session.get(url) as response:
+                assert response.status == 200
+        logins[authority] = Credentials("new", "pass-two")
+        for _ in range(2):
+            async with session.get(url) as response:
+                assert response.status == 200
+    old, new = (
+        base64.b64encode(b"old:pass-one").decode(),
+        base64.b64encode(b"new:pass-two").decode(),
+    )
+    assert token_registry.logins == [old, new]
+    assert token_registry.tokens_seen == [f"t0k3n{old}"] * 2 + [f"t0k3n{new}"] * 2

@@ -28,6 +28,15 @@ def test_kopf_is_reduced_to_watching() -> None:
         ({}, [], "IMAGE_CLONER_REGISTRY is not set"),
         ({"IMAGE_CLONER_REGISTRY": "localhost:5000", "IMAGE_CLONER_USER": "u"}, [], "_PASS"),
         (
+            {
+                "IMAGE_CLONER_REGISTRY": "localhost:5000",
+                "IMAGE_CLONER_PULL_USER": "reader",
+                "IMAGE_CLONER_PULL_PASS_FILE": "/nonexistent/pull-password",
+            },
+            [],
+            "IMAGE_CLONER_PULL_PASS_FILE: cannot read /nonexistent/pull-password",
+        ),
+        (
             {"IMAGE_CLONER_REGISTRY": "localhost:5000"},
             ["--kubeconfig=/nonexistent/kubeconfig"],
             "no such kubeconfig file",

@@ -468,6 +468,65 @@ def test_chart_credentials_inline_or_existing_secret(tmp_path: Path) -> None:
     assert env["IMAGE_CLONER_PASS"] == {"secretKeyRef": {"name": "backup-login", "key": "password"}}
 
 
+def mounted_files(deployment: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Path of each file a Secret volume puts in the container → (Secret, key)."""
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    files: dict[str, tuple[str, str]] = {}
+    for mount in container["volumeMounts"]:
+        # A subPath mount would never see the kubelet's updates of the Secret.
+        assert "subPath" not in mount
+        secret = volumes[mount["name"]].get("secret")
+        for item in (secret or {}).get("items", []):
+            files[f"{mount['mountPath']}/{item['path']}"] = (secret["secretName"], item["key"])
+    return files
+
+
+def test_chart_mounts_logins_as_files_when_asked(tmp_path: Path) -> None:
+    docs = render(
+        tmp_path,
+        "credentials.existingSecret=backup-login",
+        "credentials.asFiles=true",
+        "pullCredentials.existingSecret=backup-pull-login",
+        "pullCredentials.usernameKey=user",
+    )
+    deployment = one(docs, "Deployment")
+    env = container_env(deployment)
+    assert "IMAGE_CLONER_USER" not in env
+    assert "IMAGE_CLONER_PASS" not in env
+    files = mounted_files(deployment)
+    wanted = {
+        "IMAGE_CLONER_USER_FILE": ("backup-login", "IMAGE_CLONER_USER"),
+        "IMAGE_CLONER_PASS_FILE": ("backup-login", "IMAGE_CLONER_PASS"),
+        "IMAGE_CLONER_PULL_USER_FILE": ("backup-pull-login", "user"),
+        "IMAGE_CLONER_PULL_PASS_FILE": ("backup-pull-login", "password"),
+    }
+    for variable, source in wanted.items():
+        assert files[env[variable]] == source, variable
+    # Mounted read-only, in a pod whose root filesystem is read-only too.
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert all(m.get("readOnly") for m in container["volumeMounts"] if m["name"] != "tmp")
+
+
+def test_chart_pull_login_with_the_push_login_as_variables(tmp_path: Path) -> None:
+    docs = render(
+        tmp_path,
+        "credentials.username=testuser",
+        "credentials.password=testpass",
+        "pullCredentials.existingSecret=pull-login",
+    )
+    deployment = one(docs, "Deployment")
+    env = container_env(deployment)
+    assert "secretKeyRef" in env["IMAGE_CLONER_PASS"]
+    assert mounted_files(deployment)[env["IMAGE_CLONER_PULL_PASS_FILE"]] == (
+        "pull-login",
+        "password",
+    )
+    defaults = container_env(one(render(tmp_path), "Deployment"))
+    assert not [name for name in defaults if name.endswith("_FILE")]
+
+
 def test_chart_passes_every_setting_through(tmp_path: Path) -> None:
     docs = render(
         tmp_path,

@@ -393,6 +393,75 @@ def test_owner_settings_defaults_and_values() -> None:
     assert s.rewrite_owned is True
 
 
+# --- logins from files, and the pull-only login ------------------------------------
+
+PULL_PASSWORD = "r3ad-0nly-Pa55"
+PULL = {"IMAGE_CLONER_PULL_USER": "reader", "IMAGE_CLONER_PULL_PASS": PULL_PASSWORD}
+
+
+def secret_file(tmp_path: Path, name: str, content: str) -> str:
+    path = tmp_path / name
+    path.write_text(content)
+    return str(path)
+
+
+def test_pull_login_is_its_own_and_the_push_login_stays_for_copies() -> None:
+    s = settings(**LOGIN, **PULL)
+    assert s.backup_credentials == Credentials("testuser", PASSWORD)
+    assert s.pull_login is not None
+    assert s.pull_login.first == Credentials("reader", PULL_PASSWORD)
+    assert s.pull_secret_name == DEFAULT_PULL_SECRET
+    assert s.pull_secret_uses_push_login is False
+    assert PULL_PASSWORD not in repr(s)
+
+
+def test_without_a_pull_login_the_push_login_is_handed_out() -> None:
+    s = settings(**LOGIN)
+    assert s.pull_login is None
+    assert s.pull_secret_uses_push_login is True
+    off = settings(**LOGIN, IMAGE_CLONER_MANAGE_PULL_SECRET="false")
+    assert off.pull_secret_uses_push_login is False  # no pull Secrets at all
+
+
+def test_a_pull_login_alone_still_names_the_pull_secret() -> None:
+    # A backup that takes pushes without a login but wants one for pulls.
+    s = settings(**PULL)
+    assert s.backup_credentials is None
+    assert s.pull_secret_name == DEFAULT_PULL_SECRET
+    assert s.pull_secret_uses_push_login is False
+
+
+def test_logins_from_files(tmp_path: Path) -> None:
+    s = settings(
+        IMAGE_CLONER_USER_FILE=secret_file(tmp_path, "user", "testuser\n"),
+        IMAGE_CLONER_PASS_FILE=secret_file(tmp_path, "pass", f"{PASSWORD}\n"),
+        IMAGE_CLONER_PULL_USER_FILE=secret_file(tmp_path, "pull-user", " reader "),
+        IMAGE_CLONER_PULL_PASS_FILE=secret_file(tmp_path, "pull-pass", f" {PULL_PASSWORD}\r\n"),
+    )
+    assert s.backup_credentials == Credentials("testuser", PASSWORD)
+    assert s.push_login is not None
+    assert s.push_login.from_files
+    assert s.pull_login is not None
+    assert s.pull_login.first == Credentials("reader", f" {PULL_PASSWORD}")
+
+
+def test_a_value_and_a_file_may_be_mixed(tmp_path: Path) -> None:
+    s = settings(
+        IMAGE_CLONER_USER="testuser",
+        IMAGE_CLONER_PASS_FILE=secret_file(tmp_path, "pass", PASSWORD),
+    )
+    assert s.backup_credentials == Credentials("testuser", PASSWORD)
+
+
+def test_registry_options_read_the_files_for_the_cli_too(tmp_path: Path) -> None:
+    env = {
+        "IMAGE_CLONER_USER_FILE": secret_file(tmp_path, "user", "testuser"),
+        "IMAGE_CLONER_PASS_FILE": secret_file(tmp_path, "pass", PASSWORD),
+    }
+    options = registry_options_from_env(env, backup_host="backup.example")
+    assert dict(options.credentials) == {"backup.example": Credentials("testuser", PASSWORD)}
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
@@ -412,3 +481,81 @@ def test_owner_settings_defaults_and_values() -> None:
 )
 def test_owner_setting_errors(env: dict[str, str], expected: str) -> None:
     assert config_error({**BASE, **env}).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"IMAGE_CLONER_PULL_USER": "reader"},
+            "IMAGE_CLONER_PULL_USER is set but IMAGE_CLONER_PULL_PASS is not: set both or neither",
+        ),
+        (
+            {"IMAGE_CLONER_PULL_PASS": PULL_PASSWORD},
+            "IMAGE_CLONER_PULL_PASS is set but IMAGE_CLONER_PULL_USER is not: set both or neither",
+        ),
+        (
+            {"IMAGE_CLONER_PULL_USER": "reader", "IMAGE_CLONER_PULL_PASS": "\n"},
+            "IMAGE_CLONER_PULL_USER is set but IMAGE_CLONER_PULL_PASS is not",
+        ),
+        (
+            {"IMAGE_CLONER_PULL_PASS_FILE": "FILE"},
+            "IMAGE_CLONER_PULL_PASS_FILE is set but IMAGE_CLONER_PULL_USER is not",
+        ),
+        (
+            {"IMAGE_CLONER_USER_FILE": "FILE"},
+            "IMAGE_CLONER_USER_FILE is set but IMAGE_CLONER_PASS is not",
+        ),
+        (
+            {**LOGIN, "IMAGE_CLONER_PASS_FILE": "FILE"},
+            "IMAGE_CLONER_PASS and IMAGE_CLONER_PASS_FILE are both set: use one of them",
+        ),
+        (
+            {**LOGIN, "IMAGE_CLONER_USER_FILE": "FILE"},
+            "IMAGE_CLONER_USER and IMAGE_CLONER_USER_FILE are both set: use one of them",
+        ),
+        (
+            {**PULL, "IMAGE_CLONER_PULL_PASS_FILE": "FILE"},
+            "IMAGE_CLONER_PULL_PASS and IMAGE_CLONER_PULL_PASS_FILE are both set",
+        ),
+        (
+            {**PULL, "IMAGE_CLONER_PULL_USER_FILE": "FILE"},
+            "IMAGE_CLONER_PULL_USER and IMAGE_CLONER_PULL_USER_FILE are both set",
+        ),
+    ],
+)
+def test_login_variable_errors(tmp_path: Path, env: dict[str, str], expected: str) -> None:
+    path = secret_file(tmp_path, "secret", PASSWORD)
+    env = {name: path if value == "FILE" else value for name, value in env.items()}
+    message = config_error({**BASE, **env})
+    assert message.startswith(expected), message
+    assert PULL_PASSWORD not in message
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "IMAGE_CLONER_USER_FILE",
+        "IMAGE_CLONER_PASS_FILE",
+        "IMAGE_CLONER_PULL_USER_FILE",
+        "IMAGE_CLONER_PULL_PASS_FILE",
+    ],
+)
+@pytest.mark.parametrize("problem", ["missing", "empty", "directory"])
+def test_unreadable_or_empty_files_are_refused_naming_the_variable(
+    tmp_path: Path, variable: str, problem: str
+) -> None:
+    pull = variable.startswith("IMAGE_CLONER_PULL_")
+    good = {
+        f"IMAGE_CLONER_{'PULL_' if pull else ''}USER_FILE": secret_file(tmp_path, "u", "robot"),
+        f"IMAGE_CLONER_{'PULL_' if pull else ''}PASS_FILE": secret_file(tmp_path, "p", PASSWORD),
+    }
+    bad = tmp_path / "bad"
+    if problem == "empty":
+        bad.write_text("\n")
+    elif problem == "directory":
+        bad.mkdir()
+    message = config_error({**BASE, **good, variable: str(bad)})
+    assert message.startswith(f"{variable}: "), message
+    assert str(bad) in message
+    assert ("is empty" if problem == "empty" else "cannot read") in message

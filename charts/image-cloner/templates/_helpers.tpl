@@ -68,3 +68,9 @@ one pair per mirror, in the order given for each host.
 {{- end }}
 
 {{- define "image-cloner.caMountPath" -}}/etc/image-cloner/ca{{- end }}
+
+{{/*
+Where the logins are mounted when they come from files.
+*/}}
+{{- define "image-cloner.pushMountPath" -}}/etc/image-cloner/push{{- end }}
+{{- define "image-cloner.pullMountPath" -}}/etc/image-cloner/pull{{- end }}

@@ -6,6 +6,11 @@ before kopf starts watching, so before any workload is touched. A failed check d
 stop the controller: it keeps re-checking in the background and reports not-ready, and
 workloads whose images cannot be copied get a Warning Event and are retried.
 
+Logins given as files are re-read every few seconds (`credentials.watch_logins`): a
+rotated push login is used by the copy engine from its next request on, the log redactor
+learns the new passwords, and the workloads whose namespaces hold a pull Secret are
+queued again, so that their Secret gets a rotated pull login (`pull_secrets`).
+
 Shutdown (SIGTERM, SIGINT): stop taking work, give in-flight reconciles a grace period
 (interrupting a copy is safe: a tag is pushed last; a patch is atomic), then stop kopf.
 """
@@ -13,6 +18,7 @@ Shutdown (SIGTERM, SIGINT): stop taking work, give in-flight reconciles a grace 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from collections.abc import Coroutine
@@ -24,16 +30,26 @@ import kopf
 from image_cloner.backoff import Backoff
 from image_cloner.controller.handlers import build_registry, operator_settings
 from image_cloner.controller.kube import Kube
+from image_cloner.controller.pull_secrets import PullSecrets, watched_logins
 from image_cloner.controller.queue import WorkQueue
 from image_cloner.controller.reconcile import Reconciler
 from image_cloner.controller.server import MetricsServer
 from image_cloner.controller.watch import WatchTracker
+from image_cloner.credentials import BackupCredentials, WatchedLogin, watch_logins
 from image_cloner.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from image_cloner.health import Health
-from image_cloner.logs import CONTROLLER_LOGGER, LogFormat, LogLevel, configure_logging, log_event
+from image_cloner.logs import (
+    CONTROLLER_LOGGER,
+    LogFormat,
+    LogLevel,
+    Redactor,
+    configure_logging,
+    log_event,
+)
 from image_cloner.metrics import Metrics
 from image_cloner.oci.copying import Copier
 from image_cloner.oci.errors import RegistryError
+from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Repository
 from image_cloner.settings import Settings
 from image_cloner.workloads import WorkloadKey
@@ -64,7 +80,9 @@ def run(
 ) -> int:
     """Run the controller until SIGTERM/SIGINT; returns the process exit status."""
     secrets = [c.password for c in settings.registry_options.credentials.values()]
-    configure_logging(
+    if settings.pull_login is not None:
+        secrets.append(settings.pull_login.first.password)
+    redactor = configure_logging(
         fmt=log_format or settings.log_format,
         level=(log_level or settings.log_level).upper(),
         secrets=secrets,
@@ -79,12 +97,12 @@ def run(
         log_event(logger, logging.ERROR, "no such kubeconfig file", path=kubeconfig)
         return EXIT_BAD_INPUT
     try:
-        return asyncio.run(_serve(settings, kubeconfig=kubeconfig))
+        return asyncio.run(_serve(settings, kubeconfig=kubeconfig, redactor=redactor))
     except KeyboardInterrupt:
         return EXIT_OK
 
 
-async def _serve(settings: Settings, *, kubeconfig: str | None) -> int:
+async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redactor) -> int:
     try:
         kube = await Kube.connect(kubeconfig=kubeconfig)
     except Exception as e:  # the client raises several types for unreadable configs
@@ -94,19 +112,79 @@ async def _serve(settings: Settings, *, kubeconfig: str | None) -> int:
     metrics = Metrics(health=health)
     queue: WorkQueue[WorkloadKey] = WorkQueue(name="workloads")
     metrics.track_queue(lambda: queue.depth)
+    push, pull = watched_logins(settings)
+    pull_secrets = PullSecrets.for_settings(kube, settings, push=push, pull=pull)
+    pull_secrets.report_login(metrics)
     try:
         async with (
-            Copier(settings.registry_options) as copier,
+            Copier(_live_options(settings, push)) as copier,
             MetricsServer(metrics=metrics, health=health, port=settings.metrics_port),
         ):
-            reconciler = Reconciler(kube=kube, copier=copier, settings=settings, metrics=metrics)
+            reconciler = Reconciler(
+                kube=kube,
+                copier=copier,
+                settings=settings,
+                metrics=metrics,
+                pull_secrets=pull_secrets,
+            )
             tracker = WatchTracker(queue=queue, health=health, kube=kube, settings=settings)
             operation = _Operation(
                 settings=settings, kube=kube, copier=copier, queue=queue, health=health
             )
-            return await operation.run(reconciler, tracker)
+            rotation = _Rotation(
+                logins=[login for login in (push, pull) if login is not None],
+                redactor=redactor,
+                pull_secrets=pull_secrets,
+                tracker=tracker,
+            )
+            return await operation.run(reconciler, tracker, rotation)
     finally:
         await kube.close()
+
+
+def _live_options(settings: Settings, push: WatchedLogin | None) -> RegistryOptions:
+    """The registry options, with the backup host's login read from `push` at each request."""
+    options = settings.registry_options
+    if push is None:
+        return options
+    live = BackupCredentials(options.credentials, host=settings.backup.registry.host, login=push)
+    return dataclasses.replace(options, credentials=live)
+
+
+class _Rotation:
+    """What a changed login sets off: masked in logs, and pull Secrets brought up to date."""
+
+    def __init__(
+        self,
+        *,
+        logins: list[WatchedLogin],
+        redactor: Redactor,
+        pull_secrets: PullSecrets,
+        tracker: WatchTracker,
+    ) -> None:
+        self._logins = logins
+        self._redactor = redactor
+        self._pull_secrets = pull_secrets
+        self._tracker = tracker
+
+    async def run(self) -> None:
+        await watch_logins(self._logins, on_change=self._changed)
+
+    async def _changed(self, login: WatchedLogin) -> None:
+        self._redactor.add(login.current.password)
+        if not self._pull_secrets.follows(login):
+            return
+        namespaces = self._pull_secrets.namespaces
+        # Every workload there is read again; those that use the Secret rewrite it.
+        queued = self._tracker.requeue(lambda key: key.namespace in namespaces)
+        log_event(
+            logger,
+            logging.INFO,
+            "workloads queued to bring pull secrets up to date",
+            login=login.what,
+            namespaces=len(namespaces),
+            workloads=queued,
+        )
 
 
 class _Operation:
@@ -132,9 +210,9 @@ class _Operation:
         self._kopf_ready = asyncio.Event()
         self._background: list[asyncio.Task[Any]] = []
 
-    async def run(self, reconciler: Reconciler, tracker: WatchTracker) -> int:
+    async def run(self, reconciler: Reconciler, tracker: WatchTracker, rotation: _Rotation) -> int:
         """Work until a signal or kopf's end; returns the exit status."""
-        await self._start_ours(reconciler, tracker)
+        await self._start_ours(reconciler, tracker, rotation)
         operator = await self._start_kopf(tracker)
         self._log_start()
         stop_waiter = asyncio.create_task(self._stopping.wait(), name="stop-waiter")
@@ -142,9 +220,12 @@ class _Operation:
         await asyncio.wait([operator, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
         return await self._stop(operator)
 
-    async def _start_ours(self, reconciler: Reconciler, tracker: WatchTracker) -> None:
+    async def _start_ours(
+        self, reconciler: Reconciler, tracker: WatchTracker, rotation: _Rotation
+    ) -> None:
         check = _check_registry(self._copier, self._settings, self._health, self._checked)
         self._background = [
+            asyncio.create_task(rotation.run(), name="credentials"),
             asyncio.create_task(check, name="check"),
             asyncio.create_task(self._queue.run(reconciler, workers=WORKERS), name="queue"),
             asyncio.create_task(_after(self._kopf_ready, tracker.resync_forever()), name="resync"),

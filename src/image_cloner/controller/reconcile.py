@@ -32,6 +32,7 @@ from image_cloner.controller.decisions import WorkloadLog
 from image_cloner.controller.gate import Gate
 from image_cloner.controller.kube import JsonObject, KubeCalls
 from image_cloner.controller.kube_errors import KubeApiError, NotFound, changed_meanwhile
+from image_cloner.controller.pull_secrets import PullSecrets, watched_logins
 from image_cloner.controller.queue import Retry
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
 from image_cloner.mapping import is_backup, target_for
@@ -59,12 +60,6 @@ MAX_CONFLICTS = 5
 """Times we re-read and decide again when the object changes under our patch."""
 
 logger = logging.getLogger(CONTROLLER_LOGGER)
-
-_SECRET_MESSAGES = {
-    "created": "pull secret created",
-    "updated": "pull secret updated",
-    "not-managed": "pull secret exists and is not managed by image-cloner: used as it is",
-}
 
 
 @dataclass(frozen=True)
@@ -102,10 +97,15 @@ class Reconciler:
         settings: Settings,
         metrics: Metrics,
         image_backoff: ImageBackoff | None = None,
+        pull_secrets: PullSecrets | None = None,
     ) -> None:
         self._kube = kube
         self._settings = settings
         self._metrics = metrics
+        if pull_secrets is None:
+            push, pull = watched_logins(settings)
+            pull_secrets = PullSecrets.for_settings(kube, settings, push=push, pull=pull)
+        self._pull_secrets = pull_secrets
         self._copies = ImageCopies(copier, metrics=metrics, backoff=image_backoff)
         self._gate = Gate(kube=kube, settings=settings)
 
@@ -147,6 +147,7 @@ class Reconciler:
         log.inspecting()
         plan = self._plan(obj, log)
         if not plan:
+            await self._keep_pull_secret(key, obj)
             return True
         await self._copy_all(plan, log)
         if decision.action is Action.COPY_ONLY:
@@ -222,23 +223,17 @@ class Reconciler:
         return None
 
     async def _ensure_pull_secret(self, key: WorkloadKey) -> str | None:
-        name = self._settings.pull_secret_name
-        credentials = self._settings.backup_credentials
-        if name is None or credentials is None:
-            return None
         try:
-            outcome = await self._kube.ensure_pull_secret(
-                key.namespace,
-                name,
-                registry_host=self._settings.backup.registry.host,
-                credentials=credentials,
-            )
+            return await self._pull_secrets.ensure(key.namespace)
         except KubeApiError as e:
-            raise _Failed(f"cannot write pull secret {name}: {e}") from None
-        message = _SECRET_MESSAGES.get(outcome)
-        if message is not None:
-            log_event(logger, logging.INFO, message, pull_secret=name, namespace=key.namespace)
-        return name
+            raise _Failed(f"cannot write pull secret {self._pull_secrets.name}: {e}") from None
+
+    async def _keep_pull_secret(self, key: WorkloadKey, obj: JsonObject) -> None:
+        """An already rewritten workload: its namespace's pull Secret holds the current login."""
+        try:
+            await self._pull_secrets.keep_current(key.namespace, obj)
+        except KubeApiError as e:
+            raise _Failed(f"cannot update pull secret {self._pull_secrets.name}: {e}") from None
 
     async def _rewrite(
         self,

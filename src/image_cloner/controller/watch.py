@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from image_cloner.controller.decisions import WorkloadLog
@@ -70,6 +70,15 @@ class WatchTracker:
             return
         self._seen[key] = str(meta.get("resourceVersion", ""))
         self._consider(kind, key, body)
+
+    def requeue(self, where: Callable[[WorkloadKey], bool]) -> int:
+        """Queue every tracked workload `where` picks (a rotated pull login reaches their
+        namespaces' Secrets this way); returns how many."""
+        keys = [key for key in self._seen if where(key)]
+        for key in keys:
+            if key.namespace not in self._settings.ignored_namespaces:
+                self._queue.add(key)
+        return len(keys)
 
     def _consider(self, kind: WorkloadKind, key: WorkloadKey, body: Mapping[str, Any]) -> None:
         if key.namespace in self._settings.ignored_namespaces:

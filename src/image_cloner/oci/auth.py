@@ -3,8 +3,11 @@
 Registries answer 401 with a `WWW-Authenticate` challenge. For `Basic` we send the
 configured credentials; for `Bearer` we fetch a token from the challenge's realm (with
 the credentials, or anonymously) for the scopes the request needs, and cache it per
-(realm, service, scopes) until shortly before it expires. Once a host has challenged us we
-authenticate its later requests up front, so a copy pays the 401 round trip once per host.
+(realm, service, scopes, login) until shortly before it expires. Credentials are looked up
+at every request, so a rotated login is used from the next request on; keying the cache by
+the login means a token obtained with the old one is never reused after the change. Once
+a host has challenged us we authenticate its later requests up front, so a copy pays the
+401 round trip once per host.
 
 The scope is read off the request itself (`/v2/<name>/...`, the method, a mount's `from=`),
 which keeps callers free of auth concerns. Being a middleware also means each redirect
@@ -112,6 +115,10 @@ def request_scopes(method: str, url: URL) -> tuple[str, ...]:
     return tuple(scopes)
 
 
+_TokenKey = tuple[str, str, tuple[str, ...], Credentials | None]
+"""(realm, service, scopes, the login the token was fetched with)."""
+
+
 @dataclass(frozen=True)
 class _Token:
     header: str = field(repr=False)
@@ -145,7 +152,7 @@ class RegistryAuth:
         self._insecure_hosts = insecure_hosts
         self._clock = clock
         self._challenges: dict[str, Challenge] = {}
-        self._tokens: dict[tuple[str, str, tuple[str, ...]], _Token] = {}
+        self._tokens: dict[_TokenKey, _Token] = {}
         self._fetches: SingleFlight[_Token] = SingleFlight()
 
     def __repr__(self) -> str:
@@ -232,7 +239,8 @@ class RegistryAuth:
         rejected: str | None = None,
     ) -> _Token:
         realm = challenge.params.get("realm", "")
-        key = (realm, challenge.params.get("service", ""), scopes)
+        credentials = self.credentials_for(authority)
+        key = (realm, challenge.params.get("service", ""), scopes, credentials)
         cached = self._tokens.get(key)
         if cached is not None and (cached.header == rejected or cached.expires_at <= self._clock()):
             del self._tokens[key]
@@ -241,18 +249,22 @@ class RegistryAuth:
             return cached
         # One token request per key at a time: concurrent blob transfers share it.
         token = await self._fetches.run(
-            key, lambda: self._fetch_token(request, authority, challenge, scopes)
+            key, lambda: self._fetch_token(request, authority, challenge, scopes, credentials)
         )
         self._tokens[key] = token
         return token
 
     async def _fetch_token(
-        self, request: ClientRequest, authority: str, challenge: Challenge, scopes: tuple[str, ...]
+        self,
+        request: ClientRequest,
+        authority: str,
+        challenge: Challenge,
+        scopes: tuple[str, ...],
+        credentials: Credentials | None,
     ) -> _Token:
         realm = URL(challenge.params.get("realm", ""))
         if realm.scheme not in ("http", "https") or not realm.host:
             raise AuthenticationError(f"{authority}: Bearer challenge without a usable realm")
-        credentials = self.credentials_for(authority)
         realm_authority = realm.raw_authority
         if (
             realm.scheme == "http"

@@ -37,7 +37,10 @@ class RegistryOptions:
     """Everything the registry client needs to know about the registries it talks to."""
 
     credentials: Mapping[str, Credentials] = field(default_factory=_empty)  # type: ignore[arg-type]
-    """Registry host, as `Registry.host` spells it (`docker.io`, `localhost:5000`) → credentials."""
+    """Registry host, as `Registry.host` spells it (`docker.io`, `localhost:5000`) → credentials.
+
+    Looked up at every request, never copied: a mapping whose values change (a rotated
+    login, `credentials.BackupCredentials`) is followed from the next request on."""
 
     ca_file: Path | None = None
     """PEM bundle trusted in addition to the system's CAs."""
