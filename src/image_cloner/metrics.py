@@ -26,8 +26,9 @@ from image_cloner.oci.errors import (
     UnsupportedMediaTypeError,
 )
 from image_cloner.oci.references import InvalidReference
+from image_cloner.workloads import KINDS
 
-__all__ = ["FailureReason", "Metrics", "SkipReason"]
+__all__ = ["FailureReason", "Metrics", "NotRewrittenReason", "SkipReason"]
 
 COPY_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
@@ -39,6 +40,13 @@ class SkipReason(StrEnum):
     """The workload already points into the backup location."""
     ALREADY_PRESENT = "already_present"
     """The backup registry already holds it (one HEAD request)."""
+
+
+class NotRewrittenReason(StrEnum):
+    """Why a workload whose images were backed up was left as it is."""
+
+    IMMUTABLE_TEMPLATE = "immutable_template"
+    """Its pod template cannot be changed (Job, bare Pod)."""
 
 
 class FailureReason(StrEnum):
@@ -135,6 +143,12 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self._not_rewritten = Counter(
+            "image_cloner_workloads_not_rewritten",
+            "Passes that backed up a workload's images and left the workload as it is.",
+            ["kind", "reason"],
+            registry=self.registry,
+        )
         self._queue_depth = Gauge(
             "image_cloner_queue_depth",
             "Workloads waiting to be reconciled.",
@@ -146,7 +160,11 @@ class Metrics:
         for failure in FailureReason:
             self._failed.labels(failure.value)
         for kind in self._kinds:
-            self._rewritten.labels(kind)
+            if _rewritable(kind):
+                self._rewritten.labels(kind)
+            else:
+                for why in NotRewrittenReason:
+                    self._not_rewritten.labels(kind, why.value)
         self.registry.register(_WatchAgeCollector(health))
 
     def image_copied(self, *, bytes_copied: int, seconds: float) -> None:
@@ -165,6 +183,16 @@ class Metrics:
             raise ValueError(f"unknown kind {kind!r}: expected one of {', '.join(self._kinds)}")
         self._rewritten.labels(kind).inc()
 
+    def workload_not_rewritten(self, kind: str, reason: NotRewrittenReason) -> None:
+        if kind not in self._kinds:
+            raise ValueError(f"unknown kind {kind!r}: expected one of {', '.join(self._kinds)}")
+        self._not_rewritten.labels(kind, NotRewrittenReason(reason).value).inc()
+
     def track_queue(self, depth: Callable[[], float]) -> None:
         """Report `depth()` (e.g. `lambda: queue.depth`) as the queue depth at each scrape."""
         self._queue_depth.set_function(depth)
+
+
+def _rewritable(kind: str) -> bool:
+    found = KINDS.get(kind)
+    return found is None or found.rewritable

@@ -71,3 +71,10 @@ class WorkloadLog:
 
     def updated(self, image: str, **fields: object) -> None:
         self._log(logging.INFO, f"{self.noun} image reference updated", {"image": image, **fields})
+
+    def not_rewritten(self, reason: str, **fields: object) -> None:
+        self._log(
+            logging.INFO,
+            f"{self.noun} images backed up, not rewritten",
+            {"reason": reason, **fields},
+        )

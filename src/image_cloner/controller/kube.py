@@ -3,9 +3,10 @@
 kopf watches; everything else goes through here: reading a workload again before
 deciding, the JSON patch that rewrites it, Events, and the pull Secret. Keeping
 them in one small module makes the RBAC the controller needs exactly the list of
-methods below (get/list/patch workloads, create/patch events, get/create/patch
-one Secret name). Objects travel as plain JSON dicts, as the API serves them:
-`workloads` works on those, and no model class can drop a field we do not know.
+methods below (get/list workloads, patch the rewritable kinds only, create/patch
+events, get/create/patch one Secret name). Objects travel as plain JSON dicts, as
+the API serves them: `workloads` works on those, and no model class can drop a field
+we do not know.
 Each workload method takes a `WorkloadKind`, whose entry gives the API path.
 
 `_call` is the one place where the client's exceptions (`ApiException`, aiohttp's
@@ -39,7 +40,7 @@ from image_cloner.controller.kube_errors import (
     api_error,
 )
 from image_cloner.oci.options import Credentials
-from image_cloner.workloads import WorkloadKind
+from image_cloner.workloads import KINDS, WorkloadKind
 
 __all__ = [
     "COMPONENT",
@@ -202,7 +203,7 @@ class Kube:
             "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
             "involvedObject": {
-                "apiVersion": obj.get("apiVersion", "apps/v1"),
+                "apiVersion": obj.get("apiVersion") or KINDS[obj["kind"]].api_version,
                 "kind": obj["kind"],
                 "name": meta["name"],
                 "namespace": namespace,
