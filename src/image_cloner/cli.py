@@ -66,7 +66,7 @@ def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
     run = commands.add_parser(
         "run",
         help="run the controller (configured by IMAGE_CLONER_* environment variables)",
-        description="Watch Deployments and DaemonSets, back up their images, rewrite them.",
+        description="Watch workloads, back up their images, rewrite them to use the backups.",
     )
     run.add_argument(
         "--kubeconfig",

@@ -26,8 +26,9 @@ from image_cloner.oci.errors import (
     UnsupportedMediaTypeError,
 )
 from image_cloner.oci.references import InvalidReference
+from image_cloner.workloads import KINDS
 
-__all__ = ["FailureReason", "Metrics", "SkipReason"]
+__all__ = ["FailureReason", "Metrics", "NotRewrittenReason", "SkipReason"]
 
 COPY_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
@@ -41,6 +42,13 @@ class SkipReason(StrEnum):
     """The backup registry already holds it (one HEAD request)."""
     EXCLUDED = "excluded"
     """It matches `IMAGE_CLONER_EXCLUDE_IMAGES`: never backed up nor rewritten."""
+
+
+class NotRewrittenReason(StrEnum):
+    """Why a workload whose images were backed up was left as it is."""
+
+    IMMUTABLE_TEMPLATE = "immutable_template"
+    """Its pod template cannot be changed (Job, bare Pod)."""
 
 
 class FailureReason(StrEnum):
@@ -142,6 +150,12 @@ class Metrics:
             "1 when pull Secrets get the push login (no pull-only login is set), else 0.",
             registry=self.registry,
         )
+        self._not_rewritten = Counter(
+            "image_cloner_workloads_not_rewritten",
+            "Passes that backed up a workload's images and left the workload as it is.",
+            ["kind", "reason"],
+            registry=self.registry,
+        )
         self._queue_depth = Gauge(
             "image_cloner_queue_depth",
             "Workloads waiting to be reconciled.",
@@ -153,7 +167,11 @@ class Metrics:
         for failure in FailureReason:
             self._failed.labels(failure.value)
         for kind in self._kinds:
-            self._rewritten.labels(kind)
+            if _rewritable(kind):
+                self._rewritten.labels(kind)
+            else:
+                for why in NotRewrittenReason:
+                    self._not_rewritten.labels(kind, why.value)
         self.registry.register(_WatchAgeCollector(health))
 
     def image_copied(self, *, bytes_copied: int, seconds: float) -> None:
@@ -175,6 +193,16 @@ class Metrics:
     def pull_secret_uses_push_login(self, uses: bool) -> None:
         self._push_login_handed_out.set(1 if uses else 0)
 
+    def workload_not_rewritten(self, kind: str, reason: NotRewrittenReason) -> None:
+        if kind not in self._kinds:
+            raise ValueError(f"unknown kind {kind!r}: expected one of {', '.join(self._kinds)}")
+        self._not_rewritten.labels(kind, NotRewrittenReason(reason).value).inc()
+
     def track_queue(self, depth: Callable[[], float]) -> None:
         """Report `depth()` (e.g. `lambda: queue.depth`) as the queue depth at each scrape."""
         self._queue_depth.set_function(depth)
+
+
+def _rewritable(kind: str) -> bool:
+    found = KINDS.get(kind)
+    return found is None or found.rewritable

@@ -8,9 +8,12 @@ hands to handlers.
 
 A kind is data (`WorkloadKind`): its API group, version and plural (which give the
 controller its watch and its URLs), where its pod template lives (which gives the image
-pointers and the patch) and its readiness rule. Adding StatefulSet (template at
-`spec.template`) or CronJob (`spec.jobTemplate.spec.template`) means adding one entry to
-`KINDS`, not touching the code that watches, reads pod templates or builds patches.
+pointers and the patch), its readiness rule (`readiness`), whether its pod template can be
+rewritten at all, and which owner makes it no target of its own. Jobs and Pods cannot be
+rewritten (their pod template is immutable): their images are backed up and they are left
+as they are; a Job made by a CronJob and a Pod made by any controller are its owner's
+business. Adding a kind means adding one entry to `KINDS`, not touching the code that
+watches, reads pod templates or builds patches.
 """
 
 from __future__ import annotations
@@ -21,12 +24,26 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from image_cloner.readiness import (
+    Readiness,
+    cronjob_readiness,
+    daemonset_readiness,
+    deployment_readiness,
+    job_readiness,
+    pod_readiness,
+    statefulset_readiness,
+)
+
 __all__ = [
     "CONTAINER_SECTIONS",
+    "CRONJOB",
     "DAEMONSET",
     "DEPLOYMENT",
+    "JOB",
     "KINDS",
     "ORIGINAL_IMAGES_ANNOTATION",
+    "POD",
+    "STATEFULSET",
     "ContainerImage",
     "InvalidAnnotation",
     "PatchError",
@@ -64,24 +81,8 @@ class InvalidAnnotation(ValueError):
     """Our annotation on the object is not the JSON object of strings we write."""
 
 
-@dataclass(frozen=True)
-class Readiness:
-    """The verdict on a rollout, in the words `kubectl rollout status` would use."""
-
-    ready: bool
-    reason: str
-    """Why it is not ready yet ("waiting for rollout: 1 of 2 updated replicas are available"),
-    or "rollout complete"."""
-    failed: bool = False
-    """The rollout will not complete by itself (Deployment: progress deadline exceeded)."""
-
-
-_COMPLETE = Readiness(ready=True, reason="rollout complete")
-_NOT_OBSERVED = Readiness(ready=False, reason="waiting for rollout: spec update to be observed")
-
-
-def _waiting(what: str) -> Readiness:
-    return Readiness(ready=False, reason=f"waiting for rollout: {what}")
+def _no_owner(obj: Obj) -> None:
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,8 +98,15 @@ class WorkloadKind:
     noun: str
     """How log lines name it: "deployment" ("inspecting deployment")."""
     template: tuple[str, ...]
-    """Path from the object's root to its pod template: ("spec", "template")."""
+    """Path from the object's root to its pod template: ("spec", "template"); () for a Pod,
+    which is its own template."""
     readiness: Callable[[Obj], Readiness]
+    rewritable: bool = True
+    """False when the API server refuses changes to the pod template (Job, Pod): the
+    images are backed up, the object is never patched, and RBAC grants no patch."""
+    owned_by: Callable[[Obj], str | None] = _no_owner
+    """The owner ("CronJob/nightly") that backs this object's images up instead, or None
+    when the object is a target of its own."""
 
     @property
     def api_version(self) -> str:
@@ -163,59 +171,6 @@ def _get(obj: Obj, *path: str) -> Any:
     return node
 
 
-def _count(obj: Obj, *path: str) -> int:
-    # The API server omits zero-valued status counters, so absent means 0.
-    value = _get(obj, *path)
-    return value if isinstance(value, int) else 0
-
-
-def _observed(obj: Obj) -> bool:
-    return _count(obj, "metadata", "generation") <= _count(obj, "status", "observedGeneration")
-
-
-def _deployment_readiness(obj: Obj) -> Readiness:
-    # Mirrors kubectl's DeploymentStatusViewer, check for check and in the same order.
-    if not _observed(obj):
-        return _NOT_OBSERVED
-    conditions = _get(obj, "status", "conditions") or []
-    for condition in conditions:
-        if (
-            isinstance(condition, Mapping)
-            and condition.get("type") == "Progressing"
-            and condition.get("reason") == "ProgressDeadlineExceeded"
-        ):
-            return Readiness(
-                ready=False, reason="rollout failed: progress deadline exceeded", failed=True
-            )
-    desired = _get(obj, "spec", "replicas")
-    replicas = _count(obj, "status", "replicas")
-    updated = _count(obj, "status", "updatedReplicas")
-    available = _count(obj, "status", "availableReplicas")
-    if isinstance(desired, int) and updated < desired:
-        return _waiting(f"{updated} out of {desired} new replicas have been updated")
-    if replicas > updated:
-        return _waiting(f"{replicas - updated} old replicas are pending termination")
-    if available < updated:
-        return _waiting(f"{available} of {updated} updated replicas are available")
-    return _COMPLETE
-
-
-def _daemonset_readiness(obj: Obj) -> Readiness:
-    # Mirrors kubectl's DaemonSetStatusViewer. kubectl declines to judge OnDelete DaemonSets;
-    # we apply the same counts to them, which waits until every pod runs the current template,
-    # so we never back up images no pod has proven it can run.
-    if not _observed(obj):
-        return _NOT_OBSERVED
-    desired = _count(obj, "status", "desiredNumberScheduled")
-    updated = _count(obj, "status", "updatedNumberScheduled")
-    available = _count(obj, "status", "numberAvailable")
-    if updated < desired:
-        return _waiting(f"{updated} out of {desired} new pods have been updated")
-    if available < desired:
-        return _waiting(f"{available} of {desired} updated pods are available")
-    return _COMPLETE
-
-
 DEPLOYMENT = WorkloadKind(
     kind="Deployment",
     group="apps",
@@ -223,7 +178,7 @@ DEPLOYMENT = WorkloadKind(
     plural="deployments",
     noun="deployment",
     template=("spec", "template"),
-    readiness=_deployment_readiness,
+    readiness=deployment_readiness,
 )
 DAEMONSET = WorkloadKind(
     kind="DaemonSet",
@@ -232,10 +187,69 @@ DAEMONSET = WorkloadKind(
     plural="daemonsets",
     noun="daemonset",
     template=("spec", "template"),
-    readiness=_daemonset_readiness,
+    readiness=daemonset_readiness,
 )
 
-KINDS: Mapping[str, WorkloadKind] = MappingProxyType({k.kind: k for k in (DEPLOYMENT, DAEMONSET)})
+STATEFULSET = WorkloadKind(
+    kind="StatefulSet",
+    group="apps",
+    version="v1",
+    plural="statefulsets",
+    noun="statefulset",
+    template=("spec", "template"),
+    readiness=statefulset_readiness,
+)
+CRONJOB = WorkloadKind(
+    kind="CronJob",
+    group="batch",
+    version="v1",
+    plural="cronjobs",
+    noun="cronjob",
+    template=("spec", "jobTemplate", "spec", "template"),
+    readiness=cronjob_readiness,
+)
+
+
+def _controller(obj: Obj, *, kinds: frozenset[str] | None = None) -> str | None:
+    """The controlling owner ("Kind/name"), if its kind is in `kinds` (None: any kind)."""
+    for owner in _get(obj, "metadata", "ownerReferences") or []:
+        # The API server allows one controlling owner per object.
+        if isinstance(owner, Mapping) and owner.get("controller") is True:
+            wanted = kinds is None or owner.get("kind") in kinds
+            return f"{owner.get('kind')}/{owner.get('name')}" if wanted else None
+    return None
+
+
+JOB = WorkloadKind(
+    kind="Job",
+    group="batch",
+    version="v1",
+    plural="jobs",
+    noun="job",
+    template=("spec", "template"),
+    readiness=job_readiness,
+    rewritable=False,
+    # A Job of someone else's controller (a workflow engine, an operator) is nobody's
+    # target but its own: we handle no such owner.
+    owned_by=lambda obj: _controller(obj, kinds=frozenset({"CronJob"})),
+)
+POD = WorkloadKind(
+    kind="Pod",
+    group="",
+    version="v1",
+    plural="pods",
+    noun="pod",
+    template=(),
+    readiness=pod_readiness,
+    rewritable=False,
+    # Only bare Pods: a controller's pods are covered by their owner, or (an operator's)
+    # are for the admission mode, which sees every new Pod.
+    owned_by=_controller,
+)
+
+KINDS: Mapping[str, WorkloadKind] = MappingProxyType(
+    {k.kind: k for k in (DEPLOYMENT, DAEMONSET, STATEFULSET, CRONJOB, JOB, POD)}
+)
 """Every kind we handle, by API kind."""
 
 
@@ -322,6 +336,9 @@ def build_patch(
     images in `annotation`, keeping the entries of other containers that still exist, and
     adds `pull_secret` to the template's `imagePullSecrets` if it is not there yet.
     """
+    kind = kind_of(obj)
+    if not kind.rewritable:
+        raise PatchError(f"the pod template of a {kind.kind} cannot be changed")
     guard = _guard(obj)
     containers = {c.name: c for c in images_of(obj)}
     unknown = sorted(set(rewrites) - set(containers))
@@ -345,7 +362,7 @@ def build_patch(
         guard,
         *image_ops,
         _annotation_op(obj, annotation, originals),
-        *_pull_secret_ops(obj, kind_of(obj), pull_secret),
+        *_pull_secret_ops(obj, kind, pull_secret),
     ]
 
 

@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,16 +30,26 @@ PULL_SECRET_BINDING = "image-cloner-pull-secrets"
 ROLLOUT_TIMEOUT = "120s"
 RBAC_PROPAGATION = 15.0
 
-# The controller's own rights, in any namespace.
+# The controller's own rights, in any namespace: read and watch every kind, patch only
+# the kinds whose pod template can be rewritten.
 ALLOWED = [
-    ("list", "deployments.apps"),
-    ("watch", "deployments.apps"),
-    ("get", "deployments.apps"),
+    *(
+        (verb, resource)
+        for resource in (
+            "deployments.apps",
+            "daemonsets.apps",
+            "statefulsets.apps",
+            "cronjobs.batch",
+            "jobs.batch",
+            "pods",
+        )
+        for verb in ("get", "list", "watch")
+    ),
     ("patch", "deployments.apps"),
-    ("list", "daemonsets.apps"),
-    ("watch", "daemonsets.apps"),
     ("patch", "daemonsets.apps"),
     ("get", "namespaces"),
+    ("patch", "statefulsets.apps"),
+    ("patch", "cronjobs.batch"),
     ("create", "events"),
     ("patch", "events"),
     ("create", "events.events.k8s.io"),
@@ -49,10 +60,16 @@ DENIED = [
     ("list", "secrets"),
     ("watch", "secrets"),
     ("delete", "secrets"),
-    ("get", "pods"),
-    ("list", "pods"),
+    ("patch", "pods"),
+    ("update", "pods"),
     ("delete", "pods"),
     ("create", "pods"),
+    ("patch", "jobs.batch"),
+    ("update", "jobs.batch"),
+    ("create", "jobs.batch"),
+    ("delete", "jobs.batch"),
+    ("create", "cronjobs.batch"),
+    ("delete", "statefulsets.apps"),
     ("create", "deployments.apps"),
     ("update", "deployments.apps"),
     ("delete", "deployments.apps"),
@@ -248,7 +265,6 @@ def test_serviceaccount_token_really_patches_workloads_and_is_refused_the_rest(
     assert controller_sa.forbidden(
         "create", "secret", "generic", PULL_SECRET, "-n", namespace, "--from-literal=k=v"
     )
-    assert controller_sa.forbidden("get", "pods", "--all-namespaces")
     assert controller_sa.forbidden("delete", "pods", "--all", "-n", namespace)
     assert controller_sa.forbidden("delete", "deployment", "web", "-n", namespace)
     # One namespace by name (for its opt-out annotation), never the list of them.
@@ -257,6 +273,95 @@ def test_serviceaccount_token_really_patches_workloads_and_is_refused_the_rest(
     assert json.loads(read.stdout)["metadata"]["name"] == namespace
     assert controller_sa.forbidden("get", "namespaces")
     assert controller_sa.forbidden("annotate", "namespace", namespace, "image-cloner.io/skip=true")
+
+
+def kind_manifests(namespace: str) -> list[dict[str, Any]]:
+    """One StatefulSet, CronJob, Job and bare Pod, each with one container `app`."""
+    pod = {"containers": [{"name": "app", "image": "nginx:1.21.4-alpine"}]}
+    template = {"metadata": {"labels": {"app": "db"}}, "spec": pod}
+    meta = {"namespace": namespace}
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": "db", **meta},
+            "spec": {"selector": {"matchLabels": {"app": "db"}}, "template": template},
+        },
+        {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": {"name": "nightly", **meta},
+            "spec": {
+                "schedule": "0 3 * * *",
+                "jobTemplate": {"spec": {"template": {"spec": {**pod, "restartPolicy": "Never"}}}},
+            },
+        },
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "once", **meta},
+            "spec": {"template": {"spec": {**pod, "restartPolicy": "Never"}}},
+        },
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare", **meta}, "spec": pod},
+    ]
+
+
+def image_patch(pointer: str) -> str:
+    value = "localhost:5000/nginx:1.21.4-alpine"
+    return json.dumps([{"op": "replace", "path": f"{pointer}/containers/0/image", "value": value}])
+
+
+def test_serviceaccount_token_watches_every_kind_and_patches_only_the_rewritable(
+    testbed: Testbed,
+    controller_sa: ServiceAccountClient,
+    without_pull_secret_role: None,
+    namespace: str,
+) -> None:
+    document = {"apiVersion": "v1", "kind": "List", "items": kind_manifests(namespace)}
+    testbed.kubectl("apply", "-f", "-", input=json.dumps(document))
+
+    for path, name in [
+        (f"/apis/apps/v1/namespaces/{namespace}/statefulsets", "db"),
+        (f"/apis/batch/v1/namespaces/{namespace}/cronjobs", "nightly"),
+        (f"/apis/batch/v1/namespaces/{namespace}/jobs", "once"),
+        (f"/api/v1/namespaces/{namespace}/pods", "bare"),
+        ("/api/v1/pods", "bare"),
+    ]:
+        watched = controller_sa.run("get", "--raw", f"{path}?watch=true&timeoutSeconds=1")
+        assert watched.returncode == 0, watched.stderr
+        events = [json.loads(line) for line in watched.stdout.splitlines()]
+        added = {e["object"]["metadata"]["name"] for e in events if e["type"] == "ADDED"}
+        assert name in added, events
+
+    for resource, name, pointer in [
+        ("statefulset", "db", "/spec/template/spec"),
+        ("cronjob", "nightly", "/spec/jobTemplate/spec/template/spec"),
+    ]:
+        patched = controller_sa.run(
+            "patch", resource, name, "-n", namespace, "--type=json", "-p", image_patch(pointer)
+        )
+        assert patched.returncode == 0, patched.stderr
+    assert controller_sa.forbidden(
+        "patch",
+        "job",
+        "once",
+        "-n",
+        namespace,
+        "--type=json",
+        "-p",
+        image_patch("/spec/template/spec"),
+    )
+    assert controller_sa.forbidden(
+        "patch", "pod", "bare", "-n", namespace, "--type=json", "-p", image_patch("/spec")
+    )
+    assert controller_sa.forbidden(
+        "label", "pod", "bare", "-n", namespace, "image-cloner.io/touched=yes"
+    )
+    assert controller_sa.forbidden("delete", "job", "once", "-n", namespace)
+    image = testbed.kubectl(
+        "get", "pod", "bare", "-n", namespace, "-o", "jsonpath={.spec.containers[0].image}"
+    ).stdout
+    assert image == "nginx:1.21.4-alpine"
 
 
 def test_pull_secret_role_allows_one_secret_name_and_nothing_else(

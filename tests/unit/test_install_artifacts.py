@@ -21,6 +21,7 @@ import yaml
 
 from image_cloner import settings as settings_module
 from image_cloner.settings import Settings
+from image_cloner.workloads import KINDS
 from tests.support.testbed import default_bin_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,12 +44,13 @@ SETTINGS = {
 }
 
 # The whole of what the controller may do without pull-Secret management, as
-# (apiGroup, resource, verb, resourceName or None).
+# (apiGroup, resource, verb, resourceName or None): per kind of `workloads.KINDS`, read
+# and watch, and patch only where the pod template can be rewritten.
 MAIN_RIGHTS = {
     *{
-        ("apps", r, v, None)
-        for r in ("deployments", "daemonsets")
-        for v in ("get", "list", "watch", "patch")
+        (kind.group, kind.plural, verb, None)
+        for kind in KINDS.values()
+        for verb in ("get", "list", "watch", *(("patch",) if kind.rewritable else ()))
     },
     ("", "namespaces", "get", None),
     *{(g, "events", v, None) for g in ("", "events.k8s.io") for v in ("create", "patch")},
@@ -127,6 +129,25 @@ def pod_env(docs: list[dict[str, Any]], *, namespace: str = NAMESPACE) -> dict[s
 
 
 # --- RBAC ---------------------------------------------------------------------------
+
+
+def test_the_kinds_get_least_privilege() -> None:
+    # Spelled out once, so that a new KINDS entry changes this line and the RBAC files.
+    by_resource: dict[tuple[str, str], set[str]] = {}
+    for group, resource, verb, _ in MAIN_RIGHTS:
+        by_resource.setdefault((group, resource), set()).add(verb)
+    reading = {"get", "list", "watch"}
+    assert by_resource == {
+        ("apps", "deployments"): reading | {"patch"},
+        ("apps", "daemonsets"): reading | {"patch"},
+        ("apps", "statefulsets"): reading | {"patch"},
+        ("batch", "cronjobs"): reading | {"patch"},
+        ("batch", "jobs"): reading,
+        ("", "pods"): reading,
+        ("", "namespaces"): {"get"},
+        ("", "events"): {"create", "patch"},
+        ("events.k8s.io", "events"): {"create", "patch"},
+    }
 
 
 def test_main_role_grants_exactly_what_the_controller_uses() -> None:

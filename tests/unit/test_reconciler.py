@@ -14,7 +14,12 @@ from typing import Any
 import pytest
 
 from image_cloner.controller.queue import Retry
-from image_cloner.controller.reconcile import CLONE_FAILED, IMAGES_CLONED, Reconciler
+from image_cloner.controller.reconcile import (
+    CLONE_FAILED,
+    IMAGES_BACKED_UP,
+    IMAGES_CLONED,
+    Reconciler,
+)
 from image_cloner.health import Health
 from image_cloner.metrics import Metrics
 from image_cloner.oci.copying import CopyResult
@@ -178,3 +183,90 @@ async def test_an_image_two_workloads_share_is_copied_once(
     assert len(kube.patches) == 2
     for name in ("web", "api"):
         assert containers(kube.get("Deployment", "demo", name)) == {"app": f"{BACKUP}/nginx:1"}
+
+
+# --- the other kinds ----------------------------------------------------------------
+
+
+def job(name: str, image: str, *, owner: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "demo"}
+    if owner is not None:
+        meta["ownerReferences"] = [
+            {"apiVersion": "batch/v1", "kind": owner, "name": "x", "uid": "u", "controller": True}
+        ]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}},
+        "status": {"succeeded": 1},
+    }
+
+
+def bare_pod(name: str, image: str, *, phase: str = "Running") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "demo"},
+        "spec": {"containers": [{"name": "app", "image": image}]},
+        "status": {"phase": phase},
+    }
+
+
+@pytest.mark.parametrize("obj", [job("once", "nginx:1"), bare_pod("bare", "nginx:1")])
+async def test_a_job_or_bare_pod_is_backed_up_and_never_patched(
+    kube: FakeKube, copier: FakeCopier, obj: dict[str, Any]
+) -> None:
+    metrics = Metrics(health=Health())
+    reconciler = Reconciler(kube=kube, copier=copier, settings=SETTINGS, metrics=metrics)
+    stored = kube.add(obj)
+    kind, name = obj["kind"], obj["metadata"]["name"]
+    await reconciler(WorkloadKey(kind, "demo", name))
+
+    assert copier.copied == [("nginx:1", f"{BACKUP}/nginx:1")]
+    assert (kube.patches, kube.secrets) == ([], {})
+    assert kube.get(kind, "demo", name) == stored
+    (event,) = kube.events
+    assert (event.reason, event.warning) == (IMAGES_BACKED_UP, False)
+    assert event.message == (f"nginx:1 → {BACKUP}/nginx:1 (a {kind} is backed up, never rewritten)")
+    labels = {"kind": kind, "reason": "immutable_template"}
+    assert (
+        metrics.registry.get_sample_value("image_cloner_workloads_not_rewritten_total", labels)
+        == 1.0
+    )
+    assert (
+        metrics.registry.get_sample_value("image_cloner_workloads_rewritten_total", {"kind": kind})
+        is None
+    ), "no rewritten series for a kind that is never rewritten"
+
+
+async def test_a_pending_bare_pod_waits(
+    kube: FakeKube, copier: FakeCopier, reconciler: Reconciler
+) -> None:
+    kube.add(bare_pod("bare", "nginx:1", phase="Pending"))
+    await reconciler(WorkloadKey("Pod", "demo", "bare"))
+    assert (copier.copied, kube.events) == ([], [])
+
+
+async def test_a_cronjob_is_rewritten_in_its_job_template(
+    kube: FakeKube, copier: FakeCopier, reconciler: Reconciler
+) -> None:
+    pod_spec = {"containers": [{"name": "app", "image": "nginx:1"}], "restartPolicy": "Never"}
+    kube.add(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": {"name": "nightly", "namespace": "demo"},
+            "spec": {
+                "schedule": "0 3 * * *",
+                "jobTemplate": {"spec": {"template": {"spec": pod_spec}}},
+            },
+        }
+    )
+    await reconciler(WorkloadKey("CronJob", "demo", "nightly"))
+
+    obj = kube.get("CronJob", "demo", "nightly")
+    template = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert template["containers"] == [{"name": "app", "image": f"{BACKUP}/nginx:1"}]
+    assert template["imagePullSecrets"] == [{"name": PULL_SECRET}]
+    assert [e.reason for e in kube.events] == [IMAGES_CLONED]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from image_cloner.controller.queue import WorkQueue
 from image_cloner.controller.watch import WatchTracker
 from image_cloner.health import Health
 from image_cloner.settings import Settings
-from image_cloner.workloads import DEPLOYMENT, WorkloadKey
+from image_cloner.workloads import DEPLOYMENT, POD, WorkloadKey
 from tests.support.fake_kube import FakeKube, deployment
 
 KEY = WorkloadKey("Deployment", "demo", "web")
@@ -49,3 +51,22 @@ async def test_a_repaired_miss_is_repaired_once_and_the_watch_counts_as_current_
     assert await tracker.resync(DEPLOYMENT) == 0, "the repaired version counts as seen"
     assert health.watch_age("Deployment") == 0.0, "so the listing proves the stream current"
     assert "Deployment watch is stale" not in " ".join(health.problems())
+
+
+def pod(name: str, *, owner: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "demo", "resourceVersion": "5"}
+    if owner is not None:
+        meta["ownerReferences"] = [
+            {"apiVersion": "apps/v1", "kind": owner, "name": "x", "uid": "u", "controller": True}
+        ]
+    return {"kind": "Pod", "metadata": meta, "spec": {}, "status": {"phase": "Running"}}
+
+
+async def test_only_bare_pods_are_queued_and_owned_ones_cost_one_entry() -> None:
+    tracker, queue, _ = tracker_on(FakeKube(), [0.0])
+    tracker.observe(POD, "ADDED", pod("web-7f9-abcde", owner="ReplicaSet"))
+    tracker.observe(POD, "ADDED", pod("bare", owner=None))
+    # Both remembered (the listing must still match the watch), only the bare one queued.
+    assert len(tracker) == 2
+    assert queue.depth == 1
+    assert WorkloadKey("Pod", "demo", "bare") in tracker

@@ -15,10 +15,14 @@ import pytest
 
 from image_cloner import workloads
 from image_cloner.workloads import (
+    CRONJOB,
     DAEMONSET,
     DEPLOYMENT,
+    JOB,
     KINDS,
     ORIGINAL_IMAGES_ANNOTATION,
+    POD,
+    STATEFULSET,
     ContainerImage,
     InvalidAnnotation,
     PatchError,
@@ -271,7 +275,7 @@ def test_ondelete_daemonset_waits_until_every_pod_runs_the_template() -> None:
 
 
 def test_kinds_are_data() -> None:
-    assert set(KINDS) == {"Deployment", "DaemonSet"}
+    assert set(KINDS) == {"Deployment", "DaemonSet", "StatefulSet", "CronJob", "Job", "Pod"}
     assert kind_of(deployment()) is DEPLOYMENT
     assert kind_of(daemonset()) is DAEMONSET
     assert (DAEMONSET.api_version, DAEMONSET.plural, DAEMONSET.noun) == (
@@ -279,34 +283,40 @@ def test_kinds_are_data() -> None:
         "daemonsets",
         "daemonset",
     )
+    assert (CRONJOB.api_version, JOB.api_version, POD.api_version) == ("batch/v1",) * 2 + ("v1",)
+    assert [k.kind for k in KINDS.values() if not k.rewritable] == ["Job", "Pod"]
 
 
 def test_kinds_give_the_api_paths() -> None:
     assert DEPLOYMENT.collection(None) == "/apis/apps/v1/deployments"
     assert DAEMONSET.collection("demo") == "/apis/apps/v1/namespaces/demo/daemonsets"
     assert DEPLOYMENT.path("demo", "web") == "/apis/apps/v1/namespaces/demo/deployments/web"
+    assert STATEFULSET.path("demo", "db") == "/apis/apps/v1/namespaces/demo/statefulsets/db"
+    assert CRONJOB.path("demo", "nightly") == "/apis/batch/v1/namespaces/demo/cronjobs/nightly"
+    assert JOB.collection(None) == "/apis/batch/v1/jobs"
+    assert POD.collection(None) == "/api/v1/pods"
+    assert POD.path("demo", "bare") == "/api/v1/namespaces/demo/pods/bare"
     assert DEPLOYMENT.pod_spec_pointer == "/spec/template/spec"
+    assert STATEFULSET.pod_spec_pointer == "/spec/template/spec"
+    assert CRONJOB.pod_spec_pointer == "/spec/jobTemplate/spec/template/spec"
+    assert JOB.pod_spec_pointer == "/spec/template/spec"
+    assert POD.pod_spec_pointer == "/spec"
 
 
-def test_a_kind_with_its_template_elsewhere_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
-    # What adding CronJob will take: one entry naming where its pod template lives.
-    cronjob = WorkloadKind(
-        kind="CronJob",
-        group="batch",
-        version="v1",
-        plural="cronjobs",
-        noun="cronjob",
-        template=("spec", "jobTemplate", "spec", "template"),
-        readiness=lambda obj: Readiness(ready=True, reason="scheduled"),
-    )
-    monkeypatch.setattr(workloads, "KINDS", {**KINDS, "CronJob": cronjob})
-    pod_spec = {"containers": [{"name": "job", "image": "busybox:1"}]}
-    obj: dict[str, Any] = {
+def cronjob(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
         "metadata": {"name": "nightly", "namespace": "demo", "resourceVersion": "7"},
-        "spec": {"jobTemplate": {"spec": {"template": {"spec": pod_spec}}}},
+        "spec": {
+            "schedule": "0 3 * * *",
+            "jobTemplate": {"spec": {"template": {"spec": pod_spec}}},
+        },
     }
+
+
+def test_a_cronjob_is_rewritten_in_its_job_template() -> None:
+    obj = cronjob({"containers": [{"name": "job", "image": "busybox:1"}]})
     (image,) = images_of(obj)
     assert image.pointer == "/spec/jobTemplate/spec/template/spec/containers/0/image"
     patch = build_patch(obj, {"job": "localhost:5000/busybox:1"}, pull_secret="pull")
@@ -314,12 +324,102 @@ def test_a_kind_with_its_template_elsewhere_is_one_entry(monkeypatch: pytest.Mon
     template = after["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert template["containers"][0]["image"] == "localhost:5000/busybox:1"
     assert template["imagePullSecrets"] == [{"name": "pull"}]
-    assert cronjob.path("demo", "nightly") == "/apis/batch/v1/namespaces/demo/cronjobs/nightly"
+    assert after["spec"]["schedule"] == "0 3 * * *"
+
+
+def test_a_kind_with_its_template_elsewhere_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What adding a kind takes: one entry naming where its pod template lives.
+    podtemplate = WorkloadKind(
+        kind="PodTemplate",
+        group="",
+        version="v1",
+        plural="podtemplates",
+        noun="podtemplate",
+        template=("template",),
+        readiness=lambda obj: Readiness(ready=True, reason="nothing runs it"),
+    )
+    monkeypatch.setattr(workloads, "KINDS", {**KINDS, "PodTemplate": podtemplate})
+    obj: dict[str, Any] = {
+        "kind": "PodTemplate",
+        "metadata": {"name": "t", "namespace": "demo", "resourceVersion": "7"},
+        "template": {"spec": {"containers": [{"name": "c", "image": "busybox:1"}]}},
+    }
+    (image,) = images_of(obj)
+    assert image.pointer == "/template/spec/containers/0/image"
+    after = jsonpatch.apply_patch(obj, build_patch(obj, {"c": "localhost:5000/busybox:1"}))
+    assert after["template"]["spec"]["containers"][0]["image"] == "localhost:5000/busybox:1"
+    assert podtemplate.path("demo", "t") == "/api/v1/namespaces/demo/podtemplates/t"
+
+
+def bare_pod(*, owners: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "bare", "namespace": "demo", "resourceVersion": "9"}
+    if owners is not None:
+        meta["ownerReferences"] = owners
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": [{"name": "app", "image": "nginx:1"}]},
+        "status": {"phase": "Running"},
+    }
+
+
+def test_a_pod_is_its_own_template_and_is_never_patched() -> None:
+    obj = bare_pod()
+    (image,) = images_of(obj)
+    assert image.pointer == "/spec/containers/0/image"
+    with pytest.raises(PatchError, match="Pod cannot be changed"):
+        build_patch(obj, {"app": "localhost:5000/nginx:1"})
+
+
+def test_a_job_is_never_patched() -> None:
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "once", "namespace": "demo", "resourceVersion": "3"},
+        "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "nginx:1"}]}}},
+    }
+    assert [i.image for i in images_of(job)] == ["nginx:1"]
+    with pytest.raises(PatchError, match="Job cannot be changed"):
+        build_patch(job, {"app": "localhost:5000/nginx:1"})
+
+
+def owner(kind: str, *, controller: bool | None = True) -> dict[str, Any]:
+    ref: dict[str, Any] = {"apiVersion": "v1", "kind": kind, "name": "x", "uid": "u"}
+    if controller is not None:
+        ref["controller"] = controller
+    return ref
+
+
+@pytest.mark.parametrize(
+    ("kind", "owners", "owned_by"),
+    [
+        # A bare Pod, and Pods whose owners are not their controller, are targets.
+        (POD, None, None),
+        (POD, [owner("ConfigMap", controller=None)], None),
+        (POD, [owner("Node", controller=False)], None),
+        # A controller's Pod is its controller's business, whatever the controller is.
+        (POD, [owner("ReplicaSet")], "ReplicaSet/x"),
+        (POD, [owner("Job")], "Job/x"),
+        (POD, [owner("PostgresCluster")], "PostgresCluster/x"),
+        # A Job made by a CronJob is the CronJob's; any other Job is its own.
+        (JOB, [owner("CronJob")], "CronJob/x"),
+        (JOB, [owner("Workflow")], None),
+        (JOB, None, None),
+        # Rewritable kinds are always their own target (policy.py rules on their owners).
+        (DEPLOYMENT, [owner("HelmRelease")], None),
+    ],
+)
+def test_owned_objects_are_not_targets_of_their_own(
+    kind: WorkloadKind, owners: list[dict[str, Any]] | None, owned_by: str | None
+) -> None:
+    obj = bare_pod(owners=owners)
+    assert kind.owned_by(obj) == owned_by
 
 
 def test_unsupported_kind_is_rejected() -> None:
-    with pytest.raises(UnsupportedWorkload, match="'StatefulSet'"):
-        is_ready({"kind": "StatefulSet"})
+    with pytest.raises(UnsupportedWorkload, match="'ReplicaSet'"):
+        is_ready({"kind": "ReplicaSet"})
 
 
 def test_key_of() -> None:

@@ -43,9 +43,6 @@ class WorkloadLog:
     def skipped(self, reason: str, **fields: object) -> None:
         self._log(logging.DEBUG, f"{self.noun} skipped", {"reason": reason, **fields})
 
-    def not_rewritten(self, reason: str, **fields: object) -> None:
-        self._log(logging.DEBUG, f"{self.noun} not rewritten", {"reason": reason, **fields})
-
     def rewrite_reverted(self, manager: str | None, **fields: object) -> None:
         self._log(
             logging.WARNING,
@@ -87,3 +84,10 @@ class WorkloadLog:
 
     def updated(self, image: str, **fields: object) -> None:
         self._log(logging.INFO, f"{self.noun} image reference updated", {"image": image, **fields})
+
+    def not_rewritten(self, reason: str, **fields: object) -> None:
+        self._log(
+            logging.INFO,
+            f"{self.noun} images backed up, not rewritten",
+            {"reason": reason, **fields},
+        )

@@ -26,7 +26,7 @@ def operator_settings() -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     # Our Events come from kube.py; kopf's would only echo its handler logs.
     settings.posting.enabled = False
-    # No list/watch on Namespaces and CRDs: we serve two built-in kinds.
+    # No list/watch on Namespaces and CRDs: we serve built-in kinds only.
     settings.scanning.disabled = True
     # One replica; no KopfPeering objects (and no rights for them).
     settings.peering.standalone = True

@@ -3,11 +3,12 @@
 kopf watches; everything else goes through here: reading a workload again before
 deciding, its namespace's annotations (the opt-out), the JSON patch that rewrites it,
 Events, and the pull Secret. Keeping them in one small module makes the RBAC the
-controller needs exactly the list of methods below (get/list/patch workloads, get
-namespaces, create/patch events, get/create/patch one Secret name). Every write names
-us as its field manager (`FIELD_MANAGER`), so `managedFields` tells our changes apart
-from those of whoever undoes them. Objects travel as plain JSON dicts, as the API serves them:
-`workloads` works on those, and no model class can drop a field we do not know.
+controller needs exactly the list of methods below (get/list workloads, patch the
+rewritable kinds only, get namespaces, create/patch events, get/create/patch one Secret
+name). Every write names us as its field manager (`FIELD_MANAGER`), so `managedFields`
+tells our changes apart from those of whoever undoes them. Objects travel as plain JSON
+dicts, as the API serves them: `workloads` works on those, and no model class can drop a
+field we do not know.
 Each workload method takes a `WorkloadKind`, whose entry gives the API path.
 
 `_call` is the one place where the client's exceptions (`ApiException`, aiohttp's
@@ -41,7 +42,7 @@ from image_cloner.controller.kube_errors import (
     api_error,
 )
 from image_cloner.oci.options import Credentials
-from image_cloner.workloads import WorkloadKind
+from image_cloner.workloads import KINDS, WorkloadKind
 
 __all__ = [
     "COMPONENT",
@@ -218,7 +219,7 @@ class Kube:
             "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
             "involvedObject": {
-                "apiVersion": obj.get("apiVersion", "apps/v1"),
+                "apiVersion": obj.get("apiVersion") or KINDS[obj["kind"]].api_version,
                 "kind": obj["kind"],
                 "name": meta["name"],
                 "namespace": namespace,

@@ -15,7 +15,9 @@ is what keeps users' workloads whole:
    rewrites them all; if the object changed meanwhile (the apiserver's Status says a
    `test` failed, or a Conflict) we read it again and start over; a refusal of the
    patched object (an admission policy, validation) is a failure, reported as such;
-4. failures leave the workload untouched, become a Warning Event, and come back later:
+4. a kind whose pod template cannot change (Job, bare Pod) stops after step 2: its
+   images are backed up, it is never patched, and an `ImagesBackedUp` Event says so;
+5. failures leave the workload untouched, become a Warning Event, and come back later:
    per workload through the queue's backoff, per image through `ImageBackoff`, so an
    image that keeps failing is not retried by every workload that uses it.
 """
@@ -36,7 +38,7 @@ from image_cloner.controller.pull_secrets import PullSecrets, watched_logins
 from image_cloner.controller.queue import Retry
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
 from image_cloner.mapping import is_backup, target_for
-from image_cloner.metrics import FailureReason, Metrics, SkipReason
+from image_cloner.metrics import FailureReason, Metrics, NotRewrittenReason, SkipReason
 from image_cloner.oci.errors import RegistryError
 from image_cloner.oci.references import InvalidReference, Reference, parse_reference
 from image_cloner.policy import Action
@@ -51,9 +53,10 @@ from image_cloner.workloads import (
     is_ready,
 )
 
-__all__ = ["CLONE_FAILED", "IMAGES_CLONED", "Reconciler", "changed_meanwhile"]
+__all__ = ["CLONE_FAILED", "IMAGES_BACKED_UP", "IMAGES_CLONED", "Reconciler", "changed_meanwhile"]
 
 IMAGES_CLONED = "ImagesCloned"
+IMAGES_BACKED_UP = "ImagesBackedUp"
 CLONE_FAILED = "CloneFailed"
 
 MAX_CONFLICTS = 5
@@ -150,6 +153,9 @@ class Reconciler:
             await self._keep_pull_secret(key, obj)
             return True
         await self._copy_all(plan, log)
+        if not KINDS[key.kind].rewritable:
+            await self._backed_up(key, obj, plan, log)
+            return True
         if decision.action is Action.COPY_ONLY:
             log.not_rewritten(
                 decision.reason, resource_version=obj["metadata"].get("resourceVersion")
@@ -270,6 +276,19 @@ class Reconciler:
         self._metrics.workload_rewritten(key.kind)
         message = "; ".join(f"{r.container.image} → {r.target}" for r in plan)
         await self._post_event(patched, reason=IMAGES_CLONED, message=message)
+
+    async def _backed_up(
+        self, key: WorkloadKey, obj: JsonObject, plan: Sequence[_Rewrite], log: WorkloadLog
+    ) -> None:
+        # docs/controller.md says why: a Job's template is immutable, a Pod's images change
+        # only by restarting its containers in place, without a pull Secret.
+        why = f"a {key.kind} is backed up, never rewritten"
+        log.not_rewritten(why)
+        self._metrics.workload_not_rewritten(key.kind, NotRewrittenReason.IMMUTABLE_TEMPLATE)
+        copies = "; ".join(f"{r.container.image} → {r.target}" for r in plan)
+        # Repeats (every pass over a running Pod) count up this one Event: same message.
+        message = f"{copies} ({why})"
+        await self._post_event(obj, reason=IMAGES_BACKED_UP, message=message)
 
     async def _report_failure(self, obj: JsonObject, failure: _Failed, key: WorkloadKey) -> None:
         log_event(

@@ -83,6 +83,9 @@ class WatchTracker:
     def _consider(self, kind: WorkloadKind, key: WorkloadKey, body: Mapping[str, Any]) -> None:
         if key.namespace in self._settings.ignored_namespaces:
             return
+        if kind.owned_by(body) is not None:
+            # Its owner's images are its images; no log line, as there is one per owned Pod.
+            return
         readiness = kind.readiness(body)
         if not readiness.ready:
             # The event that completes the rollout brings it back; no API read until then.
