@@ -210,7 +210,9 @@ def wait_for_a_pass_after(world: World, namespace: str, version: int) -> None:
     """The controller decided about the workload as it is at `version` or later."""
 
     def decided() -> bool:
-        lines = world.controller.find("deployment images backed up, not rewritten", name="app", namespace=namespace)
+        lines = world.controller.find(
+            "deployment images backed up, not rewritten", name="app", namespace=namespace
+        )
         return any(int(line["resource_version"]) >= version for line in lines)
 
     wait_until(decided, timeout=ROLLOUT, what="a pass after the sync", interval=KUBECTL_POLL)

@@ -28,9 +28,16 @@ from multidict import CIMultiDict
 
 from tests.support.pki import TestPKI
 from tests.support.processes import ServiceProcess, free_port
+from tests.support.quirks import (
+    DOCKER_HUB_RATE_LIMIT,
+    Quirks,
+    QuirkState,
+    apply_quirks,
+    rewrite_status,
+)
 from tests.support.registries import RegistryEndpoint
 
-__all__ = ["ProxiedRequest", "ProxyFactory", "RegistryProxy", "main"]
+__all__ = ["DOCKER_HUB_RATE_LIMIT", "ProxiedRequest", "ProxyFactory", "RegistryProxy", "main"]
 
 CHUNK = 256 * 1024
 HOP_BY_HOP = frozenset(
@@ -57,6 +64,9 @@ class ProxiedRequest:
     path: str
     """Path without the query string."""
     status: int
+    query: str = ""
+    ranged: bool = False
+    """The request carried `Content-Range` (a chunk of a chunked upload)."""
 
 
 @dataclass
@@ -65,6 +75,7 @@ class _Failure:
     status: int
     retry_after: int | None
     path: re.Pattern[str] | None
+    message: str
 
 
 @dataclass
@@ -74,6 +85,7 @@ class _State:
     log: list[dict[str, Any]] = field(default_factory=list)
     corrupt: set[str] = field(default_factory=set)
     failure: _Failure | None = None
+    quirks: QuirkState = field(default_factory=QuirkState)
 
 
 STATE = web.AppKey("state", _State)
@@ -99,21 +111,34 @@ def build_app(upstream: str, *, ca_file: Path | None) -> web.Application:
     app.router.add_post("/_proxy/reset", _reset)
     app.router.add_post("/_proxy/corrupt", _corrupt)
     app.router.add_post("/_proxy/fail", _fail)
+    app.router.add_post("/_proxy/quirks", _set_quirks)
     app.router.add_route("*", "/{tail:.*}", _forward)
     return app
 
 
 async def _forward(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    entry: dict[str, Any] = {"method": request.method, "path": request.path, "status": 0}
+    entry: dict[str, Any] = {
+        "method": request.method,
+        "path": request.path,
+        "status": 0,
+        "query": request.query_string,
+        "ranged": "Content-Range" in request.headers,
+    }
     state.log.append(entry)
     failure = state.failure
     if failure and failure.remaining > 0 and _matches(failure, request.path):
         failure.remaining -= 1
         entry["status"] = failure.status
         return _failure_response(failure)
+
+    async def forward(request: web.Request, lose: bool) -> web.StreamResponse:
+        return await _proxy(state, request, entry, lose=lose)
+
     try:
-        return await _proxy(state, request, entry)
+        response = await apply_quirks(state.quirks, request, forward)
+        entry["status"] = entry["status"] or response.status
+        return response
     except aiohttp.ClientConnectionError as error:
         entry["status"] = 502
         return web.json_response(
@@ -121,7 +146,9 @@ async def _forward(request: web.Request) -> web.StreamResponse:
         )
 
 
-async def _proxy(state: _State, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
+async def _proxy(
+    state: _State, request: web.Request, entry: dict[str, Any], *, lose: bool = False
+) -> web.StreamResponse:
     assert state.session is not None
     # A multidict, not a dict: clients send one Accept header per media type.
     headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP)
@@ -135,7 +162,14 @@ async def _proxy(state: _State, request: web.Request, entry: dict[str, Any]) -> 
         skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
     ) as upstream:
         entry["status"] = upstream.status
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        if lose:
+            await upstream.read()
+            assert request.transport is not None
+            request.transport.abort()  # done upstream; the client never hears of it
+            return web.Response(status=upstream.status)
+        status = rewrite_status(state.quirks.quirks, request.method, request.path, upstream.status)
+        entry["status"] = status
+        response = web.StreamResponse(status=status)
         for name, value in upstream.headers.items():
             if name.lower() not in HOP_BY_HOP:
                 response.headers.add(name, _rewrite(name, value, state.upstream, request))
@@ -172,7 +206,7 @@ def _failure_response(failure: _Failure) -> web.Response:
     code = "TOOMANYREQUESTS" if failure.status == 429 else "UNAVAILABLE"
     headers = {} if failure.retry_after is None else {"Retry-After": str(failure.retry_after)}
     return web.json_response(
-        {"errors": [{"code": code, "message": "injected by the test proxy"}]},
+        {"errors": [{"code": code, "message": failure.message}]},
         status=failure.status,
         headers=headers,
     )
@@ -187,6 +221,7 @@ async def _reset(request: web.Request) -> web.Response:
     state.log.clear()
     state.corrupt.clear()
     state.failure = None
+    state.quirks = QuirkState()
     return web.json_response({})
 
 
@@ -203,7 +238,13 @@ async def _fail(request: web.Request) -> web.Response:
         status=int(body["status"]),
         retry_after=body.get("retry_after"),
         path=re.compile(body["path"]) if body.get("path") else None,
+        message=body.get("message") or "injected by the test proxy",
     )
+    return web.json_response({})
+
+
+async def _set_quirks(request: web.Request) -> web.Response:
+    request.app[STATE].quirks = QuirkState(Quirks.from_json(await request.json()))
     return web.json_response({})
 
 
@@ -294,10 +335,22 @@ class RegistryProxy(RegistryEndpoint, ServiceProcess):
         status: int = 503,
         retry_after: int | None = None,
         path: str | None = None,
+        message: str | None = None,
     ) -> None:
-        """Answer the next `count` requests (whose path matches regex `path`) with `status`."""
-        body = {"count": count, "status": status, "retry_after": retry_after, "path": path}
+        """Answer the next `count` requests (whose path matches regex `path`) with `status`
+        and an error body with `message` (e.g. `DOCKER_HUB_RATE_LIMIT`)."""
+        body = {
+            "count": count,
+            "status": status,
+            "retry_after": retry_after,
+            "path": path,
+            "message": message,
+        }
         self._control("POST", "/_proxy/fail", body)
+
+    def set_quirks(self, **switches: Any) -> None:
+        """Switch on quirks (`tests.support.quirks.Quirks` fields); `reset()` turns all off."""
+        self._control("POST", "/_proxy/quirks", switches)
 
     def _control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()

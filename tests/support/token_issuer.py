@@ -8,8 +8,10 @@ It runs as a subprocess (`python -m tests.support.token_issuer ...`) so that it 
 tests' event loops; `TokenIssuer` starts and stops it. Users: testuser/testpass may do anything,
 reader/readpass may only pull, anonymous requests get a token that grants nothing. Tokens stop
 working at the registry exactly `lifetime` seconds after they are issued (see `_exp_claim`).
-Control endpoints: `GET /_stats` (tokens issued so far), `POST /_config` ({"lifetime": N}) and
-`POST /_users` ({"user", "password", "actions"}: add or replace a user, for rotation tests).
+Control endpoints: `GET /_stats` (tokens issued so far), `POST /_config` ({"lifetime": N,
+"wide_scope": true}: grant more than asked, as Docker Hub and GHCR may, and report it in the
+OAuth2 `scope` field) and `POST /_users` ({"user", "password", "actions"}: add or replace a
+user, for rotation tests).
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class _State:
     x5c: list[str]
     lifetime: int
     issued: list[dict[str, Any]] = field(default_factory=list)
+    wide_scope: bool = False
+    """Grant pull and push on each repository asked for, whatever was asked (and say so)."""
 
 
 STATE = web.AppKey("state", _State)
@@ -97,7 +101,10 @@ async def _token(request: web.Request) -> web.Response:
             headers={"WWW-Authenticate": 'Basic realm="image-cloner-test-issuer"'},
         )
     allowed = USERS[user][1] if user else frozenset()
-    access = _grant(request.query.getall("scope", []), allowed)
+    asked = request.query.getall("scope", [])
+    if state.wide_scope:
+        asked = [f"{scope.rpartition(':')[0]}:pull,push" for scope in " ".join(asked).split()]
+    access = _grant(asked, allowed)
     now = int(time.time())
     claims = {
         "iss": ISSUER,
@@ -112,14 +119,17 @@ async def _token(request: web.Request) -> web.Response:
     token = jwt.encode(claims, state.signing_key, algorithm="ES256", headers={"x5c": state.x5c})
     state.issued.append({"user": user, "access": access, "lifetime": state.lifetime})
     issued_at = datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat()
-    return web.json_response(
-        {
-            "token": token,
-            "access_token": token,
-            "expires_in": state.lifetime,
-            "issued_at": issued_at.replace("+00:00", "Z"),
-        }
-    )
+    document = {
+        "token": token,
+        "access_token": token,
+        "expires_in": state.lifetime,
+        "issued_at": issued_at.replace("+00:00", "Z"),
+    }
+    if state.wide_scope:  # OAuth2's `scope`: what was granted, when it differs from the ask
+        document["scope"] = " ".join(
+            f"{a['type']}:{a['name']}:{','.join(a['actions'])}" for a in access if a["actions"]
+        )
+    return web.json_response(document)
 
 
 def _exp_claim(now: int, lifetime: int) -> int:
@@ -164,8 +174,10 @@ async def _stats(request: web.Request) -> web.Response:
 
 async def _config(request: web.Request) -> web.Response:
     body = await request.json()
-    request.app[STATE].lifetime = int(body["lifetime"])
-    return web.json_response({"lifetime": request.app[STATE].lifetime})
+    state = request.app[STATE]
+    state.lifetime = int(body.get("lifetime", state.lifetime))
+    state.wide_scope = bool(body.get("wide_scope", state.wide_scope))
+    return web.json_response({"lifetime": state.lifetime, "wide_scope": state.wide_scope})
 
 
 async def _add_user(request: web.Request) -> web.Response:
@@ -248,6 +260,10 @@ class TokenIssuer(ServiceProcess):
         self._control(
             "POST", "/_users", {"user": user, "password": password, "actions": list(actions)}
         )
+
+    def set_wide_scope(self, wide: bool) -> None:
+        """Grant pull and push for every repository asked about (reported in `scope`)."""
+        self._control("POST", "/_config", {"wide_scope": wide})
 
     def _control(
         self, method: str, path: str, body: dict[str, Any] | None = None

@@ -16,7 +16,8 @@ from image_cloner.oci.errors import (
     mapped_errors,
 )
 from image_cloner.oci.options import RegistryOptions
-from image_cloner.oci.transport import RetryPolicy, Transport
+from image_cloner.oci.retries import RetryPolicy
+from image_cloner.oci.transport import Transport
 
 URL_WITH_SECRETS = URL("https://user:pw@r.example/v2/app/blobs/sha256:1?X-Amz-Signature=s3cr3t")
 

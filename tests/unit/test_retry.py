@@ -15,7 +15,8 @@ from image_cloner.oci.errors import (
     parse_retry_after,
 )
 from image_cloner.oci.options import RegistryOptions
-from image_cloner.oci.transport import RetryPolicy, Transport
+from image_cloner.oci.retries import RetryPolicy
+from image_cloner.oci.transport import Transport
 
 
 def test_default_policy_retries_the_documented_statuses() -> None:

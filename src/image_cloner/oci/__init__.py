@@ -14,7 +14,7 @@ from image_cloner.oci.errors import (
     UnsupportedMediaTypeError,
 )
 from image_cloner.oci.options import Credentials, RegistryOptions
-from image_cloner.oci.transport import RetryPolicy
+from image_cloner.oci.retries import RetryPolicy
 
 __all__ = [
     "AuthenticationError",

@@ -3,11 +3,13 @@
 Registries answer 401 with a `WWW-Authenticate` challenge. For `Basic` we send the
 configured credentials; for `Bearer` we fetch a token from the challenge's realm (with
 the credentials, or anonymously) for the scopes the request needs, and cache it per
-(realm, service, scopes, login) until shortly before it expires. Credentials are looked up
-at every request, so a rotated login is used from the next request on; keying the cache by
-the login means a token obtained with the old one is never reused after the change. Once
-a host has challenged us we authenticate its later requests up front, so a copy pays the
-401 round trip once per host.
+(registry, realm, service, login) under the scopes it was granted (the token server's
+`scope`, else what we asked), until shortly before it expires: a wider grant serves later
+narrower requests, and a token is only ever sent to the registry whose challenge named its
+realm. Credentials are looked up at every request, so a rotated login is used from the next
+request on; keying the cache by the login means a token obtained with the old one is never
+reused after the change. Once a host has challenged us we authenticate its later requests up
+front, so a copy pays the 401 round trip once per host.
 
 The scope is read off the request itself (`/v2/<name>/...`, the method, a mount's `from=`),
 which keeps callers free of auth concerns. Being a middleware also means each redirect
@@ -115,14 +117,32 @@ def request_scopes(method: str, url: URL) -> tuple[str, ...]:
     return tuple(scopes)
 
 
-_TokenKey = tuple[str, str, tuple[str, ...], Credentials | None]
-"""(realm, service, scopes, the login the token was fetched with)."""
+_TokenKey = tuple[str, str, str, Credentials | None]
+"""(registry, realm, service, the login the token was fetched with)."""
 
 
 @dataclass(frozen=True)
 class _Token:
     header: str = field(repr=False)
     expires_at: float
+    granted: frozenset[tuple[str, str]] = frozenset()
+    """(resource, action) pairs the token was granted for: what it may serve."""
+
+    def covers(self, scopes: tuple[str, ...]) -> bool:
+        granted = self.granted
+        return all(
+            (resource, action) in granted or (resource, "*") in granted
+            for resource, action in _pairs(" ".join(scopes))
+        )
+
+
+def _pairs(scopes: str) -> frozenset[tuple[str, str]]:
+    """`repository:a:pull,push repository:b:pull` as (resource, action) pairs."""
+    pairs: set[tuple[str, str]] = set()
+    for scope in scopes.split():
+        resource, _, actions = scope.rpartition(":")
+        pairs.update((resource, action) for action in actions.split(",") if action)
+    return frozenset(pairs)
 
 
 def _basic(credentials: Credentials) -> str:
@@ -152,7 +172,9 @@ class RegistryAuth:
         self._insecure_hosts = insecure_hosts
         self._clock = clock
         self._challenges: dict[str, Challenge] = {}
-        self._tokens: dict[_TokenKey, _Token] = {}
+        self._tokens: dict[_TokenKey, list[_Token]] = {}
+        """Per (registry, realm, service, login): a token serves only the registry that named
+        its realm, the login it was fetched with, and any request whose scopes its grant covers."""
         self._fetches: SingleFlight[_Token] = SingleFlight()
 
     def __repr__(self) -> str:
@@ -240,18 +262,21 @@ class RegistryAuth:
     ) -> _Token:
         realm = challenge.params.get("realm", "")
         credentials = self.credentials_for(authority)
-        key = (realm, challenge.params.get("service", ""), scopes, credentials)
-        cached = self._tokens.get(key)
-        if cached is not None and (cached.header == rejected or cached.expires_at <= self._clock()):
-            del self._tokens[key]
-            cached = None
-        if cached is not None:
+        key = (authority, realm, challenge.params.get("service", ""), credentials)
+        now = self._clock()
+        # Expired and rejected tokens go; a wider grant serves narrower requests.
+        tokens = [
+            t for t in self._tokens.get(key, ()) if t.expires_at > now and t.header != rejected
+        ]
+        self._tokens[key] = tokens
+        if (cached := next((t for t in tokens if t.covers(scopes)), None)) is not None:
             return cached
-        # One token request per key at a time: concurrent blob transfers share it.
+        # One token request per scope set at a time: concurrent blob transfers share it.
         token = await self._fetches.run(
-            key, lambda: self._fetch_token(request, authority, challenge, scopes, credentials)
+            (*key, scopes),
+            lambda: self._fetch_token(request, authority, challenge, scopes, credentials),
         )
-        self._tokens[key] = token
+        self._tokens[key] = [token, *(t for t in self._tokens[key] if t.expires_at > now)]
         return token
 
     async def _fetch_token(
@@ -296,7 +321,7 @@ class RegistryAuth:
                     )
                 await check_response(response, 200)
                 body = await read_body(response, TOKEN_RESPONSE_LIMIT)
-        return self._parse_token(f"GET {describe_url(realm)}", body)
+        return self._parse_token(f"GET {describe_url(realm)}", body, scopes)
 
     def _plain_ok(self, authority: str) -> bool:
         """May credentials go to this realm host over plain HTTP (loopback or insecure)?"""
@@ -307,14 +332,17 @@ class RegistryAuth:
         except InvalidReference:  # a URL host need not be a valid image-name host (`auth_x`)
             return False
 
-    def _parse_token(self, what: str, body: bytes) -> _Token:
+    def _parse_token(self, what: str, body: bytes, scopes: tuple[str, ...]) -> _Token:
         try:
             document: Any = json.loads(body)
             value = document.get("token") or document.get("access_token")
             lifetime = float(document.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
+            # OAuth2's `scope` says what was granted when it differs from what was asked.
+            granted = _pairs(str(document.get("scope") or " ".join(scopes)))
         except (ValueError, AttributeError, TypeError):
             raise AuthenticationError(f"{what}: malformed token response") from None
         if not isinstance(value, str) or not value:
             raise AuthenticationError(f"{what}: token response without a token")
         margin = min(TOKEN_EXPIRY_MARGIN, lifetime / 2)
-        return _Token(header=f"Bearer {value}", expires_at=self._clock() + lifetime - margin)
+        expires_at = self._clock() + lifetime - margin
+        return _Token(header=f"Bearer {value}", expires_at=expires_at, granted=granted)

@@ -1,7 +1,8 @@
 """RegistryClient: the distribution API calls for one repository, in registry terms.
 
 Each method is one step of the OCI distribution spec (HEAD/GET/PUT a manifest, HEAD a
-blob, mount it, stream it down, stream it up). Manifests come back as their exact bytes
+blob, mount it, stream it down, PATCH it up whole or in chunks, commit it); which steps
+make an upload is `oci.uploads`' choice. Manifests come back as their exact bytes
 with a verified digest; blob bodies are streamed and never held in memory. Reads can go
 through mirrors (tried in order, then the registry itself) while names stay unchanged, as
 containerd's `hosts.toml` mirrors do.
@@ -43,7 +44,12 @@ __all__ = ["CONTENT_DIGEST", "BlobStream", "RegistryClient", "UploadSession"]
 logger = logging.getLogger(__name__)
 
 CONTENT_DIGEST = "Docker-Content-Digest"
+CHUNK_MIN_LENGTH = "OCI-Chunk-Min-Length"
 CHUNK_SIZE = 1024 * 1024
+
+
+def _positive(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() and int(value) > 0 else None
 
 
 class BlobStream:
@@ -97,6 +103,8 @@ class UploadSession:
     """An open blob upload on the target: where to send the bytes."""
 
     location: URL
+    min_chunk: int | None = None
+    """The registry's `OCI-Chunk-Min-Length`: smallest chunk it takes, if it said."""
 
 
 class RegistryClient:
@@ -191,7 +199,7 @@ class RegistryClient:
         resp = await self.transport.request(
             hdrs.METH_PUT,
             url,
-            ok=(200, 201),
+            ok=(200, 201, 202),
             headers={hdrs.CONTENT_TYPE: manifest.media_type},
             data=manifest.raw,
         )
@@ -247,38 +255,55 @@ class RegistryClient:
         resp = await self.transport.request(hdrs.METH_POST, url, ok=(201, 202))
         if resp.status == 201:
             return None
-        return UploadSession(self._location(resp.url, resp.headers.get(hdrs.LOCATION)))
+        location = self._location(resp.url, resp.headers.get(hdrs.LOCATION))
+        return UploadSession(location, _positive(resp.headers.get(CHUNK_MIN_LENGTH)))
 
-    async def upload_blob(
-        self, session: UploadSession, descriptor: Descriptor, chunks: AsyncIterable[bytes]
+    async def patch_blob(
+        self, session: UploadSession, body: AsyncIterable[bytes], *, length: int, offset: int | None
+    ) -> UploadSession:
+        """Send `length` bytes of the blob in one PATCH; the session to continue in.
+
+        With `offset` the PATCH is a chunk (`Content-Range: offset-end`); without, the whole
+        blob streamed in one request. 202 is the spec's answer, 201 ECR's."""
+        headers: dict[str, str] = {
+            hdrs.CONTENT_TYPE: "application/octet-stream",
+            hdrs.CONTENT_LENGTH: str(length),
+        }
+        if offset is not None:
+            headers[hdrs.CONTENT_RANGE] = f"{offset}-{offset + length - 1}"
+        resp = await self.transport.send_stream(
+            hdrs.METH_PATCH, session.location, body, ok=(201, 202, 204), headers=headers
+        )
+        location = resp.headers.get(hdrs.LOCATION) or str(session.location)
+        return UploadSession(self._location(resp.url, location), session.min_chunk)
+
+    async def commit_blob(
+        self,
+        session: UploadSession,
+        descriptor: Descriptor,
+        body: AsyncIterable[bytes] | None = None,
     ) -> None:
-        """Stream the blob in one PATCH, then commit it with `PUT ?digest=`.
-
-        PATCH-then-PUT is what Docker, skopeo and go-containerregistry send, so every
-        registry accepts it; the body is streamed with its known Content-Length.
-        """
+        """`PUT ?digest=`: finish the upload, with the whole blob as `body` (a monolithic
+        upload, sent once) or with no body after PATCHes (retried like any request)."""
         location = session.location
-        if descriptor.size > 0:
+        separator = "&" if location.raw_query_string else "?"
+        digest = quote(descriptor.digest, safe=":")
+        commit = URL(f"{location}{separator}digest={digest}", encoded=True)
+        if body is None:
+            resp = await self.transport.request(
+                hdrs.METH_PUT, commit, ok=(201, 204), headers={hdrs.CONTENT_LENGTH: "0"}
+            )
+        else:
             resp = await self.transport.send_stream(
-                hdrs.METH_PATCH,
-                location,
-                chunks,
-                ok=(202, 204),
+                hdrs.METH_PUT,
+                commit,
+                body,
+                ok=(201, 204),
                 headers={
                     hdrs.CONTENT_TYPE: "application/octet-stream",
                     hdrs.CONTENT_LENGTH: str(descriptor.size),
                 },
             )
-            location = self._location(resp.url, resp.headers.get(hdrs.LOCATION) or str(location))
-        else:
-            async for _ in chunks:  # consume (and so verify) the empty stream
-                pass
-        separator = "&" if location.raw_query_string else "?"
-        digest = quote(descriptor.digest, safe=":")
-        commit = URL(f"{location}{separator}digest={digest}", encoded=True)
-        resp = await self.transport.request(
-            hdrs.METH_PUT, commit, ok=(201, 204), headers={hdrs.CONTENT_LENGTH: "0"}
-        )
         stored = resp.headers.get(CONTENT_DIGEST)
         algorithm = descriptor.digest.split(":", 1)[0]
         if stored and stored.startswith(f"{algorithm}:") and stored != descriptor.digest:

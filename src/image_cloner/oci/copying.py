@@ -7,7 +7,8 @@ The order is what makes a copy safe to interrupt and cheap to repeat:
 3. For an index, each child manifest concurrently: skip it if the target has it; else copy
    its config and layers concurrently, then PUT the child by digest.
 4. For each blob: HEAD the target → mount from another repository of the same registry →
-   streamed GET into a streamed upload, its digest verified before the last byte is sent.
+   streamed GET into an upload (its strategy per host: `oci.uploads`), its digest verified
+   before the last byte is sent.
 5. PUT the top manifest by tag last, so a tag never points at something incomplete.
 
 Blob transfers, child manifests and whole images are single-flight within the process:
@@ -21,24 +22,22 @@ import enum
 import logging
 from collections import OrderedDict
 from collections.abc import Coroutine, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
 from image_cloner.oci.auth import RegistryAuth
-from image_cloner.oci.client import RegistryClient, UploadSession
-from image_cloner.oci.errors import (
-    AuthenticationError,
-    DigestMismatchError,
-    NotFoundError,
-    RegistryError,
-)
+from image_cloner.oci.client import BlobStream, RegistryClient, UploadSession
+from image_cloner.oci.errors import DigestMismatchError, RegistryError
 from image_cloner.oci.manifests import Descriptor, ImageIndex, Manifest
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Reference, Repository
+from image_cloner.oci.retries import RetryPolicy, shared_budget
 from image_cloner.oci.slots import TransferSlots
-from image_cloner.oci.transport import RetryPolicy, Transport
+from image_cloner.oci.transport import Transport
+from image_cloner.oci.uploads import REFUSED_MOUNT_STATUSES, UploadHabits, upload
 from image_cloner.singleflight import SingleFlight
 
 __all__ = ["BlobOutcome", "Copier", "CopyResult", "ProgressListener"]
@@ -144,6 +143,7 @@ class Copier:
         self._blobs: SingleFlight[BlobOutcome] = SingleFlight()
         self._slots = TransferSlots(options.max_concurrent_transfers)
         self._blob_homes: OrderedDict[tuple[str, str], Repository] = OrderedDict()
+        self._habits = UploadHabits()
 
     async def __aenter__(self) -> Self:
         await self._transport.__aenter__()
@@ -274,10 +274,13 @@ class Copier:
         # The first try uses the session a refused mount opened; each retry opens its own.
         sessions = iter([refused] if refused is not None else [])
         try:
-            async with self._slots.hold(job.source.authority, target.authority):
-                await self._transport.with_retries(
-                    lambda: self._upload(job, blob, next(sessions, None))
-                )
+            # One retry budget for the blob: the whole-blob retries and the retries of the
+            # requests inside them (POST, source GET, commit) spend from it together.
+            with shared_budget(self._transport.retry):
+                async with self._slots.hold(job.source.authority, target.authority):
+                    await self._transport.with_retries(
+                        lambda: self._upload(job, blob, next(sessions, None))
+                    )
         finally:
             if (unused := next(sessions, None)) is not None:
                 # A refused mount's session never used (e.g. cancelled while waiting
@@ -290,38 +293,40 @@ class Copier:
         self, job: _Job, blob: Descriptor
     ) -> Literal[BlobOutcome.MOUNTED] | UploadSession | None:
         """Try to mount the blob from a repository of the target registry known to hold it:
-        MOUNTED, the upload session a refused mount opened, or None (no mount)."""
-        if (home := self._mount_source(job, blob.digest)) is None:
+        MOUNTED, the upload session a refused mount opened, or None (no mount).
+
+        A refusal in any form (an error status, or 202 with a session) means "upload"; a host
+        that refuses mounts is not asked again in this process (see `uploads.HostHabits`)."""
+        habits = self._habits.host(job.target.authority)
+        if habits.refuses_mounts or (home := self._mount_source(job, blob.digest)) is None:
             return None
         try:
             session = await job.target.start_upload(mount=(blob.digest, home))
-        except (NotFoundError, AuthenticationError) as exc:
-            # Some registries answer a refused mount with an error, not with 202.
+        except RegistryError as exc:
+            if exc.status not in REFUSED_MOUNT_STATUSES:
+                raise
             logger.debug("mount of %s from %s failed: %s", blob.digest, home.name, exc)
+            habits.mount_refused(exc.status)
             return None
         if session is None:
+            habits.mounted()
             return BlobOutcome.MOUNTED
         logger.debug("mount of %s from %s refused; uploading", blob.digest, home.name)
+        habits.mount_refused(None)
         return session
 
     async def _upload(self, job: _Job, blob: Descriptor, session: UploadSession | None) -> None:
-        """One upload try, into `session` or a new one; a failed session is cancelled."""
-        target = job.target
-        if session is None and (session := await target.start_upload()) is None:
-            raise RegistryError(f"{target.repository.name}: upload start returned no session")
-        try:
-            await self._stream(job, blob, session)
-        except BaseException:
-            await target.cancel_upload(session)
-            raise
+        """One upload try, into `session` or a new one (strategies: `oci.uploads`)."""
+        habits = self._habits.host(job.target.authority)
+        await upload(job.target, habits, blob, session, partial(self._stream, job, blob))
 
-    async def _stream(self, job: _Job, blob: Descriptor, session: UploadSession) -> None:
+    def _stream(self, job: _Job, blob: Descriptor) -> AbstractAsyncContextManager[BlobStream]:
+        """The blob's download, opened anew for each try of its upload."""
         progress = job.progress
         if progress is not None:
             progress.blob_started(blob)
         advanced = None if progress is None else partial(progress.blob_advanced, blob)
-        async with job.source.open_blob(blob, on_progress=advanced) as body:
-            await job.target.upload_blob(session, blob, body)
+        return job.source.open_blob(blob, on_progress=advanced)
 
     def _mount_source(self, job: _Job, digest: str) -> Repository | None:
         """A repository of the target registry known to hold `digest`, if any."""

@@ -96,10 +96,13 @@ class RegistryUnavailableError(RegistryError):
         status: int | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        authority: str | None = None,
     ):
         super().__init__(message, status=status, code=code)
         self.retry_after = retry_after
         """Seconds the registry asked us to wait (`Retry-After`), if it said."""
+        self.authority = authority
+        """The host that failed (`host:port`), when known: what a circuit breaker counts."""
 
 
 class InvalidManifestError(RegistryError):
@@ -151,6 +154,7 @@ def error_for_status(
     code: str | None = None,
     message: str | None = None,
     retry_after: float | None = None,
+    authority: str | None = None,
 ) -> RegistryError:
     """The typed error for a failed response; `what` names the request ("GET https://...")."""
     reason = " ".join(part for part in (str(status), code, message and f"({message})") if part)
@@ -161,7 +165,9 @@ def error_for_status(
     if status == 404:
         return NotFoundError(text, status=status, code=code)
     if status == 429 or status >= 500 or status == 408:
-        return RegistryUnavailableError(text, status=status, code=code, retry_after=retry_after)
+        return RegistryUnavailableError(
+            text, status=status, code=code, retry_after=retry_after, authority=authority
+        )
     if code in ("MANIFEST_INVALID", "MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN", "TAG_INVALID"):
         return InvalidManifestError(text, status=status, code=code)
     if code == "DIGEST_INVALID":
@@ -205,6 +211,7 @@ async def check_response(resp: ClientResponse, *ok: int) -> None:
         code=code,
         message=message,
         retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+        authority=resp.url.raw_authority,
     )
 
 
@@ -229,9 +236,10 @@ def _mapped(method: str, url: URL, exc: BaseException) -> RegistryError:
             f"{what}: TLS certificate not trusted ({exc.certificate_error}); "
             "give the registry's CA file, or mark the host insecure"
         )
+    authority = url.raw_authority
     if isinstance(exc, aiohttp.ClientConnectorSSLError):
-        return RegistryUnavailableError(f"{what}: TLS handshake failed")
-    return RegistryUnavailableError(f"{what}: {_reason(exc)}")
+        return RegistryUnavailableError(f"{what}: TLS handshake failed", authority=authority)
+    return RegistryUnavailableError(f"{what}: {_reason(exc)}", authority=authority)
 
 
 def _our_cause(exc: BaseException) -> RegistryError | None:

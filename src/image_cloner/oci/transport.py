@@ -9,9 +9,11 @@ in registry terms. Decisions (see docs/copy.md):
   it is resent over HTTP; the answer is cached for the process. A certificate that fails
   verification is an error for loopback hosts (pass a CA file), while `insecure_hosts`
   skip verification, as Docker's insecure registries do.
-- Retries are data (`RetryPolicy`): 408/429/5xx and connection failures are retried with
-  exponential backoff and jitter, honouring `Retry-After`. Streamed uploads cannot be
-  replayed, so the caller retries those as a whole.
+- Retries are data (`oci.retries.RetryPolicy`): 408/429/5xx and connection failures are
+  retried with backoff, honouring `Retry-After`, from one budget per unit of work (a blob
+  transfer retried as a whole does not multiply with its requests' retries), and a host that
+  keeps failing has its circuit opened. Streamed uploads cannot be replayed, so the caller
+  retries those as a whole, inside `with_retries`.
 
 How many transfers run at once is the copy engine's business (`oci.slots`), not this one's.
 """
@@ -19,10 +21,9 @@ How many transfers run at once is the copy engine's business (`oci.slots`), not 
 from __future__ import annotations
 
 import asyncio
-import random
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
@@ -33,7 +34,6 @@ from aiohttp import ClientMiddlewareType, ClientResponse, hdrs
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from image_cloner.backoff import Backoff
 from image_cloner.oci.errors import (
     RegistryError,
     RegistryUnavailableError,
@@ -44,8 +44,9 @@ from image_cloner.oci.errors import (
 )
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import InvalidReference, Registry
+from image_cloner.oci.retries import CircuitBreaker, RetryPolicy, current_budget
 
-__all__ = ["Response", "RetryPolicy", "Transport"]
+__all__ = ["Response", "Transport"]
 
 T = TypeVar("T")
 
@@ -55,40 +56,6 @@ READ_TIMEOUT = 300.0
 MAX_BODY = 4 * 1024 * 1024
 STREAM_BUFFER = 1024 * 1024
 """Read buffer of streamed blob downloads: big enough for throughput, small enough to stay flat."""
-
-RETRY_BACKOFF = Backoff(base=0.25, cap=10.0, jitter=0.5)
-"""Default wait between request retries (frozen, so one instance serves every policy)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class RetryPolicy:
-    """When and how long to wait before trying a request again."""
-
-    attempts: int = 5
-    """Tries in all, the first included."""
-    statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
-    """Response statuses worth another try; connection failures always are."""
-    backoff: Backoff = RETRY_BACKOFF
-    """Wait before each retry; jittered so that many clients do not retry in step."""
-    max_retry_after: float = 60.0
-    """Cap on a server's `Retry-After`; beyond it we rather fail than hang."""
-
-    def delay(
-        self,
-        attempt: int,
-        *,
-        retry_after: float | None = None,
-        rand: Callable[[], float] = random.random,
-    ) -> float:
-        """Seconds to wait after failed try number `attempt` (1-based)."""
-        if retry_after is not None:
-            return max(0.0, min(retry_after, self.max_retry_after))
-        return self.backoff.delay(attempt, rand=rand)
-
-    def should_retry(self, error: RegistryUnavailableError, attempt: int) -> bool:
-        if attempt >= self.attempts:
-            return False
-        return error.status is None or error.status in self.statuses
 
 
 @dataclass(frozen=True)
@@ -125,6 +92,7 @@ class Transport:
     ) -> None:
         self.options = options
         self.retry = retry or RetryPolicy()
+        self.breaker = CircuitBreaker(self.retry)
         self._middlewares = tuple(middlewares)
         self._sleep = sleep
         self._ssl = ssl_context(options)
@@ -217,7 +185,7 @@ class Transport:
         Reading the body is the caller's; `mapped_errors` is its error boundary."""
 
         async def once() -> ClientResponse:
-            with mapped_errors(method, url):
+            with self._watched(url.raw_authority), mapped_errors(method, url):
                 resp = await self._send(method, url, headers=headers, data=None)
                 await check_response(resp, *ok)
                 return resp
@@ -244,16 +212,34 @@ class Transport:
             return Response(resp.status, resp.headers, resp.url, await read_body(resp, MAX_BODY))
 
     async def with_retries(self, once: Callable[[], Awaitable[T]]) -> T:
-        """Run `once` until it succeeds or `RetryPolicy` gives up on its failures."""
-        attempt = 0
+        """Run `once` until it succeeds or the retry budget is spent.
+
+        Inside `retries.shared_budget` (a blob transfer), the budget is the one shared by
+        every loop in that unit of work; elsewhere each call has its own."""
+        budget = current_budget(self.retry)
         while True:
-            attempt += 1
             try:
                 return await once()
             except RegistryUnavailableError as exc:
-                if not self.retry.should_retry(exc, attempt):
+                if (delay := budget.spend(exc)) is None:
                     raise
-                await self._sleep(self.retry.delay(attempt, retry_after=exc.retry_after))
+                await self._sleep(delay)
+
+    @contextmanager
+    def _watched(self, authority: str) -> Iterator[None]:
+        """Feed the host's circuit breaker: fail at once while it is open, count the rest."""
+        self.breaker.check(authority)
+        try:
+            yield
+        except RegistryUnavailableError as exc:
+            # Only the host's own failures: a streamed body's error names its source host.
+            if exc.authority == authority:
+                self.breaker.failed(authority, exc)
+            raise
+        except RegistryError:
+            self.breaker.succeeded(authority)  # an answer, if a refusal: the host is up
+            raise
+        self.breaker.succeeded(authority)
 
     @asynccontextmanager
     async def _checked(
@@ -266,7 +252,7 @@ class Transport:
         data: bytes | AsyncIterable[bytes] | None,
     ) -> AsyncIterator[ClientResponse]:
         """A response whose status is one of `ok`, inside the error boundary."""
-        with mapped_errors(method, url):
+        with self._watched(url.raw_authority), mapped_errors(method, url):
             resp = await self._send(method, url, headers=headers, data=data)
             try:
                 await check_response(resp, *ok)
