@@ -1,10 +1,11 @@
 """The Kubernetes API calls the controller makes itself, on one explicit client.
 
 kopf watches; everything else goes through here: reading a workload again before
-deciding, the JSON patch that rewrites it, Events, and the pull Secret. Keeping
-them in one small module makes the RBAC the controller needs exactly the list of
-methods below (get/list/patch workloads, create/patch events, get/create/patch
-one Secret name). Objects travel as plain JSON dicts, as the API serves them:
+deciding, the JSON patch that rewrites it, Events, the pull Secret and the
+leader-election Lease. Keeping them in one small module makes the RBAC the
+controller needs exactly the list of methods below (get/list/patch workloads,
+create/patch events, get/create/patch one Secret name, get/create/update one
+Lease). Objects travel as plain JSON dicts, as the API serves them:
 `workloads` works on those, and no model class can drop a field we do not know.
 Each workload method takes a `WorkloadKind`, whose entry gives the API path.
 
@@ -277,6 +278,25 @@ class Kube:
         )
         return "updated"
 
+    # --- the leader-election Lease ---------------------------------------------
+
+    async def read_lease(self, namespace: str, name: str) -> JsonObject | None:
+        """The Lease as stored now, or None when there is none yet."""
+        try:
+            return await self._call("GET", _lease_path(namespace, name))
+        except NotFound:
+            return None
+
+    async def create_lease(self, namespace: str, lease: Mapping[str, Any]) -> JsonObject:
+        """Create the Lease; `AlreadyExists` when another replica was first."""
+        return await self._call("POST", _lease_path(namespace), body=dict(lease))
+
+    async def replace_lease(
+        self, namespace: str, name: str, lease: Mapping[str, Any]
+    ) -> JsonObject:
+        """PUT the Lease; its `resourceVersion` guards it (`Conflict` if it changed)."""
+        return await self._call("PUT", _lease_path(namespace, name), body=dict(lease))
+
     # --- plumbing -------------------------------------------------------------
 
     async def _call(
@@ -307,6 +327,11 @@ class Kube:
             reason = str(e) or type(e).__name__
             raise Unreachable(0, f"cannot reach the apiserver: {reason}") from None
         return dict(result or {})
+
+
+def _lease_path(namespace: str, name: str = "") -> str:
+    collection = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+    return f"{collection}/{name}" if name else collection
 
 
 def _timestamp() -> str:
