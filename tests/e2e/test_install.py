@@ -301,16 +301,17 @@ def test_serviceaccount_may_renew_its_lease_in_its_own_namespace_only(
 
     # Real requests with its token: create and renew in its namespace, refused elsewhere.
     testbed.kubectl("delete", lease, "-n", NAMESPACE, "--ignore-not-found")
+    spec: dict[str, object] = {"holderIdentity": "install-test", "leaseDurationSeconds": 15}
     body = {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
         "metadata": {"name": LEASE},
-        "spec": {"holderIdentity": "install-test", "leaseDurationSeconds": 15},
+        "spec": spec,
     }
     try:
         created = controller_sa.run("create", "-n", NAMESPACE, "-f", "-", input=json.dumps(body))
         assert created.returncode == 0, created.stderr
-        body["spec"]["holderIdentity"] = "install-test-2"
+        spec["holderIdentity"] = "install-test-2"
         renewed = controller_sa.run("replace", "-n", NAMESPACE, "-f", "-", input=json.dumps(body))
         assert renewed.returncode == 0, renewed.stderr
         holder = controller_sa.run(
