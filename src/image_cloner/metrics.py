@@ -161,6 +161,11 @@ class Metrics:
             "Workloads waiting to be reconciled.",
             registry=self.registry,
         )
+        self._leader = Gauge(
+            "image_cloner_leader",
+            "1 while this replica holds the leader-election Lease (or runs without one), else 0.",
+            registry=self.registry,
+        )
         # Every series exists from the first scrape, so rate() and alerts see zeros.
         for skip in SkipReason:
             self._skipped.labels(skip.value)
@@ -197,6 +202,10 @@ class Metrics:
         if kind not in self._kinds:
             raise ValueError(f"unknown kind {kind!r}: expected one of {', '.join(self._kinds)}")
         self._not_rewritten.labels(kind, NotRewrittenReason(reason).value).inc()
+
+    def set_leader(self, leading: bool) -> None:
+        """This replica started (True) or stopped (False) doing the work."""
+        self._leader.set(1 if leading else 0)
 
     def track_queue(self, depth: Callable[[], float]) -> None:
         """Report `depth()` (e.g. `lambda: queue.depth`) as the queue depth at each scrape."""

@@ -32,9 +32,11 @@ T = TypeVar("T", bound=str)
 
 __all__ = [
     "DEFAULT_IGNORED_NAMESPACES",
+    "DEFAULT_LEASE_NAME",
     "DEFAULT_METRICS_PORT",
     "DEFAULT_PULL_SECRET",
     "ConfigError",
+    "LeaderElection",
     "Settings",
     "parse_credentials",
     "registry_options_from_env",
@@ -73,10 +75,20 @@ PULL_USER_FILE = "IMAGE_CLONER_PULL_USER_FILE"
 PULL_PASS_FILE = "IMAGE_CLONER_PULL_PASS_FILE"
 """File holding the pull login's password; re-read on change, and pull Secrets follow."""
 
+LEADER_ELECTION = "IMAGE_CLONER_LEADER_ELECTION"
+LEASE_NAME = "IMAGE_CLONER_LEADER_ELECTION_LEASE"
+LEASE_DURATION = "IMAGE_CLONER_LEADER_ELECTION_LEASE_DURATION"
+RENEW_DEADLINE = "IMAGE_CLONER_LEADER_ELECTION_RENEW_DEADLINE"
+RETRY_PERIOD = "IMAGE_CLONER_LEADER_ELECTION_RETRY_PERIOD"
+
 DEFAULT_IGNORED_NAMESPACES = frozenset({"kube-system"})
 DEFAULT_PULL_SECRET = "image-cloner-pull"
 DEFAULT_METRICS_PORT = 8080
 MAX_TRANSFERS_LIMIT = 64
+DEFAULT_LEASE_NAME = "image-cloner"
+JITTER_FACTOR = 1.2
+"""client-go's `leaderelection.JitterFactor`: the renew deadline must exceed retry x this."""
+MAX_DURATION = 3600.0
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
@@ -85,10 +97,31 @@ _DNS_SUBDOMAIN_RE = re.compile(
     r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", re.ASCII
 )
 _USERINFO_RE = re.compile(r"//[^/@]*@")
+_SECONDS_RE = re.compile(r"[0-9]{1,6}(\.[0-9]{1,3})?s?", re.ASCII)
 
 
 class ConfigError(ValueError):
     """A setting is missing or wrong; the message is one line and names the variable."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeaderElection:
+    """How replicas agree on the one that works: client-go's `leaderelection`, on a Lease."""
+
+    namespace: str
+    """Where the Lease lives: the controller's own namespace (`IMAGE_CLONER_POD_NAMESPACE`)."""
+
+    lease_name: str = DEFAULT_LEASE_NAME
+    """Name of the `coordination.k8s.io/v1` Lease (`IMAGE_CLONER_LEADER_ELECTION_LEASE`)."""
+
+    lease_duration: float = 15.0
+    """Seconds a follower waits, after it last saw the Lease change, before taking it over."""
+
+    renew_deadline: float = 10.0
+    """Seconds after its last successful renewal at which a leader stops working."""
+
+    retry_period: float = 2.0
+    """Seconds between attempts to acquire or renew."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,6 +184,9 @@ class Settings:
         """Pull Secrets are written, with the push login in them (no pull login is set)."""
         return self.pull_secret_name is not None and self.pull_login is None
 
+    leader_election: LeaderElection | None = None
+    """Lease-based leader election between replicas; None: this process always works."""
+
     @property
     def backup_credentials(self) -> Credentials | None:
         """The backup registry's (push) login as read at start."""
@@ -190,6 +226,7 @@ class Settings:
             rewrite_owned=_boolean(env, REWRITE_OWNED, default=False),
             push_login=push_login,
             pull_login=pull_login,
+            leader_election=_leader_election(env, pod_namespace),
         )
 
 
@@ -415,6 +452,53 @@ def _integer(env: Mapping[str, str], name: str, *, default: int, top: int) -> in
     if not digits or not 1 <= int(value) <= top:
         raise ConfigError(f"{name}: expected a whole number from 1 to {top}, got {value!r}")
     return int(value)
+
+
+def _leader_election(env: Mapping[str, str], pod_namespace: str | None) -> LeaderElection | None:
+    if not _boolean(env, LEADER_ELECTION, default=False):
+        return None
+    if pod_namespace is None:
+        raise ConfigError(f"{LEADER_ELECTION}: needs {POD_NAMESPACE}, the namespace of the Lease")
+    name = _get(env, LEASE_NAME) or DEFAULT_LEASE_NAME
+    if len(name) > 253 or not _DNS_SUBDOMAIN_RE.fullmatch(name):
+        raise ConfigError(f"{LEASE_NAME}: {name!r} is not a Lease name (a DNS subdomain)")
+    defaults = LeaderElection(namespace=pod_namespace)
+    lease = _seconds(env, LEASE_DURATION, default=defaults.lease_duration)
+    renew = _seconds(env, RENEW_DEADLINE, default=defaults.renew_deadline)
+    retry = _seconds(env, RETRY_PERIOD, default=defaults.retry_period)
+    # client-go's NewLeaderElector checks, in its order and with its jitter factor.
+    if lease <= renew:
+        raise ConfigError(
+            f"{LEASE_DURATION} ({lease:g}s) must be greater than {RENEW_DEADLINE} ({renew:g}s)"
+        )
+    if renew <= JITTER_FACTOR * retry:
+        raise ConfigError(
+            f"{RENEW_DEADLINE} ({renew:g}s) must be greater than"
+            f" {RETRY_PERIOD} x {JITTER_FACTOR} ({retry * JITTER_FACTOR:g}s)"
+        )
+    if not lease.is_integer():
+        # The Lease stores whole seconds; rounding either way would change the promise.
+        raise ConfigError(f"{LEASE_DURATION}: the Lease holds whole seconds, got {lease:g}")
+    return LeaderElection(
+        namespace=pod_namespace,
+        lease_name=name,
+        lease_duration=lease,
+        renew_deadline=renew,
+        retry_period=retry,
+    )
+
+
+def _seconds(env: Mapping[str, str], name: str, *, default: float) -> float:
+    """A duration in seconds: `15`, `15s`, `0.5` or `0.5s` (Go's `15s` reads the same)."""
+    value = _get(env, name)
+    if value is None:
+        return default
+    if not _SECONDS_RE.fullmatch(value) or not 0 < float(value.rstrip("s")) <= MAX_DURATION:
+        raise ConfigError(
+            f"{name}: expected seconds greater than 0 and at most {MAX_DURATION:g}"
+            f" (e.g. 15 or 15s), got {value!r}"
+        )
+    return float(value.rstrip("s"))
 
 
 def _log_format(env: Mapping[str, str]) -> LogFormat:

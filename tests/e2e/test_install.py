@@ -26,6 +26,7 @@ CHART = ROOT / "charts" / "image-cloner"
 NAMESPACE = "image-cloner-system"
 SERVICE_ACCOUNT = "image-cloner"
 PULL_SECRET = "image-cloner-pull"
+LEASE = "image-cloner"
 PULL_SECRET_BINDING = "image-cloner-pull-secrets"
 ROLLOUT_TIMEOUT = "120s"
 RBAC_PROPAGATION = 15.0
@@ -125,6 +126,7 @@ def wait_until_can(client: ServiceAccountClient, verb: str, resource: str, want:
 @pytest.fixture(scope="module")
 def examples_applied(testbed: Testbed) -> Iterator[None]:
     testbed.kubectl("apply", "-f", str(EXAMPLES / "rbac.yml"))
+    testbed.kubectl("apply", "-f", str(EXAMPLES / "rbac-leader-election.yml"))
     testbed.kubectl("apply", "-f", str(EXAMPLES / "image-cloner.yml"))
     yield
     # The controller's Deployment would make other tests' controllers look at its image;
@@ -136,6 +138,7 @@ def examples_applied(testbed: Testbed) -> Iterator[None]:
         "deployment/image-cloner",
         "configmap/image-cloner-config",
         "secret/image-cloner-credentials",
+        "poddisruptionbudget/image-cloner",
         "--ignore-not-found",
         check=False,
     )
@@ -193,7 +196,8 @@ def test_examples_apply_and_the_pod_passes_restricted_admission(
             "json",
         ).stdout
     )["items"]
-    assert [p["spec"]["serviceAccountName"] for p in pods] == [SERVICE_ACCOUNT]
+    # Two replicas (leader election), both admitted.
+    assert [p["spec"]["serviceAccountName"] for p in pods] == [SERVICE_ACCOUNT] * 2
     env = {e["name"]: e for e in pods[0]["spec"]["containers"][0]["env"]}
     assert env["IMAGE_CLONER_POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == (
         "metadata.namespace"
@@ -389,6 +393,51 @@ def test_pull_secret_role_allows_one_secret_name_and_nothing_else(
     assert not controller_sa.can_i("watch", "secrets")
 
 
+def test_serviceaccount_may_renew_its_lease_in_its_own_namespace_only(
+    testbed: Testbed, controller_sa: ServiceAccountClient, namespace: str
+) -> None:
+    lease = f"leases.coordination.k8s.io/{LEASE}"
+    deadline = time.monotonic() + RBAC_PROPAGATION
+    while not controller_sa.can_i("update", lease, namespace=NAMESPACE):
+        assert time.monotonic() < deadline, "the leader-election Role never took effect"
+        time.sleep(0.3)
+    assert controller_sa.can_i("get", lease, namespace=NAMESPACE)
+    assert controller_sa.can_i("create", "leases.coordination.k8s.io", namespace=NAMESPACE)
+    assert not controller_sa.can_i("update", f"{lease}-other", namespace=NAMESPACE)
+    for verb in ("list", "watch", "patch", "delete"):
+        assert not controller_sa.can_i(verb, lease, namespace=NAMESPACE), verb
+    for verb in ("get", "create", "update"):
+        assert not controller_sa.can_i(verb, lease, namespace=namespace), verb
+        assert not controller_sa.can_i(verb, lease, namespace="kube-node-lease"), verb
+
+    # Real requests with its token: create and renew in its namespace, refused elsewhere.
+    testbed.kubectl("delete", lease, "-n", NAMESPACE, "--ignore-not-found")
+    spec: dict[str, object] = {"holderIdentity": "install-test", "leaseDurationSeconds": 15}
+    body = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": LEASE},
+        "spec": spec,
+    }
+    try:
+        created = controller_sa.run("create", "-n", NAMESPACE, "-f", "-", input=json.dumps(body))
+        assert created.returncode == 0, created.stderr
+        spec["holderIdentity"] = "install-test-2"
+        renewed = controller_sa.run("replace", "-n", NAMESPACE, "-f", "-", input=json.dumps(body))
+        assert renewed.returncode == 0, renewed.stderr
+        holder = controller_sa.run(
+            "get", lease, "-n", NAMESPACE, "-o", "jsonpath={.spec.holderIdentity}"
+        )
+        assert holder.stdout == "install-test-2"
+        assert controller_sa.forbidden("delete", lease, "-n", NAMESPACE)
+        assert controller_sa.forbidden("get", "leases", "-n", NAMESPACE)
+        elsewhere = controller_sa.run("create", "-n", namespace, "-f", "-", input=json.dumps(body))
+        assert elsewhere.returncode != 0
+        assert 'is forbidden: User "system:serviceaccount:' in elsewhere.stderr
+    finally:
+        testbed.kubectl("delete", lease, "-n", NAMESPACE, "--ignore-not-found")
+
+
 def test_chart_renders_applies_and_keeps_secrets_out_when_unmanaged(
     testbed: Testbed, tmp_path: Path
 ) -> None:
@@ -447,6 +496,9 @@ def test_chart_renders_applies_and_keeps_secrets_out_when_unmanaged(
         for verb, resource in DENIED:
             assert not sa.can_i(verb, resource), f"can {verb} {resource}"
         assert not sa.can_i("create", "secrets", namespace="default")
+        lease = f"leases.coordination.k8s.io/{release}-image-cloner"
+        assert sa.can_i("update", lease, namespace=namespace)
+        assert not sa.can_i("update", lease, namespace="default")
         assert sa.forbidden(
             "create", "secret", "generic", PULL_SECRET, "-n", namespace, "--from-literal=k=v"
         )

@@ -28,6 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"
 CONTROLLER_NAMESPACE = "image-cloner-system"
 SERVICE_ACCOUNT = "image-cloner"
+LEASE = "image-cloner"
+"""The leader-election Lease examples/rbac-leader-election.yml allows (in CONTROLLER_NAMESPACE)."""
 RBAC_TIMEOUT = 30.0
 START_TIMEOUT = 60.0
 POLL = 0.1
@@ -86,6 +88,11 @@ class ControllerProcess(ServiceProcess):
     def stop(self) -> int | None:
         """SIGTERM (SIGKILL if it hangs); returns its exit status (None if it was not running)."""
         return self._terminate()
+
+    def interrupt(self) -> None:
+        """SIGTERM without waiting for the exit (`stop()` waits for it)."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         """SIGKILL: a crash, with no chance to clean up."""
@@ -156,15 +163,20 @@ def controller_kubeconfig(testbed: Testbed, path: Path) -> Path:
     """
     testbed.kubectl("apply", "-f", str(EXAMPLES / "rbac.yml"))
     testbed.kubectl("apply", "-f", str(EXAMPLES / "rbac-pull-secrets.yml"))
+    testbed.kubectl("apply", "-f", str(EXAMPLES / "rbac-leader-election.yml"))
     user = f"system:serviceaccount:{CONTROLLER_NAMESPACE}:{SERVICE_ACCOUNT}"
 
     def allowed() -> bool:
         # RBAC reaches the authorizer through an informer: wait for the last rule we rely on.
-        checks = [("patch", "deployments.apps"), ("patch", "events"), ("create", "secrets")]
+        checks = [
+            ("patch", "deployments.apps"),
+            ("patch", "events"),
+            ("create", "secrets"),
+            ("update", f"leases.coordination.k8s.io/{LEASE}", "-n", CONTROLLER_NAMESPACE),
+        ]
         return all(
-            testbed.kubectl("auth", "can-i", verb, what, f"--as={user}", check=False).returncode
-            == 0
-            for verb, what in checks
+            testbed.kubectl("auth", "can-i", *check, f"--as={user}", check=False).returncode == 0
+            for check in checks
         )
 
     wait_until(allowed, timeout=RBAC_TIMEOUT, what="RBAC of examples/rbac*.yml", interval=0.3)

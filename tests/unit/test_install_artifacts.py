@@ -55,6 +55,11 @@ MAIN_RIGHTS = {
     ("", "namespaces", "get", None),
     *{(g, "events", v, None) for g in ("", "events.k8s.io") for v in ("create", "patch")},
 }
+LEASE = "image-cloner"
+LEASE_RIGHTS = {
+    ("coordination.k8s.io", "leases", "create", None),
+    *{("coordination.k8s.io", "leases", v, LEASE) for v in ("get", "update")},
+}
 PULL_SECRET_RIGHTS = {
     ("", "secrets", "create", None),
     *{("", "secrets", v, PULL_SECRET) for v in ("get", "patch", "update")},
@@ -181,6 +186,26 @@ def test_pull_secret_role_is_separate_and_limited_to_one_name() -> None:
     assert not {d["metadata"]["name"] for d in docs} & main_names
 
 
+def test_leader_election_role_is_namespaced_and_limited_to_one_lease() -> None:
+    docs = load(EXAMPLES / "rbac-leader-election.yml")
+    assert not [d for d in docs if d["kind"].startswith("Cluster")]
+    role = one(docs, "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert rights(role) == LEASE_RIGHTS
+    binding = one(docs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}
+    ]
+    # Leases appear nowhere in the cluster-wide rights.
+    assert "leases" not in set(leaves(load(EXAMPLES / "rbac.yml")))
+
+
 def test_both_example_files_create_the_same_namespace() -> None:
     # Either file may be applied first; identical documents never fight over labels.
     rbac_ns = one(load(EXAMPLES / "rbac.yml"), "Namespace")
@@ -193,12 +218,27 @@ def test_both_example_files_create_the_same_namespace() -> None:
 # --- the controller's Deployment ----------------------------------------------------
 
 
-def assert_hardened_controller(deployment: dict[str, Any], *, port: int = 8080) -> None:
+def assert_hardened_controller(
+    deployment: dict[str, Any], *, port: int = 8080, leader_election: bool = True
+) -> None:
     """What every rendering of the controller's Deployment must keep."""
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
+    if leader_election:
+        # Two replicas, a new pod up before an old one goes, spread over nodes.
+        assert spec["replicas"] == 2
+        assert spec["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+        }
+        (spread,) = pod["topologySpreadConstraints"]
+        assert spread["topologyKey"] == "kubernetes.io/hostname"
+        assert spread["maxSkew"] == 1
+        selector = spread["labelSelector"]["matchLabels"]
+        assert selector.items() <= spec["template"]["metadata"]["labels"].items()
+    else:
+        assert spec["replicas"] == 1
+        assert spec["strategy"] == {"type": "Recreate"}
     assert pod["automountServiceAccountToken"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert isinstance(pod["securityContext"]["runAsUser"], int)
@@ -266,6 +306,21 @@ def test_example_controller_is_hardened_and_configured() -> None:
     assert NAMESPACE in settings.ignored_namespaces
     assert settings.pull_secret_name == PULL_SECRET
     assert settings.metrics_port == 8080
+    # Leader election in its own namespace, on the Lease the Role allows.
+    assert settings.leader_election is not None
+    assert settings.leader_election.namespace == NAMESPACE
+    assert settings.leader_election.lease_name == LEASE
+    assert_disruption_budget(docs, deployment)
+
+
+def assert_disruption_budget(docs: list[dict[str, Any]], deployment: dict[str, Any]) -> None:
+    budget = one(docs, "PodDisruptionBudget")
+    assert budget["apiVersion"] == "policy/v1"
+    assert budget["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    assert budget["spec"] == {
+        "minAvailable": 1,
+        "selector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]},
+    }
 
 
 def test_demo_workload_is_the_seed_nginx() -> None:
@@ -428,8 +483,25 @@ def test_chart_renders_the_examples_rbac_and_hardening(tmp_path: Path) -> None:
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}
         ]
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert rights(role) == LEASE_RIGHTS
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}
+    ]
     deployment = one(docs, "Deployment")
     assert_hardened_controller(deployment)
+    assert_disruption_budget(docs, deployment)
+    election = Settings.from_env(pod_env(docs)).leader_election
+    assert election is not None
+    assert (election.namespace, election.lease_name) == (NAMESPACE, LEASE)
+    assert (election.lease_duration, election.renew_deadline, election.retry_period) == (
+        15.0,
+        10.0,
+        2.0,
+    )
     example = one(load(EXAMPLES / "image-cloner.yml"), "Deployment")
     (rendered_c,) = deployment["spec"]["template"]["spec"]["containers"]
     (example_c,) = example["spec"]["template"]["spec"]["containers"]
@@ -462,6 +534,28 @@ def test_chart_without_pull_secret_management_has_no_secret_rights(tmp_path: Pat
     assert one(docs, "ConfigMap")["data"]["IMAGE_CLONER_MANAGE_PULL_SECRET"] == "false"
     env = pod_env(docs) | {"IMAGE_CLONER_USER": "u", "IMAGE_CLONER_PASS": "p"}
     assert Settings.from_env(env).pull_secret_name is None
+
+
+def test_chart_without_leader_election_runs_one_replica_and_no_lease_rights(
+    tmp_path: Path,
+) -> None:
+    docs = render(tmp_path, "leaderElection.enabled=false", "replicaCount=1")
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding", "PodDisruptionBudget")]
+    assert "leases" not in set(leaves(docs))
+    assert_hardened_controller(one(docs, "Deployment"), leader_election=False)
+    assert Settings.from_env(pod_env(docs)).leader_election is None
+    result = helm(
+        "template",
+        "image-cloner",
+        str(CHART),
+        "--set",
+        "registry=registry.example.com",
+        "--set",
+        "leaderElection.enabled=false",
+        home=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "replicaCount > 1 needs leaderElection.enabled" in result.stderr
 
 
 def test_chart_credentials_inline_or_existing_secret(tmp_path: Path) -> None:

@@ -254,6 +254,30 @@ async def test_cancelling_run_stops_its_workers(queue: WorkQueue[str]) -> None:
     assert queue.in_flight == 0
 
 
+async def test_a_cancelled_run_keeps_its_keys_for_the_next_run(queue: WorkQueue[str]) -> None:
+    # A leader that loses its Lease stops the workers; leading again must miss nothing.
+    done: list[str] = []
+    hold = True
+
+    async def worker(key: str) -> None:
+        if hold:
+            await asyncio.Event().wait()
+        done.append(key)
+
+    queue.add("interrupted")
+    runner = start(queue, worker)
+    await until(lambda: queue.in_flight == 1)
+    queue.add("waiting")
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    assert queue.depth == 2
+    hold = False
+    start(queue, worker)
+    await until(lambda: len(done) == 2)
+    assert sorted(done) == ["interrupted", "waiting"]
+
+
 async def test_run_rejects_bad_worker_counts_and_a_second_run(queue: WorkQueue[str]) -> None:
     async def worker(key: str) -> None:
         return None

@@ -12,6 +12,7 @@ from image_cloner.oci.options import Credentials
 from image_cloner.settings import (
     DEFAULT_PULL_SECRET,
     ConfigError,
+    LeaderElection,
     Settings,
     parse_credentials,
     registry_options_from_env,
@@ -559,3 +560,64 @@ def test_unreadable_or_empty_files_are_refused_naming_the_variable(
     assert message.startswith(f"{variable}: "), message
     assert str(bad) in message
     assert ("is empty" if problem == "empty" else "cannot read") in message
+
+
+# --- leader election ------------------------------------------------------------------
+
+ELECTION = {"IMAGE_CLONER_LEADER_ELECTION": "true", "IMAGE_CLONER_POD_NAMESPACE": "image-cloner"}
+
+
+def test_leader_election_is_off_by_default_and_has_client_go_defaults_when_on() -> None:
+    assert settings().leader_election is None
+    election = settings(**ELECTION).leader_election
+    assert election == LeaderElection(
+        namespace="image-cloner",
+        lease_name="image-cloner",
+        lease_duration=15.0,
+        renew_deadline=10.0,
+        retry_period=2.0,
+    )
+
+
+def test_leader_election_timings_and_lease_name() -> None:
+    election = settings(
+        **ELECTION,
+        IMAGE_CLONER_LEADER_ELECTION_LEASE="cloner-a",
+        IMAGE_CLONER_LEADER_ELECTION_LEASE_DURATION="4s",
+        IMAGE_CLONER_LEADER_ELECTION_RENEW_DEADLINE="3",
+        IMAGE_CLONER_LEADER_ELECTION_RETRY_PERIOD="0.5s",
+    ).leader_election
+    assert election is not None
+    assert (election.lease_name, election.lease_duration) == ("cloner-a", 4.0)
+    assert (election.renew_deadline, election.retry_period) == (3.0, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"IMAGE_CLONER_LEADER_ELECTION": "maybe"}, "expected true or false"),
+        (
+            {"IMAGE_CLONER_LEADER_ELECTION": "true"},
+            "IMAGE_CLONER_LEADER_ELECTION: needs IMAGE_CLONER_POD_NAMESPACE",
+        ),
+        ({**ELECTION, "IMAGE_CLONER_LEADER_ELECTION_LEASE": "Bad_Name"}, "not a Lease name"),
+        (
+            {**ELECTION, "IMAGE_CLONER_LEADER_ELECTION_LEASE_DURATION": "10"},
+            "LEASE_DURATION (10s) must be greater than IMAGE_CLONER_LEADER_ELECTION_RENEW_DEADLINE",
+        ),
+        (
+            {**ELECTION, "IMAGE_CLONER_LEADER_ELECTION_RETRY_PERIOD": "9"},
+            "RENEW_DEADLINE (10s) must be greater than IMAGE_CLONER_LEADER_ELECTION_RETRY_PERIOD"
+            " x 1.2 (10.8s)",
+        ),
+        (
+            {**ELECTION, "IMAGE_CLONER_LEADER_ELECTION_LEASE_DURATION": "15.5"},
+            "the Lease holds whole seconds",
+        ),
+        ({**ELECTION, "IMAGE_CLONER_LEADER_ELECTION_RETRY_PERIOD": "0"}, "greater than 0"),
+        ({**ELECTION, "IMAGE_CLONER_LEADER_ELECTION_RETRY_PERIOD": "2m"}, "e.g. 15 or 15s"),
+        ({**ELECTION, "IMAGE_CLONER_LEADER_ELECTION_RETRY_PERIOD": "-1"}, "e.g. 15 or 15s"),
+    ],
+)
+def test_leader_election_errors(env: dict[str, str], expected: str) -> None:
+    assert expected in config_error({**BASE, **env})

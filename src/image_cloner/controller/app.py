@@ -11,8 +11,13 @@ rotated push login is used by the copy engine from its next request on, the log 
 learns the new passwords, and the workloads whose namespaces hold a pull Secret are
 queued again, so that their Secret gets a rotated pull login (`pull_secrets`).
 
+With leader election on, every replica watches (so `/readyz` means the same everywhere)
+and feeds its queue, but only the Lease holder runs the queue's workers; `leader` stops
+them the moment the Lease is in doubt.
+
 Shutdown (SIGTERM, SIGINT): stop taking work, give in-flight reconciles a grace period
-(interrupting a copy is safe: a tag is pushed last; a patch is atomic), then stop kopf.
+(interrupting a copy is safe: a tag is pushed last; a patch is atomic), release the Lease
+so that another replica takes over at once, then stop kopf.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import kopf
 from image_cloner.backoff import Backoff
 from image_cloner.controller.handlers import build_registry, operator_settings
 from image_cloner.controller.kube import Kube
+from image_cloner.controller.leader import LeaderElector, default_identity
 from image_cloner.controller.pull_secrets import PullSecrets, watched_logins
 from image_cloner.controller.queue import WorkQueue
 from image_cloner.controller.reconcile import Reconciler
@@ -129,7 +135,12 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
             )
             tracker = WatchTracker(queue=queue, health=health, kube=kube, settings=settings)
             operation = _Operation(
-                settings=settings, kube=kube, copier=copier, queue=queue, health=health
+                settings=settings,
+                kube=kube,
+                copier=copier,
+                queue=queue,
+                health=health,
+                elector=_elector(settings, kube, metrics),
             )
             rotation = _Rotation(
                 logins=[login for login in (push, pull) if login is not None],
@@ -198,12 +209,14 @@ class _Operation:
         copier: Copier,
         queue: WorkQueue[WorkloadKey],
         health: Health,
+        elector: LeaderElector | None,
     ) -> None:
         self._settings = settings
         self._kube = kube
         self._copier = copier
         self._queue = queue
         self._health = health
+        self._elector = elector
         self._stopping = asyncio.Event()
         self._checked = asyncio.Event()
         self._kopf_stop = asyncio.Event()
@@ -227,10 +240,18 @@ class _Operation:
         self._background = [
             asyncio.create_task(rotation.run(), name="credentials"),
             asyncio.create_task(check, name="check"),
-            asyncio.create_task(self._queue.run(reconciler, workers=WORKERS), name="queue"),
+            asyncio.create_task(self._work(reconciler), name="queue"),
             asyncio.create_task(_after(self._kopf_ready, tracker.resync_forever()), name="resync"),
         ]
         await asyncio.sleep(0)  # let the queue start its workers
+
+    async def _work(self, reconciler: Reconciler) -> None:
+        """The queue's workers: always, or only while this replica holds the Lease."""
+
+        def work() -> Coroutine[Any, Any, None]:
+            return self._queue.run(reconciler, workers=WORKERS)
+
+        await (work() if self._elector is None else self._elector.run(work))
 
     async def _start_kopf(self, tracker: WatchTracker) -> asyncio.Task[None]:
         # kopf stops what it started and treats every other task created after this point as
@@ -266,6 +287,7 @@ class _Operation:
             ignored=sorted(settings.ignored_namespaces),
             workers=WORKERS,
             metrics_port=settings.metrics_port,
+            leader_election=self._elector.identity if self._elector else "off",
         )
 
     async def _stop(self, operator: asyncio.Task[None]) -> int:
@@ -275,6 +297,8 @@ class _Operation:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self._elector is not None:
+            await self._elector.release()  # the work has stopped: hand over now
         try:
             await operator
         except Exception as e:
@@ -282,6 +306,17 @@ class _Operation:
             return EXIT_FAILED
         log_event(logger, logging.INFO, "controller stopped")
         return EXIT_OK
+
+
+def _elector(settings: Settings, kube: Kube, metrics: Metrics) -> LeaderElector | None:
+    """The Lease candidate, or None when leader election is off (then we always work)."""
+    if settings.leader_election is None:
+        metrics.set_leader(True)
+        return None
+    metrics.set_leader(False)
+    return LeaderElector(
+        kube, settings.leader_election, identity=default_identity(), on_change=metrics.set_leader
+    )
 
 
 async def _after(flag: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:

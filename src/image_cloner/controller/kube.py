@@ -2,13 +2,13 @@
 
 kopf watches; everything else goes through here: reading a workload again before
 deciding, its namespace's annotations (the opt-out), the JSON patch that rewrites it,
-Events, and the pull Secret. Keeping them in one small module makes the RBAC the
-controller needs exactly the list of methods below (get/list workloads, patch the
-rewritable kinds only, get namespaces, create/patch events, get/create/patch one Secret
-name). Every write names us as its field manager (`FIELD_MANAGER`), so `managedFields`
-tells our changes apart from those of whoever undoes them. Objects travel as plain JSON
-dicts, as the API serves them: `workloads` works on those, and no model class can drop a
-field we do not know.
+Events, the pull Secret and the leader-election Lease. Keeping them in one small module
+makes the RBAC the controller needs exactly the list of methods below (get/list workloads,
+patch the rewritable kinds only, get namespaces, create/patch events, get/create/patch one
+Secret name, get/create/update one Lease). Every write names us as its field manager
+(`FIELD_MANAGER`), so `managedFields` tells our changes apart from those of whoever undoes
+them. Objects travel as plain JSON dicts, as the API serves them: `workloads` works on
+those, and no model class can drop a field we do not know.
 Each workload method takes a `WorkloadKind`, whose entry gives the API path.
 
 `_call` is the one place where the client's exceptions (`ApiException`, aiohttp's
@@ -294,6 +294,25 @@ class Kube:
         )
         return "updated"
 
+    # --- the leader-election Lease ---------------------------------------------
+
+    async def read_lease(self, namespace: str, name: str) -> JsonObject | None:
+        """The Lease as stored now, or None when there is none yet."""
+        try:
+            return await self._call("GET", _lease_path(namespace, name))
+        except NotFound:
+            return None
+
+    async def create_lease(self, namespace: str, lease: Mapping[str, Any]) -> JsonObject:
+        """Create the Lease; `AlreadyExists` when another replica was first."""
+        return await self._call("POST", _lease_path(namespace), body=dict(lease))
+
+    async def replace_lease(
+        self, namespace: str, name: str, lease: Mapping[str, Any]
+    ) -> JsonObject:
+        """PUT the Lease; its `resourceVersion` guards it (`Conflict` if it changed)."""
+        return await self._call("PUT", _lease_path(namespace, name), body=dict(lease))
+
     # --- plumbing -------------------------------------------------------------
 
     async def _call(
@@ -325,6 +344,11 @@ class Kube:
             reason = str(e) or type(e).__name__
             raise Unreachable(0, f"cannot reach the apiserver: {reason}") from None
         return dict(result or {})
+
+
+def _lease_path(namespace: str, name: str = "") -> str:
+    collection = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+    return f"{collection}/{name}" if name else collection
 
 
 def _timestamp() -> str:

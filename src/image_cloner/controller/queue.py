@@ -10,7 +10,9 @@ safe and cheap:
 - failures are retried after a per-key exponential backoff (`backoff.KeyedBackoff`),
   reset by the next success;
 - `shutdown` stops taking work, lets in-flight keys finish (within a grace period),
-  and drops what is pending: a restart re-lists everything anyway.
+  and drops what is pending: a restart re-lists everything anyway;
+- cancelling `run` (a leader that lost its Lease) stops the workers and keeps every key,
+  the interrupted ones included, so `run` can be called again and misses nothing.
 """
 
 from __future__ import annotations
@@ -176,6 +178,12 @@ class WorkQueue(Generic[K]):
         while (key := await self._get()) is not None:
             try:
                 await worker(key)
+            except asyncio.CancelledError:
+                # Cut short (leadership lost, `run` cancelled), not done: whoever runs the
+                # queue next must look at it again. A shutdown drops it like the rest.
+                if not self._shutting_down:
+                    self._dirty.add(key)
+                raise
             except Retry as retry:
                 self._retry(key, retry)
             except Exception as exc:
