@@ -1,4 +1,4 @@
-"""The operator commands' output: a table that fits 80 columns, colour only when asked, stable JSON."""
+"""The operator commands' output: a table for 80 columns, colour only when asked, stable JSON."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def test_columns_line_up_and_long_details_wrap_under_their_column() -> None:
     assert reverted.index("reverted") == outcome_at
     first = lines.index(reverted)
     continuation = lines[first + 1]
-    assert continuation[:detail_at].strip() == "" and continuation[detail_at] != " "
+    assert continuation[:detail_at].strip() == ""
+    assert continuation[detail_at] != " "
     # Nothing of the detail is lost to the wrapping.
     wrapped = "".join(
         line[detail_at:] for line in lines[first : first + 6] if len(line) > detail_at
@@ -65,14 +66,17 @@ def test_columns_line_up_and_long_details_wrap_under_their_column() -> None:
 
 def test_a_long_workload_name_keeps_both_ends() -> None:
     line = next(line for line in render_table(rows()).splitlines() if "reverted" in line)
-    assert "payments-pr" in line and "long-name" in line and "…" in line
+    assert "payments-pr" in line
+    assert "long-name" in line
+    assert "…" in line
 
 
 def test_colour_only_when_asked_and_not_counted_in_the_width() -> None:
     plain = render_table(rows(), colour=False)
     coloured = render_table(rows(), colour=True)
     assert not ANSI.search(plain)
-    assert "\x1b[31mchanged" in coloured and "\x1b[32mreverted" in coloured
+    assert "\x1b[31mchanged" in coloured
+    assert "\x1b[32mreverted" in coloured
     assert ANSI.sub("", coloured) == plain
 
 

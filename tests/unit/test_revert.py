@@ -128,10 +128,12 @@ def test_a_removed_container_and_a_damaged_annotation_are_reported() -> None:
     done = rewritten(daemonset())
     del done["spec"]["template"]["spec"]["initContainers"]
     gone = plan_revert(done, backup=BACKUP, pull_secret=SECRET)
-    assert isinstance(gone, Row) and "container setup is gone" in gone.detail
+    assert isinstance(gone, Row)
+    assert "container setup is gone" in gone.detail
     done["metadata"]["annotations"][ORIGINAL_IMAGES_ANNOTATION] = "not json"
     damaged = plan_revert(done, backup=BACKUP, pull_secret=SECRET)
-    assert isinstance(damaged, Row) and damaged.outcome == "failed"
+    assert isinstance(damaged, Row)
+    assert damaged.outcome == "failed"
 
 
 def test_images_already_back_to_the_originals_only_lose_the_annotation() -> None:
@@ -200,7 +202,9 @@ async def test_dry_run_changes_nothing_and_says_what_it_would_do() -> None:
         kube, Scope(namespace=None), backup=BACKUP, pull_secret=SECRET, dry_run=True
     )
     assert [r.outcome for r in rows] == ["would-revert", "would-delete"]
-    assert kube.objects == before and not kube.patches and not kube.events
+    assert kube.objects == before
+    assert not kube.patches
+    assert not kube.events
     assert ("demo", SECRET) in kube.secrets
 
 

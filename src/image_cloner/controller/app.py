@@ -16,6 +16,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from image_cloner.controller.watch import WatchTracker
 from image_cloner.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from image_cloner.health import Health
 from image_cloner.logs import CONTROLLER_LOGGER, LogFormat, LogLevel, configure_logging, log_event
-from image_cloner.metrics import Metrics
+from image_cloner.metrics import Metrics, registry_labels
 from image_cloner.oci.copying import Copier
 from image_cloner.oci.errors import RegistryError
 from image_cloner.oci.references import Repository
@@ -94,9 +95,11 @@ async def _serve(settings: Settings, *, kubeconfig: str | None) -> int:
     metrics = Metrics(health=health)
     queue: WorkQueue[WorkloadKey] = WorkQueue(name="workloads")
     metrics.track_queue(lambda: queue.depth)
+    options = settings.registry_options
+    metrics.observe_registries(registry_labels(options, backup_host=settings.backup.registry.host))
     try:
         async with (
-            Copier(settings.registry_options) as copier,
+            Copier(replace(options, request_listener=metrics.registry_request)) as copier,
             MetricsServer(metrics=metrics, health=health, port=settings.metrics_port),
         ):
             reconciler = Reconciler(kube=kube, copier=copier, settings=settings, metrics=metrics)

@@ -103,6 +103,10 @@ class Reconciler:
         self._copies = ImageCopies(copier, metrics=metrics, backoff=image_backoff)
 
     async def __call__(self, key: WorkloadKey) -> None:
+        with self._metrics.reconciling(key.kind):
+            await self._reconcile(key)
+
+    async def _reconcile(self, key: WorkloadKey) -> None:
         if key.namespace in self._settings.ignored_namespaces:
             return
         log = WorkloadLog(KINDS[key.kind].noun, name=key.name, namespace=key.namespace)
