@@ -126,12 +126,19 @@ class _WatchAgeCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         yield self._family()
+        yield GaugeMetricFamily("image_cloner_ready", "", value=0.0)
 
     def collect(self) -> Iterator[Metric]:
         family = self._family()
         for kind in self._health.kinds:
             family.add_metric([kind], self._health.watch_age(kind))
         yield family
+        # What /readyz answers, for alerts that cannot probe the pod themselves.
+        yield GaugeMetricFamily(
+            "image_cloner_ready",
+            "1 when /readyz passes (backup registry checked, every watch current), else 0.",
+            value=0.0 if self._health.problems() else 1.0,
+        )
 
 
 class Metrics:
@@ -225,6 +232,7 @@ class Metrics:
             self._rewritten.labels(kind)
             self._reconciles.labels(kind)
             self._reconcile_errors.labels(kind)
+            self._reconcile_duration.labels(kind)
         self._request_errors.labels(OTHER_REGISTRY)
         self.registry.register(_WatchAgeCollector(health))
 

@@ -89,10 +89,10 @@ def render_table(rows: Sequence[Row], *, width: int = 80, colour: bool = False) 
     cells = [(r.kind, f"{r.namespace}/{r.name}", r.outcome) for r in rows]
     widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(_HEADERS[:3])]
     fixed = widths[0] + widths[2] + 3 * len(_GAP)
-    # The workload and the detail share what is left; the detail gets at least half.
-    detail_width = max(MIN_DETAIL, (width - fixed) // 2)
-    widths[1] = max(len(_HEADERS[1]), min(widths[1], width - fixed - detail_width))
-    detail_width = max(detail_width, width - fixed - widths[1])
+    # A shortened name loses information, a wrapped detail does not: the workload column
+    # takes what it needs as long as the detail keeps `MIN_DETAIL`.
+    widths[1] = max(len(_HEADERS[1]), min(widths[1], width - fixed - MIN_DETAIL))
+    detail_width = max(MIN_DETAIL, width - fixed - widths[1])
     lines = [_line(_HEADERS, widths)]
     for row, (kind, workload, outcome) in zip(rows, cells, strict=True):
         wrapped = textwrap.wrap(row.detail, detail_width, break_on_hyphens=False) or [""]

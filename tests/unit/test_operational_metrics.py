@@ -139,3 +139,13 @@ async def test_every_request_sent_is_counted_by_registry_and_status(
         value(metrics, "image_cloner_registry_requests_total", registry="other", code="none") == 2
     )
     assert value(metrics, "image_cloner_registry_errors_total", registry="other") == 2
+
+
+def test_ready_follows_what_readyz_answers() -> None:
+    health = Health(kinds=("Deployment",))
+    metrics = Metrics(health=health)
+    assert value(metrics, "image_cloner_ready") == 0  # no registry check, no watch event yet
+    health.set_registry_ok(True)
+    health.mark_watch_event("Deployment")
+    assert not health.problems()
+    assert value(metrics, "image_cloner_ready") == 1

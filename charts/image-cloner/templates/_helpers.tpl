@@ -68,3 +68,15 @@ one pair per mirror, in the order given for each host.
 {{- end }}
 
 {{- define "image-cloner.caMountPath" -}}/etc/image-cloner/ca{{- end }}
+
+{{/*
+The label matchers that pick the controller's series in the alerts: by default the job
+the ServiceMonitor creates (the metrics Service's name) in the release namespace.
+*/}}
+{{- define "image-cloner.alertSelector" -}}
+{{- if .Values.prometheusRule.selector }}
+{{- .Values.prometheusRule.selector }}
+{{- else }}
+{{- printf "job=%q,namespace=%q" (printf "%s-metrics" (include "image-cloner.fullname" .)) .Release.Namespace }}
+{{- end }}
+{{- end }}

@@ -300,7 +300,8 @@ class Kube:
             ],
             accept=_METADATA_LIST,
         )
-        items: list[JsonObject] = listing.get("items", [])
+        # A metadata list with nothing in it says `"items": null`.
+        items: list[JsonObject] = listing.get("items") or []
         return items
 
     async def delete_secret(self, namespace: str, name: str, *, resource_version: str) -> bool:
