@@ -91,7 +91,7 @@ prometheus_recipe() {
     v="$(module_version "$TESTBED/prometheus" github.com/prometheus/prometheus)"
     # Prometheus 3.x is published as module v0.3MM.P: v0.316.0 is Prometheus 3.16.0.
     minor="${v#v0.3}" && minor="${minor%%.*}" && minor="$((10#$minor))"
-    echo "-s -w -X $p.Version=3.$minor.${v##*.} -X $p.Branch=HEAD -X $p.BuildUser=testbed -X $p.BuildDate=19700101-00:00:00"
+    echo "-s -w -X $p.Version=3.$minor.${v##*.} -X $p.Revision=$v -X $p.Branch=HEAD -X $p.BuildUser=testbed -X $p.BuildDate=19700101-00:00:00"
 }
 
 distribution_recipe() {

@@ -48,7 +48,15 @@ from image_cloner.workloads import (
     original_images,
 )
 
-__all__ = ["IMAGES_REVERTED", "Outcome", "RevertCalls", "revert", "revert_with", "summary"]
+__all__ = [
+    "IMAGES_REVERTED",
+    "Outcome",
+    "RevertCalls",
+    "plan_revert",
+    "revert",
+    "revert_with",
+    "summary",
+]
 
 IMAGES_REVERTED = "ImagesReverted"
 
