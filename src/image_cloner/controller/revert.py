@@ -52,6 +52,7 @@ __all__ = [
     "IMAGES_REVERTED",
     "Outcome",
     "RevertCalls",
+    "RevertPlan",
     "plan_revert",
     "revert",
     "revert_with",
@@ -117,7 +118,9 @@ class RevertCalls(WorkloadReads, Protocol):
 
 
 @dataclass(frozen=True)
-class _Plan:
+class RevertPlan:
+    """What reverting one workload takes: the guarded patch, and the images it puts back."""
+
     patch: list[dict[str, Any]]
     changes: tuple[Change, ...]
 
@@ -135,7 +138,7 @@ def _row(obj: Mapping[str, Any], outcome: Outcome, detail: str = "", **more: Any
     )
 
 
-def plan_revert(obj: JsonObject, *, backup: BackupLocation, pull_secret: str) -> _Plan | Row:
+def plan_revert(obj: JsonObject, *, backup: BackupLocation, pull_secret: str) -> RevertPlan | Row:
     """The patch that reverts `obj`, or the row saying why there is none. Pure."""
     try:
         originals = original_images(obj)
@@ -161,7 +164,7 @@ def plan_revert(obj: JsonObject, *, backup: BackupLocation, pull_secret: str) ->
     except PatchError as e:
         return _row(obj, Outcome.FAILED, str(e))
     changes = tuple(Change(name, current[name], image) for name, image in restores.items())
-    return _Plan(patch, changes)
+    return RevertPlan(patch, changes)
 
 
 def _is_backup(image: str, backup: BackupLocation) -> bool:
@@ -276,7 +279,7 @@ async def _revert_one(
     return _row(obj, Outcome.FAILED, f"changed under each of {MAX_CONFLICTS} patches")
 
 
-def _message(plan: _Plan) -> str:
+def _message(plan: RevertPlan) -> str:
     if not plan.changes:
         return "images were already the originals; annotation removed"
     return "; ".join(f"{c.before} → {c.after}" for c in plan.changes)
