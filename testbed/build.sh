@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the test bed's binaries (etcd, Kubernetes control plane, kubectl, kwok, helm, and the registries
-# and witnesses of the compatibility tests: registry-v3, ggcr-registry, crane, regctl) from the pinned
+# Builds the test bed's binaries (etcd, Kubernetes control plane, kubectl, kwok, helm, promtool, and the
+# registries and witnesses of the compatibility tests: registry-v3, ggcr-registry, crane, regctl) from the pinned
 # Go modules under testbed/ into .testbed/bin/, plus the KWOK stages config. A module is rebuilt only
 # when one of its binaries is missing or its go.mod/go.sum (or the recipe below) changed: a stamp with
 # that hash sits next to the binaries. Go's module and build caches stay at their defaults (outside the
@@ -86,6 +86,14 @@ helm_recipe() {
     echo "$flags"
 }
 
+prometheus_recipe() {
+    local v minor p=github.com/prometheus/common/version
+    v="$(module_version "$TESTBED/prometheus" github.com/prometheus/prometheus)"
+    # Prometheus 3.x is published as module v0.3MM.P: v0.316.0 is Prometheus 3.16.0.
+    minor="${v#v0.3}" && minor="${minor%%.*}" && minor="$((10#$minor))"
+    echo "-s -w -X $p.Version=3.$minor.${v##*.} -X $p.Revision=$v -X $p.Branch=HEAD -X $p.BuildUser=testbed -X $p.BuildDate=19700101-00:00:00"
+}
+
 distribution_recipe() {
     local v pkg=github.com/distribution/distribution/v3
     v="$(module_version "$TESTBED/distribution" $pkg)"
@@ -127,6 +135,8 @@ build k8s "$(k8s_recipe)" \
     kubectl=k8s.io/kubernetes/cmd/kubectl
 build kwok "$(kwok_recipe)" kwok=sigs.k8s.io/kwok/cmd/kwok
 build helm "$(helm_recipe)" helm=helm.sh/helm/v3/cmd/helm
+# `promtool test rules` / `check rules` for the chart's alerts (tests/unit/test_alert_rules.py).
+build prometheus "$(prometheus_recipe)" promtool=github.com/prometheus/prometheus/cmd/promtool
 # Registry implementations and witnesses of the registry compatibility tests (docs/testbed.md).
 build distribution "$(distribution_recipe)" registry-v3=github.com/distribution/distribution/v3/cmd/registry
 build ggcr "$(ggcr_recipe)" crane=github.com/google/go-containerregistry/cmd/crane \

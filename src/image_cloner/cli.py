@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import getpass
 import os
+import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
     _add_run(commands)
     _add_copy(commands)
+    _add_revert(commands)
     return parser
 
 
@@ -143,6 +145,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _fail(f"{PROG}: interrupted")
         return EXIT_INTERRUPTED
+
+
+# --- revert ----------------------------------------------------------------------------
+
+
+def _add_revert(commands: argparse._SubParsersAction[_Parser]) -> None:
+    revert = commands.add_parser(
+        "revert",
+        help="undo the controller's rewrites: original images back, pull Secret removed",
+        description=(
+            "Restore the images recorded in image-cloner.io/original-images, remove that "
+            "annotation and the pull Secret reference, and delete the pull Secret where no "
+            "workload uses it. Workloads changed since the rewrite are left alone and "
+            "reported (exit status 1). Stop the controller first, or it rewrites them again. "
+            f"Reads ${REGISTRY} (what a backup image is) and $IMAGE_CLONER_PULL_SECRET."
+        ),
+    )
+    revert.add_argument(
+        "targets", metavar="KIND/NAME", nargs="*", help="workloads to revert (needs --namespace)"
+    )
+    revert.add_argument("--all", action="store_true", help="every rewritten workload in scope")
+    revert.add_argument("--namespace", "-n", help="only this namespace (default: all)")
+    revert.add_argument("--dry-run", action="store_true", help="change nothing; show what would")
+    revert.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    revert.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)"
+    )
+    revert.set_defaults(command=_revert_command)
+
+
+def _revert_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    # Imported here: the Kubernetes client is heavy, and `copy` does not need it.
+    from image_cloner.controller import operations, revert
+    from image_cloner.controller.kube_errors import KubeApiError
+    from image_cloner.report import Tone, render_json, render_table
+    from image_cloner.settings import backup_location_from_env, pull_secret_name_from_env
+
+    try:
+        if bool(args.targets) == args.all:
+            raise ConfigError("give KIND/NAME arguments or --all (not both)")
+        targets = tuple(operations.parse_target(t) for t in args.targets)
+        scope = operations.Scope(namespace=args.namespace, targets=targets)
+        backup, secret = backup_location_from_env(env), pull_secret_name_from_env(env)
+        operations.check_kubeconfig(args.kubeconfig)
+        work = revert.revert_with(
+            args.kubeconfig, scope, backup=backup, pull_secret=secret, dry_run=args.dry_run
+        )
+        rows = asyncio.run(work)
+    except ConfigError as error:
+        _fail(f"{PROG} revert: {error}")
+        return EXIT_BAD_INPUT
+    except KubeApiError as error:
+        _fail(f"{PROG} revert: {error}")
+        return EXIT_FAILED
+    if args.output == "json":
+        sys.stdout.write(render_json(rows))
+    else:
+        tty = sys.stdout.isatty()
+        width = shutil.get_terminal_size().columns if tty else 80
+        if rows:
+            sys.stdout.write(render_table(rows, width=width, colour=tty))
+        print(revert.summary(rows, dry_run=args.dry_run), flush=True)
+    return EXIT_FAILED if any(row.tone is Tone.PROBLEM for row in rows) else EXIT_OK
 
 
 # --- copy ------------------------------------------------------------------------------

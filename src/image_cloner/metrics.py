@@ -1,16 +1,25 @@
 """What the controller counts about its work: Prometheus collectors, and their label sets.
 
-Labels come from small fixed sets (`SkipReason`, `FailureReason`, a workload kind), never
-from image names, namespaces or anything a user controls, so series stay few and nothing
-secret leaks into a scrape. All collectors live on one dedicated `CollectorRegistry` (no
-global state; tests make as many as they like). The age of each watch stream comes from
-`health.Health` at scrape time; `controller.server` serves all of it over HTTP.
+Labels come from small fixed sets (`SkipReason`, `FailureReason`, a workload kind, a status
+class), never from image names, namespaces or anything a user controls, so series stay few
+and nothing secret leaks into a scrape. The `registry` label of the request counters is a
+registry host only when the configuration names it (the backup registry, mirrored source
+registries and their mirrors, hosts with credentials or marked insecure); every other host
+is `other`. Source hosts come from users' pod templates, so naming them would let anyone
+who can create a Deployment add series; the hosts an SRE alerts on are configured ones.
+
+All collectors live on one dedicated `CollectorRegistry` (no global state; tests make as
+many as they like). The age of each watch stream comes from `health.Health` at scrape
+time; `controller.server` serves all of it over HTTP.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -25,12 +34,19 @@ from image_cloner.oci.errors import (
     RegistryUnavailableError,
     UnsupportedMediaTypeError,
 )
-from image_cloner.oci.references import InvalidReference
+from image_cloner.oci.options import RegistryOptions
+from image_cloner.oci.references import InvalidReference, Registry
 from image_cloner.workloads import KINDS
 
-__all__ = ["FailureReason", "Metrics", "NotRewrittenReason", "SkipReason"]
+__all__ = ["FailureReason", "Metrics", "NotRewrittenReason", "SkipReason", "registry_labels"]
 
 COPY_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+RECONCILE_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800)
+"""A reconcile with nothing to copy takes milliseconds; one that copies, minutes."""
+OTHER_REGISTRY = "other"
+"""The `registry` label of every host the configuration does not name."""
+NO_RESPONSE = "none"
+"""The `code` label of a request that got no answer (refused, reset, timed out)."""
 
 
 class SkipReason(StrEnum):
@@ -83,6 +99,29 @@ _REASONS: tuple[tuple[type[Exception], FailureReason], ...] = (
 )
 
 
+def registry_labels(options: RegistryOptions, *, backup_host: str) -> dict[str, str]:
+    """Request host (`host[:port]`, as URLs have it) → `registry` label, for configured hosts.
+
+    The label is the host as the configuration spells it (`docker.io`, whose API answers on
+    registry-1.docker.io); a mirror endpoint is labelled with its own host.
+    """
+    labels: dict[str, str] = {}
+    named = {backup_host, *options.mirrors, *options.credentials, *options.insecure_hosts}
+    for host in sorted(named):
+        try:
+            labels[Registry(host).api_host] = host
+        except InvalidReference:
+            continue
+    for urls in options.mirrors.values():
+        for url in urls:
+            labels.setdefault(urlsplit(url).netloc, urlsplit(url).netloc)
+    return labels
+
+
+def _code_class(status: int | None) -> str:
+    return NO_RESPONSE if status is None else f"{status // 100}xx"
+
+
 class _WatchAgeCollector(Collector):
     # Computed at scrape time, so the age grows while a stream is silent.
     def __init__(self, health: Health) -> None:
@@ -97,12 +136,19 @@ class _WatchAgeCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         yield self._family()
+        yield GaugeMetricFamily("image_cloner_ready", "", value=0.0)
 
     def collect(self) -> Iterator[Metric]:
         family = self._family()
         for kind in self._health.kinds:
             family.add_metric([kind], self._health.watch_age(kind))
         yield family
+        # What /readyz answers, for alerts that cannot probe the pod themselves.
+        yield GaugeMetricFamily(
+            "image_cloner_ready",
+            "1 when /readyz passes (backup registry checked, every watch current), else 0.",
+            value=0.0 if self._health.problems() else 1.0,
+        )
 
 
 class Metrics:
@@ -166,6 +212,44 @@ class Metrics:
             "1 while this replica holds the leader-election Lease (or runs without one), else 0.",
             registry=self.registry,
         )
+
+        self._reconciles = Counter(
+            "image_cloner_reconciles",
+            "Reconcile passes (one workload read, decided on and acted on), failed ones included.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self._reconcile_errors = Counter(
+            "image_cloner_reconcile_errors",
+            "Reconcile passes that failed and were put back with backoff.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self._reconcile_duration = Histogram(
+            "image_cloner_reconcile_duration_seconds",
+            "Time of one reconcile pass, image copies included.",
+            ["kind"],
+            buckets=RECONCILE_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self._copies_active = Gauge(
+            "image_cloner_copies_active",
+            "Image copies in progress now.",
+            registry=self.registry,
+        )
+        self._requests = Counter(
+            "image_cloner_registry_requests",
+            "HTTP requests sent to registries, by registry and status class (none: no answer).",
+            ["registry", "code"],
+            registry=self.registry,
+        )
+        self._request_errors = Counter(
+            "image_cloner_registry_errors",
+            "Registry requests that failed: no answer, 429 or 5xx (each retry counts).",
+            ["registry"],
+            registry=self.registry,
+        )
+        self._registry_labels: Mapping[str, str] = {}
         # Every series exists from the first scrape, so rate() and alerts see zeros.
         for skip in SkipReason:
             self._skipped.labels(skip.value)
@@ -177,6 +261,10 @@ class Metrics:
             else:
                 for why in NotRewrittenReason:
                     self._not_rewritten.labels(kind, why.value)
+            self._reconciles.labels(kind)
+            self._reconcile_errors.labels(kind)
+            self._reconcile_duration.labels(kind)
+        self._request_errors.labels(OTHER_REGISTRY)
         self.registry.register(_WatchAgeCollector(health))
 
     def image_copied(self, *, bytes_copied: int, seconds: float) -> None:
@@ -206,6 +294,38 @@ class Metrics:
     def set_leader(self, leading: bool) -> None:
         """This replica started (True) or stopped (False) doing the work."""
         self._leader.set(1 if leading else 0)
+
+    @contextmanager
+    def reconciling(self, kind: str) -> Iterator[None]:
+        """Count and time the reconcile pass run inside; an exception counts as an error."""
+        started = time.monotonic()
+        try:
+            yield
+        except Exception:  # cancellation (shutdown) is no error: BaseException passes
+            self._reconcile_errors.labels(kind).inc()
+            raise
+        finally:
+            self._reconciles.labels(kind).inc()
+            self._reconcile_duration.labels(kind).observe(time.monotonic() - started)
+
+    @contextmanager
+    def copying(self) -> Iterator[None]:
+        """Count the image copy run inside as active."""
+        with self._copies_active.track_inprogress():
+            yield
+
+    def observe_registries(self, labels: Mapping[str, str]) -> None:
+        """Label requests to these hosts (`registry_labels`) by name, all others `other`."""
+        self._registry_labels = dict(labels)
+        for label in self._registry_labels.values():
+            self._request_errors.labels(label)
+
+    def registry_request(self, host: str, status: int | None) -> None:
+        """A `RequestListener` (`RegistryOptions.request_listener`): one request sent."""
+        label = self._registry_labels.get(host, OTHER_REGISTRY)
+        self._requests.labels(label, _code_class(status)).inc()
+        if status is None or status == 429 or status >= 500:
+            self._request_errors.labels(label).inc()
 
     def track_queue(self, depth: Callable[[], float]) -> None:
         """Report `depth()` (e.g. `lambda: queue.depth`) as the queue depth at each scrape."""

@@ -38,7 +38,9 @@ __all__ = [
     "ConfigError",
     "LeaderElection",
     "Settings",
+    "backup_location_from_env",
     "parse_credentials",
+    "pull_secret_name_from_env",
     "registry_options_from_env",
 ]
 
@@ -283,6 +285,17 @@ def parse_credentials(text: str, *, what: str) -> Credentials:
     if not colon or not username or not password:
         raise ConfigError(f"{what}: expected USERNAME:PASSWORD")
     return Credentials(username, password)
+
+
+def backup_location_from_env(env: Mapping[str, str]) -> BackupLocation:
+    """`IMAGE_CLONER_REGISTRY`, checked, for commands that need no other setting."""
+    return _backup_location(env)
+
+
+def pull_secret_name_from_env(env: Mapping[str, str]) -> str:
+    """The pull Secret's name (`IMAGE_CLONER_PULL_SECRET`), even where `Settings` has none
+    (no credentials here): `revert` removes what a controller configured so once added."""
+    return _secret_name(env)
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:

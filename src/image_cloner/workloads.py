@@ -53,6 +53,7 @@ __all__ = [
     "WorkloadKind",
     "build_marker_patch",
     "build_patch",
+    "build_revert_patch",
     "images_of",
     "is_ready",
     "key_of",
@@ -392,6 +393,58 @@ def build_marker_patch(
     else:
         ops.append({"op": "remove", "path": f"/metadata/annotations/{_pointer_token(annotation)}"})
     return ops
+
+
+def build_revert_patch(
+    obj: Obj,
+    restores: Mapping[str, str],
+    *,
+    annotation: str = ORIGINAL_IMAGES_ANNOTATION,
+    pull_secret: str | None = None,
+) -> list[dict[str, Any]]:
+    """The JSON patch that undoes `build_patch`, or [] when there is nothing left to undo.
+
+    `restores` maps container name to the image to put back (the caller decides which
+    containers still run our copy; see `controller.revert`). Guarded like the rewrite: a
+    `test` of `resourceVersion` and of each image being replaced. It removes `annotation`
+    and the `pull_secret` entry of the template's `imagePullSecrets` (the whole list when
+    that entry was its only one, as the rewrite added it then), so the template is again
+    what the user wrote.
+    """
+    guard = _guard(obj)
+    containers = {c.name: c for c in images_of(obj)}
+    unknown = sorted(set(restores) - set(containers))
+    if unknown:
+        raise PatchError(f"no container named {', '.join(map(repr, unknown))} in the pod template")
+    ops: list[dict[str, Any]] = []
+    for name, image in restores.items():
+        container = containers[name]
+        if container.image != image:
+            ops.append({"op": "test", "path": container.pointer, "value": container.image})
+            ops.append({"op": "replace", "path": container.pointer, "value": image})
+    annotations = _get(obj, "metadata", "annotations")
+    if isinstance(annotations, Mapping) and annotation in annotations:
+        ops.append({"op": "remove", "path": f"/metadata/annotations/{_pointer_token(annotation)}"})
+    ops.extend(_pull_secret_removal(obj, kind_of(obj), pull_secret))
+    if not ops:
+        return []
+    return [guard, *ops]
+
+
+def _pull_secret_removal(
+    obj: Obj, kind: WorkloadKind, pull_secret: str | None
+) -> list[dict[str, Any]]:
+    existing = _get(kind.pod_spec(obj), "imagePullSecrets")
+    if not pull_secret or not isinstance(existing, list):
+        return []
+    path = f"{kind.pod_spec_pointer}/imagePullSecrets"
+    found = [
+        i for i, s in enumerate(existing) if isinstance(s, Mapping) and s.get("name") == pull_secret
+    ]
+    if found and len(found) == len(existing):
+        return [{"op": "remove", "path": path}]
+    # Highest index first, so each removal leaves the indices of the next ones valid.
+    return [{"op": "remove", "path": f"{path}/{index}"} for index in reversed(found)]
 
 
 def _kept_originals(obj: Obj, annotation: str, names: set[str]) -> dict[str, str]:

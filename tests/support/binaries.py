@@ -13,6 +13,7 @@ from pathlib import Path
 
 __all__ = [
     "BIN_ENV",
+    "CHART_TOOLS",
     "CONTROL_PLANE",
     "REGISTRY_TOOLS",
     "STAGES",
@@ -36,6 +37,8 @@ CONTROL_PLANE = (
 STAGES = "kwok-stages.yaml"
 REGISTRY_TOOLS = ("registry-v3", "ggcr-registry", "crane", "regctl")
 """Registry implementations and witnesses of the registry compatibility tests."""
+CHART_TOOLS = ("helm", "promtool")
+"""What the chart tests render and check the chart with (alerts: `promtool test rules`)."""
 
 
 class MissingBinaryError(RuntimeError):
@@ -55,9 +58,9 @@ def missing_binaries(
 
 
 def tool(name: str, *, bin_dir: Path | None = None) -> Path:
-    """The path of one of the `REGISTRY_TOOLS`; MissingBinaryError if it is not built."""
-    if name not in REGISTRY_TOOLS:
-        raise ValueError(f"{name!r} is not one of {REGISTRY_TOOLS}")
+    """The path of one of the `REGISTRY_TOOLS` or `CHART_TOOLS`; MissingBinaryError if not built."""
+    if name not in (*REGISTRY_TOOLS, *CHART_TOOLS):
+        raise ValueError(f"{name!r} is not one of {(*REGISTRY_TOOLS, *CHART_TOOLS)}")
     directory = bin_dir or default_bin_dir()
     if missing_binaries(directory, names=(name,)):
         raise MissingBinaryError(

@@ -176,6 +176,19 @@ class FakeKube:
         self.secrets[(namespace, name)] = registry_host
         return "unchanged" if known == registry_host else "created"
 
+    # --- what revert adds ---------------------------------------------------------
+
+    async def list_managed_secrets(self, name: str, *, namespace: str | None) -> list[JsonObject]:
+        # Every ensured pull Secret is ours; its metadata is all `Kube` asks for.
+        return [
+            {"metadata": {"name": n, "namespace": ns, "resourceVersion": "1"}}
+            for (ns, n) in sorted(self.secrets)
+            if n == name and (namespace is None or ns == namespace)
+        ]
+
+    async def delete_secret(self, namespace: str, name: str, *, resource_version: str) -> bool:
+        return self.secrets.pop((namespace, name), None) is not None
+
     @staticmethod
     def _key_of(obj: JsonObject) -> Key:
         meta = obj["metadata"]

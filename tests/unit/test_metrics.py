@@ -167,11 +167,12 @@ async def test_labels_come_only_from_fixed_sets(
         name for name, _ in ours
     }
     label_names = {label for _, labels in ours for label, _ in labels}
-    assert label_names == {"reason", "kind", "le"}
+    assert label_names == {"reason", "kind", "le", "registry"}
     values = {value for _, labels in ours for label, value in labels if label != "le"}
     assert values == {r.value for r in SkipReason} | {r.value for r in FailureReason} | {
         "Deployment",
         "DaemonSet",
+        "other",  # the registry label of every host the configuration does not name
     }
 
 

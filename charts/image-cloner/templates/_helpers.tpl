@@ -74,3 +74,15 @@ Where the logins are mounted when they come from files.
 */}}
 {{- define "image-cloner.pushMountPath" -}}/etc/image-cloner/push{{- end }}
 {{- define "image-cloner.pullMountPath" -}}/etc/image-cloner/pull{{- end }}
+
+{{/*
+The label matchers that pick the controller's series in the alerts: by default the job
+the ServiceMonitor creates (the metrics Service's name) in the release namespace.
+*/}}
+{{- define "image-cloner.alertSelector" -}}
+{{- if .Values.prometheusRule.selector }}
+{{- .Values.prometheusRule.selector }}
+{{- else }}
+{{- printf "job=%q,namespace=%q" (printf "%s-metrics" (include "image-cloner.fullname" .)) .Release.Namespace }}
+{{- end }}
+{{- end }}

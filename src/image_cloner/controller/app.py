@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import signal
 from collections.abc import Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ from image_cloner.logs import (
     configure_logging,
     log_event,
 )
-from image_cloner.metrics import Metrics
+from image_cloner.metrics import Metrics, registry_labels
 from image_cloner.oci.copying import Copier
 from image_cloner.oci.errors import RegistryError
 from image_cloner.oci.options import RegistryOptions
@@ -121,9 +122,11 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
     push, pull = watched_logins(settings)
     pull_secrets = PullSecrets.for_settings(kube, settings, push=push, pull=pull)
     pull_secrets.report_login(metrics)
+    options = _live_options(settings, push)
+    metrics.observe_registries(registry_labels(options, backup_host=settings.backup.registry.host))
     try:
         async with (
-            Copier(_live_options(settings, push)) as copier,
+            Copier(replace(options, request_listener=metrics.registry_request)) as copier,
             MetricsServer(metrics=metrics, health=health, port=settings.metrics_port),
         ):
             reconciler = Reconciler(

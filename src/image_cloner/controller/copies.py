@@ -104,7 +104,8 @@ class ImageCopies:
     async def _attempt(self, key: ImageKey, source: Reference, target: Reference) -> CopyResult:
         started = time.monotonic()
         try:
-            result = await self._copier.copy_image(source, target)
+            with self._metrics.copying():
+                result = await self._copier.copy_image(source, target)
         except RegistryError as e:
             self._metrics.image_failed(FailureReason.of(e))
             self.backoff.failed(key, str(e))

@@ -10,6 +10,9 @@ Secret name, get/create/update one Lease). Every write names us as its field man
 them. Objects travel as plain JSON dicts, as the API serves them: `workloads` works on
 those, and no model class can drop a field we do not know.
 Each workload method takes a `WorkloadKind`, whose entry gives the API path.
+`image-cloner revert` uses the same client with the user's kubeconfig, and two more
+calls the controller never makes (list Secrets as metadata, delete one), so the
+controller's RBAC does not grow for it.
 
 `_call` is the one place where the client's exceptions (`ApiException`, aiohttp's
 connection errors, timeouts) become ours: a `KubeApiError` keeping the apiserver's
@@ -71,6 +74,9 @@ EVENT_SERIES_WINDOW = 600.0
 """Seconds during which an identical Event is counted up instead of posted again."""
 
 EVENT_CACHE_SIZE = 4096
+
+_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+"""Accept header for a list of objects' metadata only (what `kubectl get -o name` asks for)."""
 
 JsonObject = dict[str, Any]
 SecretOutcome = Literal["created", "updated", "unchanged", "not-managed"]
@@ -313,6 +319,43 @@ class Kube:
         """PUT the Lease; its `resourceVersion` guards it (`Conflict` if it changed)."""
         return await self._call("PUT", _lease_path(namespace, name), body=dict(lease))
 
+    # --- what `revert` removes -------------------------------------------------
+
+    async def list_managed_secrets(self, name: str, *, namespace: str | None) -> list[JsonObject]:
+        """Our Secrets (managed-by label) called `name`, in one namespace or (None) all.
+
+        Asked for as metadata only: the Secrets' data never reaches this process.
+        """
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        listing = await self._call(
+            "GET",
+            f"/api/v1{scope}/secrets",
+            query=[
+                ("labelSelector", f"{MANAGED_BY_LABEL}={COMPONENT}"),
+                ("fieldSelector", f"metadata.name={name}"),
+            ],
+            accept=_METADATA_LIST,
+        )
+        # A metadata list with nothing in it says `"items": null`.
+        items: list[JsonObject] = listing.get("items") or []
+        return items
+
+    async def delete_secret(self, namespace: str, name: str, *, resource_version: str) -> bool:
+        """Delete the Secret if it is still the one we read; False when it is already gone.
+
+        A Secret changed since (another `resourceVersion`) raises `Conflict`.
+        """
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "preconditions": {"resourceVersion": resource_version},
+        }
+        try:
+            await self._call("DELETE", f"/api/v1/namespaces/{namespace}/secrets/{name}", body=body)
+        except NotFound:
+            return False
+        return True
+
     # --- plumbing -------------------------------------------------------------
 
     async def _call(
@@ -322,13 +365,18 @@ class Kube:
         *,
         body: object = None,
         content_type: str = "application/json",
+        query: Sequence[tuple[str, str]] = (),
+        accept: str = "application/json",
     ) -> JsonObject:
         try:
             result = await self._api.call_api(
                 path,
                 method,
-                query_params=[("fieldManager", FIELD_MANAGER)] if method in _WRITES else [],
-                header_params={"Accept": "application/json", "Content-Type": content_type},
+                query_params=[
+                    *query,
+                    *([("fieldManager", FIELD_MANAGER)] if method in _WRITES else []),
+                ],
+                header_params={"Accept": accept, "Content-Type": content_type},
                 body=body,
                 response_types_map={200: "object", 201: "object"},
                 auth_settings=["BearerToken"],

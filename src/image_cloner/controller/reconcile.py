@@ -113,6 +113,10 @@ class Reconciler:
         self._gate = Gate(kube=kube, settings=settings)
 
     async def __call__(self, key: WorkloadKey) -> None:
+        with self._metrics.reconciling(key.kind):
+            await self._reconcile(key)
+
+    async def _reconcile(self, key: WorkloadKey) -> None:
         if key.namespace in self._settings.ignored_namespaces:
             return
         log = WorkloadLog(KINDS[key.kind].noun, name=key.name, namespace=key.namespace)

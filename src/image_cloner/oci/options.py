@@ -6,12 +6,12 @@ settings layer builds one of these from the environment and hands it down.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-__all__ = ["Credentials", "RegistryOptions"]
+__all__ = ["Credentials", "RegistryOptions", "RequestListener"]
 
 DEFAULT_MAX_CONCURRENT_TRANSFERS = 4
 
@@ -26,6 +26,11 @@ class Credentials:
     def __repr__(self) -> str:
         # Never let a password reach a log line or a traceback through repr().
         return f"Credentials(username={self.username!r}, password='***')"
+
+
+RequestListener = Callable[[str, int | None], None]
+"""Told of each request sent to a registry: the URL's host (`host[:port]`) and the response
+status, or None when no response came (refused, reset, timed out). See `oci.observing`."""
 
 
 def _empty() -> Mapping[str, object]:
@@ -54,3 +59,6 @@ class RegistryOptions:
 
     max_concurrent_transfers: int = DEFAULT_MAX_CONCURRENT_TRANSFERS
     """Blob transfers running at once per registry host."""
+
+    request_listener: RequestListener | None = field(default=None, compare=False)
+    """Called for every request sent (the controller's metrics); None: nobody listens."""

@@ -42,6 +42,7 @@ from image_cloner.oci.errors import (
     mapped_errors,
     read_body,
 )
+from image_cloner.oci.observing import observing
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import InvalidReference, Registry
 from image_cloner.oci.retries import CircuitBreaker, RetryPolicy, current_budget
@@ -93,7 +94,11 @@ class Transport:
         self.options = options
         self.retry = retry or RetryPolicy()
         self.breaker = CircuitBreaker(self.retry)
-        self._middlewares = tuple(middlewares)
+        # Innermost, so it sees each request that really goes out (`oci.observing`).
+        observer = (
+            () if options.request_listener is None else (observing(options.request_listener),)
+        )
+        self._middlewares = (*middlewares, *observer)
         self._sleep = sleep
         self._ssl = ssl_context(options)
         self._schemes: dict[str, str] = {}
