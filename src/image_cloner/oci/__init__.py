@@ -3,7 +3,14 @@
 Knows nothing of Kubernetes. Most callers need only `Copier` and the error tree.
 """
 
-from image_cloner.oci.copying import BlobOutcome, Copier, CopyResult, ProgressListener
+from image_cloner.oci.copying import (
+    BlobOutcome,
+    Copier,
+    CopyResult,
+    ProgressListener,
+    Resolved,
+    TagOutcome,
+)
 from image_cloner.oci.errors import (
     AuthenticationError,
     DigestMismatchError,
@@ -29,6 +36,8 @@ __all__ = [
     "RegistryError",
     "RegistryOptions",
     "RegistryUnavailableError",
+    "Resolved",
     "RetryPolicy",
+    "TagOutcome",
     "UnsupportedMediaTypeError",
 ]

@@ -2,13 +2,18 @@
 
 The order is what makes a copy safe to interrupt and cheap to repeat:
 
-1. HEAD the target tag (or digest): if it is already there, that one request is the copy.
-2. GET the source manifest (exact bytes, digest verified).
+1. Decide the digest to back up: the target's digest, else the source's, else what the
+   source tag names now. HEAD the target tag (or digest): if it already holds that digest,
+   that one request is the copy.
+2. GET the source manifest by that digest (exact bytes, digest verified).
 3. For an index, each child manifest concurrently: skip it if the target has it; else copy
    its config and layers concurrently, then PUT the child by digest.
 4. For each blob: HEAD the target → mount from another repository of the same registry →
    streamed GET into a streamed upload, its digest verified before the last byte is sent.
-5. PUT the top manifest by tag last, so a tag never points at something incomplete.
+5. PUT the top manifest last, so a tag never points at something incomplete: by tag only
+   if the target tag is absent (checked again just before) or already holds the digest;
+   a tag that holds other bits is never moved unless asked (`move_tag`): the copy is then
+   kept under its digest and `CopyResult.tag` says the tag was KEPT, and at what.
 
 Blob transfers, child manifests and whole images are single-flight within the process:
 concurrent copies that need the same thing await one shared task.
@@ -41,12 +46,15 @@ from image_cloner.oci.slots import TransferSlots
 from image_cloner.oci.transport import RetryPolicy, Transport
 from image_cloner.singleflight import SingleFlight
 
-__all__ = ["BlobOutcome", "Copier", "CopyResult", "ProgressListener"]
+__all__ = ["BlobOutcome", "Copier", "CopyResult", "ProgressListener", "Resolved", "TagOutcome"]
 
 logger = logging.getLogger(__name__)
 
 KNOWN_BLOB_HOMES = 50_000
 """How many (registry, digest) → repository facts we remember as mount sources."""
+
+KNOWN_INDEXES = 4096
+"""How many manifest digests → child digests we remember (content-addressed: never stale)."""
 
 
 class BlobOutcome(enum.StrEnum):
@@ -56,6 +64,19 @@ class BlobOutcome(enum.StrEnum):
     """Mounted from another repository of the target registry; no bytes moved."""
     SKIPPED = "skipped"
     """Already in the target repository, or a non-distributable layer we do not copy."""
+
+
+class TagOutcome(enum.StrEnum):
+    """What a copy did with the target's tag."""
+
+    PUSHED = "pushed"
+    """The tag was absent (or `move_tag` was given): it now names the copied digest."""
+    ALREADY = "already"
+    """The tag already named the copied digest."""
+    KEPT = "kept"
+    """The tag names other bits and was left so; the copy is kept under its digest."""
+    NONE = "none"
+    """The target is a digest reference: there is no tag."""
 
 
 class ProgressListener(Protocol):
@@ -77,6 +98,10 @@ class CopyResult:
     digest: str
     """Digest of the top manifest (index or image), equal in source and target."""
     already_present: bool
+    """The target already held `digest`: no manifest or blob was pushed for it."""
+    tag: TagOutcome = TagOutcome.NONE
+    tag_digest: str | None = None
+    """What the target's tag names after the copy (`digest`, or the other bits it KEPT)."""
     blobs_copied: int = 0
     blobs_mounted: int = 0
     blobs_skipped: int = 0
@@ -87,6 +112,15 @@ class CopyResult:
     def pinned(self) -> Reference:
         """The target with its digest: what to pull to get exactly this copy."""
         return self.target.with_digest(self.digest)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a reference names in its registry now."""
+
+    digest: str
+    children: tuple[str, ...]
+    """Digests of the index's child manifests (its platforms); () for an image manifest."""
 
 
 @dataclass
@@ -105,6 +139,24 @@ class _Tally:
             self.blobs_mounted += 1
         else:
             self.blobs_skipped += 1
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """How a copy was asked for."""
+
+    force: bool
+    move_tag: bool
+    progress: ProgressListener | None
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """A target that already holds the digest: which, and how its tag stands."""
+
+    digest: str
+    tag: TagOutcome
+    tag_digest: str | None
 
 
 @dataclass(frozen=True)
@@ -132,6 +184,15 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
+async def _current(client: RegistryClient, ref: Reference) -> str:
+    """The digest `ref`'s tag names now (one HEAD); `NotFoundError` when there is none."""
+    assert ref.tag is not None, "a reference has a tag, a digest or both"
+    found = await client.manifest_digest(ref.tag)
+    if found is None:
+        raise NotFoundError(f"{ref.name}: no such manifest in the registry", status=404)
+    return found
+
+
 class Copier:
     """Copies images between registries. One per process; use as an async context manager."""
 
@@ -144,6 +205,7 @@ class Copier:
         self._blobs: SingleFlight[BlobOutcome] = SingleFlight()
         self._slots = TransferSlots(options.max_concurrent_transfers)
         self._blob_homes: OrderedDict[tuple[str, str], Repository] = OrderedDict()
+        self._indexes: OrderedDict[str, tuple[str, ...]] = OrderedDict()
 
     async def __aenter__(self) -> Self:
         await self._transport.__aenter__()
@@ -170,44 +232,81 @@ class Copier:
         target: Reference,
         *,
         force: bool = False,
+        move_tag: bool = False,
         progress: ProgressListener | None = None,
     ) -> CopyResult:
         """Copy `source` (all platforms) to `target`; raises `RegistryError` on failure.
 
-        Unless `force`, a target that already holds the image costs one HEAD request:
-        by tag (any digest counts, unless a digest was asked for) or by digest.
+        The digest copied is `target`'s, else `source`'s, else what `source`'s tag names
+        now. Unless `force`, a target that already holds it costs one HEAD request (and a
+        HEAD of the source tag when neither reference names a digest). A target tag that
+        holds other bits is moved only with `move_tag`; otherwise it is KEPT and the copy
+        is stored under its digest (`CopyResult.tag`, `CopyResult.tag_digest`).
         """
-        key = (source.name, target.name, force)
-        return await self._images.run(key, lambda: self._copy(source, target, force, progress))
+        key = (source.name, target.name, force, move_tag)
+        return await self._images.run(
+            key, lambda: self._copy(source, target, _Ask(force, move_tag, progress))
+        )
 
-    async def _copy(
-        self, source: Reference, target: Reference, force: bool, progress: ProgressListener | None
-    ) -> CopyResult:
+    async def resolve(self, ref: Reference) -> Resolved:
+        """What `ref` names in its registry now: its digest (one HEAD) and, for an index,
+        its children's digests (one GET per index digest per process: content never
+        changes under a digest). Raises `NotFoundError` when there is no such manifest."""
+        client = self._client(ref.repository, pull=True)
+        digest = ref.digest or await _current(client, ref)
+        children = self._indexes.get(digest)
+        if children is None:
+            manifest = await client.get_manifest(digest, expected=digest)
+            parsed = manifest.parse()
+            children = (
+                tuple(c.digest for c in parsed.manifests) if isinstance(parsed, ImageIndex) else ()
+            )
+            self._indexes[digest] = children
+            if len(self._indexes) > KNOWN_INDEXES:
+                self._indexes.popitem(last=False)
+        self._indexes.move_to_end(digest)
+        return Resolved(digest, children)
+
+    async def has_manifest(self, ref: Reference) -> bool:
+        """Whether `ref`'s registry holds `ref` (one HEAD, by digest if it has one)."""
+        client = self._client(ref.repository, pull=True)
+        return await client.manifest_digest(ref.identifier) is not None
+
+    async def _copy(self, source: Reference, target: Reference, ask: _Ask) -> CopyResult:
         job = _Job(
             self._client(source.repository, pull=True),
             self._client(target.repository, pull=False),
             _Tally(),
-            progress,
+            ask.progress,
         )
         wanted = target.digest or source.digest
-        if not force and (present := await self._present(job.target, target, wanted)):
-            logger.debug("%s already holds %s", target.name, present)
-            return CopyResult(source, target, present, already_present=True)
-        manifest = await job.source.get_manifest(source.identifier, expected=source.digest)
-        if wanted is not None and manifest.digest != wanted:
-            raise DigestMismatchError(
-                f"{source.name} has digest {manifest.digest}, target asks for {wanted}"
+        held = await job.target.manifest_digest(target.tag) if target.tag is not None else None
+        if wanted is None and held is not None:
+            # The tag exists: whether that is "already there" depends on the source's tag now.
+            wanted = await _current(job.source, source)
+        if not ask.force and (done := await self._present(job, target, wanted, held, ask)):
+            logger.debug("%s already holds %s", target.name, done.digest)
+            return CopyResult(
+                source,
+                target,
+                done.digest,
+                already_present=True,
+                tag=done.tag,
+                tag_digest=done.tag_digest,
             )
+        manifest = await job.source.get_manifest(wanted or source.identifier, expected=wanted)
         await self._copy_contents(job, manifest)
-        await job.target.put_manifest(target.tag or manifest.digest, manifest)
+        tag, tag_digest = await self._place(job, target, manifest, move_tag=ask.move_tag)
         job.tally.manifests_pushed += 1
-        logger.debug("copied %s to %s (%s)", source.name, target.name, manifest.digest)
+        logger.debug("copied %s to %s (%s, tag %s)", source.name, target.name, manifest.digest, tag)
         t = job.tally
         return CopyResult(
             source,
             target,
             manifest.digest,
             already_present=False,
+            tag=tag,
+            tag_digest=tag_digest,
             blobs_copied=t.blobs_copied,
             blobs_mounted=t.blobs_mounted,
             blobs_skipped=t.blobs_skipped,
@@ -216,12 +315,39 @@ class Copier:
         )
 
     @staticmethod
-    async def _present(client: RegistryClient, target: Reference, wanted: str | None) -> str | None:
+    async def _present(
+        job: _Job, target: Reference, wanted: str | None, held: str | None, ask: _Ask
+    ) -> _Placed | None:
+        """The target already holds `wanted` (and its tag stays as it is): how it stands."""
+        if wanted is None:
+            return None  # the target tag is absent and nothing names a digest: copy
         if target.tag is None:
-            assert wanted is not None, "a reference has a tag, a digest or both"
-            return wanted if await client.manifest_digest(wanted) else None
-        found = await client.manifest_digest(target.tag)
-        return found if found is not None and wanted in (None, found) else None
+            found = await job.target.manifest_digest(wanted)
+            return _Placed(wanted, TagOutcome.NONE, None) if found else None
+        if held == wanted:
+            return _Placed(wanted, TagOutcome.ALREADY, held)
+        if held is None or ask.move_tag:
+            return None  # the tag is to be pushed: that needs the manifest's bytes
+        # The tag holds other bits and stays so: is the digest there already, untagged?
+        found = await job.target.manifest_digest(wanted)
+        return _Placed(wanted, TagOutcome.KEPT, held) if found else None
+
+    @staticmethod
+    async def _place(
+        job: _Job, target: Reference, manifest: Manifest, *, move_tag: bool
+    ) -> tuple[TagOutcome, str | None]:
+        """PUT the top manifest, by tag unless that would move the tag to other bits."""
+        digest = manifest.digest
+        if target.tag is None:
+            await job.target.put_manifest(digest, manifest)
+            return TagOutcome.NONE, None
+        # Asked again just before the PUT: someone may have pushed the tag while we copied.
+        held = await job.target.manifest_digest(target.tag)
+        if held is not None and held != digest and not move_tag:
+            await job.target.put_manifest(digest, manifest)
+            return TagOutcome.KEPT, held
+        await job.target.put_manifest(target.tag, manifest)
+        return (TagOutcome.ALREADY if held == digest else TagOutcome.PUSHED), digest
 
     async def _copy_contents(self, job: _Job, manifest: Manifest) -> None:
         """Everything a manifest refers to, so that the manifest itself can be pushed."""
