@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 from image_cloner.logs import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
@@ -28,11 +28,16 @@ from image_cloner.oci.references import InvalidReference, Registry
 
 T = TypeVar("T", bound=str)
 
+RewriteForm = Literal["pinned", "tag"]
+REWRITE_FORMS: tuple[RewriteForm, ...] = ("pinned", "tag")
+
 __all__ = [
     "DEFAULT_IGNORED_NAMESPACES",
     "DEFAULT_METRICS_PORT",
     "DEFAULT_PULL_SECRET",
+    "REWRITE_FORMS",
     "ConfigError",
+    "RewriteForm",
     "Settings",
     "parse_credentials",
     "registry_options_from_env",
@@ -53,6 +58,7 @@ METRICS_PORT = "IMAGE_CLONER_METRICS_PORT"
 LOG_FORMAT = "IMAGE_CLONER_LOG_FORMAT"
 LOG_LEVEL = "IMAGE_CLONER_LOG_LEVEL"
 MAX_CONCURRENT_TRANSFERS = "IMAGE_CLONER_MAX_CONCURRENT_TRANSFERS"
+REWRITE_FORM = "IMAGE_CLONER_REWRITE_FORM"
 
 DEFAULT_IGNORED_NAMESPACES = frozenset({"kube-system"})
 DEFAULT_PULL_SECRET = "image-cloner-pull"
@@ -107,6 +113,12 @@ class Settings:
     """`debug` shows every decision (inspecting, checking, already cloned); `info` the
     copies, rewrites and failures; `warning` and `error` only problems."""
 
+    rewrite_form: RewriteForm = "pinned"
+    """How a rewritten image names its backup (`IMAGE_CLONER_REWRITE_FORM`): `pinned`
+    (`BACKUP/repo:tag@sha256:…`, the digest the pods run, whatever the tag does later) or
+    `tag` (the seed's `BACKUP/repo:tag`, only while the backup tag holds that digest;
+    else pinned for that image)."""
+
     @property
     def backup_credentials(self) -> Credentials | None:
         """The backup registry's login, for the pull Secret."""
@@ -138,6 +150,7 @@ class Settings:
             metrics_port=_integer(env, METRICS_PORT, default=DEFAULT_METRICS_PORT, top=65535),
             log_format=_log_format(env),
             log_level=_choice(env, LOG_LEVEL, LOG_LEVELS, default="info"),
+            rewrite_form=_choice(env, REWRITE_FORM, REWRITE_FORMS, default="pinned"),
         )
 
 

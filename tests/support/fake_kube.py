@@ -66,6 +66,10 @@ class FakeKube:
     """A policy on the patched object: a message refuses it (422 naming the object)."""
     before_patch: Callable[[], None] | None = None
     """Runs as a patch arrives: the user editing the object just before we write."""
+    pods: dict[str, list[JsonObject]] = field(default_factory=dict)
+    """Namespace → its pods (the test makes them match the selector it lists by)."""
+    pod_lists: list[tuple[str, str]] = field(default_factory=list)
+    """Every (namespace, label selector) pods were listed by."""
     _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(100))
 
     def add(self, obj: JsonObject) -> JsonObject:
@@ -138,6 +142,10 @@ class FakeKube:
         self.objects[key] = patched
         self.patches.append([dict(op) for op in patch])
         return copy.deepcopy(patched)
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[JsonObject]:
+        self.pod_lists.append((namespace, label_selector))
+        return copy.deepcopy(self.pods.get(namespace, []))
 
     async def post_event(
         self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False

@@ -21,6 +21,7 @@ from image_cloner.workloads import (
     ORIGINAL_IMAGES_ANNOTATION,
     ContainerImage,
     InvalidAnnotation,
+    InvalidSelector,
     PatchError,
     Readiness,
     UnsupportedWorkload,
@@ -31,6 +32,7 @@ from image_cloner.workloads import (
     is_ready,
     key_of,
     kind_of,
+    label_selector,
     original_images,
 )
 
@@ -504,3 +506,47 @@ def test_missing_resource_version_is_an_error() -> None:
     del obj["metadata"]["resourceVersion"]
     with pytest.raises(PatchError, match="resourceVersion"):
         build_patch(obj, {"nginx": BACKUP})
+
+
+@pytest.mark.parametrize(
+    ("selector", "query"),
+    [
+        ({"matchLabels": {"app": "web"}}, "app=web"),
+        ({"matchLabels": {"app": "web", "tier": "front"}}, "app=web,tier=front"),
+        (
+            {
+                "matchLabels": {"app": "web"},
+                "matchExpressions": [
+                    {"key": "tier", "operator": "In", "values": ["a", "b"]},
+                    {"key": "env", "operator": "NotIn", "values": ["dev"]},
+                    {"key": "team", "operator": "Exists"},
+                    {"key": "legacy", "operator": "DoesNotExist", "values": []},
+                ],
+            },
+            "app=web,tier in (a,b),env notin (dev),team,!legacy",
+        ),
+        ({}, ""),
+        (None, ""),
+    ],
+)
+def test_label_selector_is_the_query_the_pods_are_listed_by(
+    selector: dict[str, Any] | None, query: str
+) -> None:
+    obj: dict[str, Any] = {"kind": "Deployment", "spec": {}}
+    if selector is not None:
+        obj["spec"]["selector"] = selector
+    assert label_selector(obj) == query
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [
+        "app=web",
+        {"matchLabels": ["app"]},
+        {"matchExpressions": [{"key": "tier", "operator": "Like", "values": ["a"]}]},
+        {"matchExpressions": ["tier"]},
+    ],
+)
+def test_a_selector_the_apiserver_would_refuse_is_an_error(selector: object) -> None:
+    with pytest.raises(InvalidSelector):
+        label_selector({"kind": "Deployment", "spec": {"selector": selector}})

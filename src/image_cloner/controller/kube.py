@@ -3,8 +3,8 @@
 kopf watches; everything else goes through here: reading a workload again before
 deciding, the JSON patch that rewrites it, Events, and the pull Secret. Keeping
 them in one small module makes the RBAC the controller needs exactly the list of
-methods below (get/list/patch workloads, create/patch events, get/create/patch
-one Secret name). Objects travel as plain JSON dicts, as the API serves them:
+methods below (get/list/patch workloads, list pods in a namespace by a selector,
+create/patch events, get/create/patch one Secret name). Objects travel as plain JSON dicts, as the API serves them:
 `workloads` works on those, and no model class can drop a field we do not know.
 Each workload method takes a `WorkloadKind`, whose entry gives the API path.
 
@@ -81,6 +81,8 @@ class KubeCalls(Protocol):
     async def patch_workload(
         self, kind: WorkloadKind, namespace: str, name: str, patch: Sequence[Mapping[str, Any]]
     ) -> JsonObject: ...
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[JsonObject]: ...
 
     async def post_event(
         self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False
@@ -173,6 +175,19 @@ class Kube:
             body=list(patch),
             content_type="application/json-patch+json",
         )
+
+    # --- pods -----------------------------------------------------------------
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[JsonObject]:
+        """The pods of one namespace that `label_selector` selects: a workload's pods, read
+        when it is reconciled (no pod watch, no cluster-wide list: `pods: list` is all)."""
+        listing = await self._call(
+            "GET",
+            f"/api/v1/namespaces/{namespace}/pods",
+            query=[("labelSelector", label_selector)],
+        )
+        items: list[JsonObject] = listing.get("items", [])
+        return items
 
     # --- events ---------------------------------------------------------------
 
@@ -286,11 +301,13 @@ class Kube:
         *,
         body: object = None,
         content_type: str = "application/json",
+        query: Sequence[tuple[str, str]] = (),
     ) -> JsonObject:
         try:
             result = await self._api.call_api(
                 path,
                 method,
+                query_params=list(query),
                 header_params={"Accept": "application/json", "Content-Type": content_type},
                 body=body,
                 response_types_map={200: "object", 201: "object"},
