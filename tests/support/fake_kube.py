@@ -24,7 +24,7 @@ from image_cloner.controller.kube_errors import api_error
 from image_cloner.oci.options import Credentials
 from image_cloner.workloads import WorkloadKind
 
-__all__ = ["FakeKube", "PostedEvent", "deployment"]
+__all__ = ["FakeKube", "PostedEvent", "deployment", "pod"]
 
 Key = tuple[str, str, str]
 
@@ -181,8 +181,10 @@ def deployment(
         "metadata": {"name": name, "namespace": namespace, "generation": 1},
         "spec": {
             "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
             "template": {
-                "spec": {"containers": [{"name": c, "image": i} for c, i in images.items()]}
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": c, "image": i} for c, i in images.items()]},
             },
         },
         "status": {
@@ -190,5 +192,21 @@ def deployment(
             "replicas": 1,
             "updatedReplicas": 1,
             "availableReplicas": available,
+        },
+    }
+
+
+def pod(
+    name: str, images: Mapping[str, str], image_ids: Mapping[str, str], *, app: str
+) -> JsonObject:
+    """A running pod of the Deployment `app`, its containers reporting `image_ids`."""
+    return {
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {"containers": [{"name": c, "image": i} for c, i in images.items()]},
+        "status": {
+            "containerStatuses": [
+                {"name": c, "image": images[c], "imageID": image_id}
+                for c, image_id in image_ids.items()
+            ]
         },
     }

@@ -50,6 +50,7 @@ MAIN_RIGHTS = {
         for r in ("deployments", "daemonsets")
         for v in ("get", "list", "watch", "patch")
     },
+    ("", "pods", "list", None),
     *{(g, "events", v, None) for g in ("", "events.k8s.io") for v in ("create", "patch")},
 }
 PULL_SECRET_RIGHTS = {
@@ -479,6 +480,7 @@ def test_chart_passes_every_setting_through(tmp_path: Path) -> None:
         "logFormat=json",
         "metrics.port=9090",
         "maxConcurrentTransfers=8",
+        "rewriteForm=tag",
     )
     data = one(docs, "ConfigMap")["data"]
     assert data["IMAGE_CLONER_IGNORE_NAMESPACES"] == "kube-system,image-cloner-system,team-a"
@@ -491,6 +493,7 @@ def test_chart_passes_every_setting_through(tmp_path: Path) -> None:
     assert data["IMAGE_CLONER_LOG_FORMAT"] == "json"
     assert data["IMAGE_CLONER_METRICS_PORT"] == "9090"
     assert data["IMAGE_CLONER_MAX_CONCURRENT_TRANSFERS"] == "8"
+    assert data["IMAGE_CLONER_REWRITE_FORM"] == "tag"
     deployment = one(docs, "Deployment")
     assert_hardened_controller(deployment, port=9090)
     pod = deployment["spec"]["template"]["spec"]
@@ -505,6 +508,7 @@ def test_chart_passes_every_setting_through(tmp_path: Path) -> None:
     env = pod_env(docs)
     del env["IMAGE_CLONER_CA_FILE"]
     settings = Settings.from_env(env)
+    assert settings.rewrite_form == "tag"
     assert settings.namespace == "team-b"
     assert settings.ignored_namespaces == {"kube-system", NAMESPACE, "team-a"}
     assert dict(settings.registry_options.mirrors) == {

@@ -17,11 +17,10 @@ from image_cloner.controller.queue import Retry
 from image_cloner.controller.reconcile import CLONE_FAILED, IMAGES_CLONED, Reconciler
 from image_cloner.health import Health
 from image_cloner.metrics import Metrics
-from image_cloner.oci.copying import CopyResult
-from image_cloner.oci.errors import NotFoundError, RegistryError
-from image_cloner.oci.references import Reference
+from image_cloner.oci.errors import NotFoundError
 from image_cloner.settings import Settings
 from image_cloner.workloads import ORIGINAL_IMAGES_ANNOTATION, WorkloadKey
+from tests.support.fake_copier import FakeCopier, pinned
 from tests.support.fake_kube import FakeKube, deployment
 
 BACKUP = "backup.example:5000"
@@ -30,24 +29,6 @@ SETTINGS = Settings.from_env(
 )
 PULL_SECRET = "image-cloner-pull"
 WEB = WorkloadKey("Deployment", "demo", "web")
-
-
-class FakeCopier:
-    """Copies nothing; records what it was asked, fails the images it is told to."""
-
-    def __init__(self) -> None:
-        self.copied: list[tuple[str, str]] = []
-        self.failing: dict[str, RegistryError] = {}
-        self.gate: asyncio.Event | None = None
-        """When set, copies wait for it: lets several workloads ask at the same time."""
-
-    async def copy_image(self, source: Reference, target: Reference) -> CopyResult:
-        if self.gate is not None:
-            await self.gate.wait()
-        self.copied.append((str(source), str(target)))
-        if str(source) in self.failing:
-            raise self.failing[str(source)]
-        return CopyResult(source, target, "sha256:" + "0" * 64, already_present=False)
 
 
 @pytest.fixture
@@ -86,14 +67,14 @@ async def test_a_ready_workload_is_copied_then_patched_once(
     await reconciler(WEB)
 
     assert sorted(copier.copied) == [
-        ("busybox:1", f"{BACKUP}/busybox:1"),
-        ("nginx:1", f"{BACKUP}/nginx:1"),
+        (pinned("busybox:1"), f"{BACKUP}/{pinned('busybox:1')}"),
+        (pinned("nginx:1"), f"{BACKUP}/{pinned('nginx:1')}"),
     ]
     assert len(kube.patches) == 1
     obj = kube.get("Deployment", "demo", "web")
     assert containers(obj) == {
-        "app": f"{BACKUP}/nginx:1",
-        "side": f"{BACKUP}/busybox:1",
+        "app": f"{BACKUP}/{pinned('nginx:1')}",
+        "side": f"{BACKUP}/{pinned('busybox:1')}",
     }
     annotation = json.loads(obj["metadata"]["annotations"][ORIGINAL_IMAGES_ANNOTATION])
     assert annotation == {"app": "nginx:1", "side": "busybox:1"}
@@ -123,7 +104,7 @@ async def test_a_concurrent_edit_is_read_again_and_decided_again(
 
     obj = kube.get("Deployment", "demo", "web")
     assert obj["metadata"]["labels"] == {"edited": "yes"}, "the user's edit is kept"
-    assert containers(obj) == {"app": f"{BACKUP}/nginx:1"}
+    assert containers(obj) == {"app": f"{BACKUP}/{pinned('nginx:1')}"}
     assert len(kube.patches) == 1
     assert [e.reason for e in kube.events] == [IMAGES_CLONED]
 
@@ -174,7 +155,8 @@ async def test_an_image_two_workloads_share_is_copied_once(
     copier.gate.set()
     await both
 
-    assert copier.copied == [("nginx:1", f"{BACKUP}/nginx:1")]
+    assert copier.copied == [(pinned("nginx:1"), f"{BACKUP}/{pinned('nginx:1')}")]
     assert len(kube.patches) == 2
     for name in ("web", "api"):
-        assert containers(kube.get("Deployment", "demo", name)) == {"app": f"{BACKUP}/nginx:1"}
+        wanted = {"app": f"{BACKUP}/{pinned('nginx:1')}"}
+        assert containers(kube.get("Deployment", "demo", name)) == wanted

@@ -377,3 +377,11 @@ def test_log_level_error() -> None:
     assert config_error({**BASE, "IMAGE_CLONER_LOG_LEVEL": "verbose"}) == (
         "IMAGE_CLONER_LOG_LEVEL: expected debug or info or warning or error, got 'verbose'"
     )
+
+
+def test_rewrite_form_defaults_to_pinned_and_refuses_other_words() -> None:
+    assert settings().rewrite_form == "pinned"
+    assert settings(IMAGE_CLONER_REWRITE_FORM="TAG").rewrite_form == "tag"
+    assert config_error({**BASE, "IMAGE_CLONER_REWRITE_FORM": "floating"}) == (
+        "IMAGE_CLONER_REWRITE_FORM: expected pinned or tag, got 'floating'"
+    )

@@ -4,8 +4,9 @@ kopf watches; everything else goes through here: reading a workload again before
 deciding, the JSON patch that rewrites it, Events, and the pull Secret. Keeping
 them in one small module makes the RBAC the controller needs exactly the list of
 methods below (get/list/patch workloads, list pods in a namespace by a selector,
-create/patch events, get/create/patch one Secret name). Objects travel as plain JSON dicts, as the API serves them:
-`workloads` works on those, and no model class can drop a field we do not know.
+create/patch events, get/create/patch one Secret name). Objects travel as plain
+JSON dicts, as the API serves them: `workloads` works on those, and no model class
+can drop a field we do not know.
 Each workload method takes a `WorkloadKind`, whose entry gives the API path.
 
 `_call` is the one place where the client's exceptions (`ApiException`, aiohttp's
