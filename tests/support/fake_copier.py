@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 from dataclasses import replace
 
-from image_cloner.oci.copying import CopyResult, Resolved, TagOutcome
+from image_cloner.oci.copying import CopyResult, TagOutcome
 from image_cloner.oci.errors import RegistryError
 from image_cloner.oci.references import Reference
 
@@ -42,10 +42,12 @@ class FakeCopier:
         self.gate: asyncio.Event | None = None
         """When set, copies wait for it: lets several workloads ask at the same time."""
 
-    async def resolve(self, ref: Reference) -> Resolved:
+    async def current_digest(self, ref: Reference) -> str:
+        return ref.digest or digest(replace(ref, digest=None, text=None).familiar)
+
+    async def children(self, ref: Reference) -> tuple[str, ...]:
         name = replace(ref, digest=None, text=None).familiar
-        found = ref.digest or digest(name)
-        return Resolved(found, self.indexes.get(name, ()))
+        return self.indexes.get(name, ()) if ref.digest == digest(name) else ()
 
     async def has_manifest(self, ref: Reference) -> bool:
         return ref.digest not in self.gone

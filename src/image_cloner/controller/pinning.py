@@ -36,7 +36,7 @@ from image_cloner.controller.kube import JsonObject, KubeCalls
 from image_cloner.controller.kube_errors import KubeApiError
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
 from image_cloner.metrics import FailureReason, Metrics
-from image_cloner.oci.copying import CopyResult, Resolved, TagOutcome
+from image_cloner.oci.copying import CopyResult, TagOutcome
 from image_cloner.oci.errors import NotFoundError, RegistryError
 from image_cloner.oci.references import Reference
 from image_cloner.running import Agreed, Disagreed, NotReported, running
@@ -51,7 +51,9 @@ logger = logging.getLogger(CONTROLLER_LOGGER)
 class SourceReader(Protocol):
     """What pinning reads of source registries (`oci.copying.Copier`, or a fake)."""
 
-    async def resolve(self, ref: Reference) -> Resolved: ...
+    async def current_digest(self, ref: Reference) -> str: ...
+
+    async def children(self, ref: Reference) -> tuple[str, ...]: ...
 
     async def has_manifest(self, ref: Reference) -> bool: ...
 
@@ -176,36 +178,37 @@ class Pinning:
     async def _digest(
         self, verdict: Agreed | Disagreed | NotReported, source: Reference, where: str
     ) -> tuple[str, str | None]:
+        if isinstance(verdict, NotReported):
+            now = await self._source.current_digest(source)
+            return now, f"digest from the tag: {verdict.reason}"
         if isinstance(verdict, Disagreed):
             # Nodes of different platforms report different children of one index (CRI-O
             # reports the platform's manifest): that is agreement on the index.
-            tagged = await self._source.resolve(source)
-            if not set(verdict.counts) <= {tagged.digest, *tagged.children}:
+            now = await self._source.current_digest(source)
+            if not set(verdict.counts) <= {now, *await self._children(source, now)}:
                 self._refuse(FailureReason.DIGESTS_DISAGREE, where, f"pods disagree: {verdict}")
-            pods = sum(verdict.counts.values())
-            return tagged.digest, f"{pods} pods run platforms of it: {verdict}"
-        if isinstance(verdict, NotReported):
-            tagged = await self._source.resolve(source)
-            return tagged.digest, f"digest from the tag: {verdict.reason}"
+            return now, f"{sum(verdict.counts.values())} pods run platforms of it: {verdict}"
         ran = verdict.digest
         try:
-            now: Resolved | None = await self._source.resolve(source)
+            tagged: str | None = await self._source.current_digest(source)
         except NotFoundError:
-            now = None  # the tag is gone; the digest may not be
-        if now is not None and ran == now.digest:
+            tagged = None  # the tag is gone; the digest may not be
+        if tagged == ran:
             return ran, f"the digest {verdict.pods} pod(s) run"
-        if now is not None and ran in now.children:
+        if tagged is not None and ran in await self._children(source, tagged):
             # A platform's digest means the index the tag names: that is what runs.
-            return now.digest, f"{verdict.pods} pod(s) run its platform manifest {ran}"
+            return tagged, f"{verdict.pods} pod(s) run its platform manifest {ran}"
+        now_named = f"the tag names {tagged} now" if tagged else "the tag is gone"
         if not await self._source.has_manifest(source.with_digest(ran)):
-            names = f"the tag names {now.digest} now" if now else "the tag is gone too"
             self._refuse(
                 FailureReason.SOURCE_DIGEST_GONE,
                 where,
-                f"{verdict.pods} pod(s) run {ran}, which the source no longer has ({names})",
+                f"{verdict.pods} pod(s) run {ran}, which the source no longer has ({now_named})",
             )
-        moved = f"the tag names {now.digest} now" if now else "the tag is gone"
-        return ran, f"the digest the pods run; {moved}"
+        return ran, f"the digest the pods run; {now_named}"
+
+    async def _children(self, source: Reference, digest: str) -> tuple[str, ...]:
+        return await self._source.children(source.with_digest(digest))
 
     def _refuse(self, reason: FailureReason, where: str, why: str) -> NoReturn:
         self._metrics.image_failed(reason)

@@ -8,7 +8,6 @@ from image_cloner.oci.copying import (
     Copier,
     CopyResult,
     ProgressListener,
-    Resolved,
     TagOutcome,
 )
 from image_cloner.oci.errors import (
@@ -36,7 +35,6 @@ __all__ = [
     "RegistryError",
     "RegistryOptions",
     "RegistryUnavailableError",
-    "Resolved",
     "RetryPolicy",
     "TagOutcome",
     "UnsupportedMediaTypeError",

@@ -46,7 +46,7 @@ from image_cloner.oci.slots import TransferSlots
 from image_cloner.oci.transport import RetryPolicy, Transport
 from image_cloner.singleflight import SingleFlight
 
-__all__ = ["BlobOutcome", "Copier", "CopyResult", "ProgressListener", "Resolved", "TagOutcome"]
+__all__ = ["BlobOutcome", "Copier", "CopyResult", "ProgressListener", "TagOutcome"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,15 +112,6 @@ class CopyResult:
     def pinned(self) -> Reference:
         """The target with its digest: what to pull to get exactly this copy."""
         return self.target.with_digest(self.digest)
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """What a reference names in its registry now."""
-
-    digest: str
-    children: tuple[str, ...]
-    """Digests of the index's child manifests (its platforms); () for an image manifest."""
 
 
 @dataclass
@@ -248,24 +239,28 @@ class Copier:
             key, lambda: self._copy(source, target, _Ask(force, move_tag, progress))
         )
 
-    async def resolve(self, ref: Reference) -> Resolved:
-        """What `ref` names in its registry now: its digest (one HEAD) and, for an index,
-        its children's digests (one GET per index digest per process: content never
-        changes under a digest). Raises `NotFoundError` when there is no such manifest."""
-        client = self._client(ref.repository, pull=True)
-        digest = ref.digest or await _current(client, ref)
-        children = self._indexes.get(digest)
-        if children is None:
-            manifest = await client.get_manifest(digest, expected=digest)
-            parsed = manifest.parse()
-            children = (
+    async def current_digest(self, ref: Reference) -> str:
+        """The digest `ref` names in its registry now: its own, else its tag's (one HEAD,
+        which Docker Hub does not count as a pull). `NotFoundError` when there is none."""
+        return ref.digest or await _current(self._client(ref.repository, pull=True), ref)
+
+    async def children(self, ref: Reference) -> tuple[str, ...]:
+        """The digests of the child manifests (platforms) of the index `ref` names by digest;
+        () for an image manifest. One GET per digest per process: content never changes
+        under a digest."""
+        assert ref.digest is not None, "children are asked of a manifest by digest"
+        found = self._indexes.get(ref.digest)
+        if found is None:
+            client = self._client(ref.repository, pull=True)
+            parsed = (await client.get_manifest(ref.digest, expected=ref.digest)).parse()
+            found = (
                 tuple(c.digest for c in parsed.manifests) if isinstance(parsed, ImageIndex) else ()
             )
-            self._indexes[digest] = children
+            self._indexes[ref.digest] = found
             if len(self._indexes) > KNOWN_INDEXES:
                 self._indexes.popitem(last=False)
-        self._indexes.move_to_end(digest)
-        return Resolved(digest, children)
+        self._indexes.move_to_end(ref.digest)
+        return found
 
     async def has_manifest(self, ref: Reference) -> bool:
         """Whether `ref`'s registry holds `ref` (one HEAD, by digest if it has one)."""
