@@ -41,6 +41,7 @@ ALLOWED = [
     ("create", "events"),
     ("patch", "events"),
     ("create", "events.events.k8s.io"),
+    ("list", "pods"),  # a workload's pods, by its selector: the digest they run
 ]
 # A sample of what it must never do.
 DENIED = [
@@ -49,7 +50,7 @@ DENIED = [
     ("watch", "secrets"),
     ("delete", "secrets"),
     ("get", "pods"),
-    ("list", "pods"),
+    ("watch", "pods"),
     ("delete", "pods"),
     ("create", "pods"),
     ("create", "deployments.apps"),
@@ -247,7 +248,13 @@ def test_serviceaccount_token_really_patches_workloads_and_is_refused_the_rest(
     assert controller_sa.forbidden(
         "create", "secret", "generic", PULL_SECRET, "-n", namespace, "--from-literal=k=v"
     )
-    assert controller_sa.forbidden("get", "pods", "--all-namespaces")
+    # Pods: list, by a selector, in a namespace (what the controller does), nothing more.
+    pods = controller_sa.run("get", "pods", "-n", namespace, "-l", "app=web", "-o", "name")
+    assert pods.returncode == 0, pods.stderr
+    assert controller_sa.forbidden("get", "pod", "web", "-n", namespace)
+    assert controller_sa.forbidden(
+        "get", "pods", "-n", namespace, "--watch-only", "--request-timeout=10s"
+    )
     assert controller_sa.forbidden("delete", "pods", "--all", "-n", namespace)
     assert controller_sa.forbidden("delete", "deployment", "web", "-n", namespace)
     assert controller_sa.forbidden("get", "namespaces")
