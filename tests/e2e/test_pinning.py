@@ -24,7 +24,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +69,20 @@ class Case:
     """What its pods run (the tag's image when they were made)."""
     reported: tuple[str, ...]
     """The digest each pod reports."""
+    repository: str
+    """The image's repository as the workload names it (`name`, or `host/name`)."""
 
     @property
     def image(self) -> str:
-        return f"{self.name}:v1"
+        return f"{self.repository}:v1"
+
+    @property
+    def image_id_repository(self) -> str:
+        """The repository part of `imageID`, normalised as containerd writes it."""
+        return self.repository if "/" in self.repository else f"docker.io/library/{self.name}"
+
+    def reporting(self, *digests: str) -> Case:
+        return replace(self, reported=digests)
 
 
 @dataclass(frozen=True)
@@ -113,7 +123,7 @@ def report_image_ids(testbed: Testbed, case: Case) -> None:
     for pod, digest in zip(pods, case.reported, strict=True):
         statuses = pod["status"]["containerStatuses"]
         for status in statuses:
-            status["imageID"] = f"docker.io/library/{case.name}@{digest}"
+            status["imageID"] = f"{case.image_id_repository}@{digest}"
         testbed.kubectl(
             "patch",
             "pod",
@@ -144,12 +154,15 @@ def ready_case(
     *,
     kind: str = "single",
     replicas: int = 1,
-    reported: tuple[str, ...] | None = None,
+    direct: RegistryProxy | None = None,
 ) -> Case:
-    """A Ready Deployment of a fresh image whose pods report `reported` (default: its digest)."""
+    """A Ready Deployment of a fresh image whose pods report its digest (docker.io through
+    the mirror, or named straight at the `direct` upstream proxy)."""
     name = unique(prefix)
-    image = seed(source, f"library/{name}:v1", kind, seed=name)
-    case = Case(name, namespace, image, reported or (image.digest,) * replicas)
+    path = name if direct else f"library/{name}"
+    image = seed(source, f"{path}:v1", kind, seed=name)
+    repository = f"{direct.host}/{name}" if direct else name
+    case = Case(name, namespace, image, (image.digest,) * replicas, repository)
     deployment = workload("Deployment", name, namespace, {"app": case.image})
     deployment["spec"]["replicas"] = replicas
     apply(testbed, deployment)
@@ -174,10 +187,13 @@ def scene(
     seed, source = seed_image, open_registry
     moved = ready_case(testbed, seed, source, pinned_ns, "moved")
     disagree = ready_case(testbed, seed, source, pinned_ns, "disagree", replicas=2)
-    disagree = Case(disagree.name, pinned_ns, disagree.ran, (disagree.ran.digest, random_digest()))
-    gone = ready_case(testbed, seed, source, pinned_ns, "gone", reported=(random_digest(),))
+    disagree = disagree.reporting(disagree.ran.digest, random_digest())
+    # A digest no registry has: named straight at the upstream (a 404 from docker.io's
+    # mirror would send the controller on to the real Docker Hub; tests stay on loopback).
+    gone = ready_case(testbed, seed, source, pinned_ns, "gone", direct=upstream)
+    gone = gone.reporting(random_digest())
     platform = ready_case(testbed, seed, source, pinned_ns, "platform", kind="index")
-    platform = Case(platform.name, pinned_ns, platform.ran, (platform.ran.child_digests[1],))
+    platform = platform.reporting(platform.ran.child_digests[1])
     kept = ready_case(testbed, seed, source, pinned_ns, "kept")
     tag_form = ready_case(testbed, seed, source, tag_ns, "tagform")
     cases = (moved, disagree, gone, platform, kept, tag_form)
@@ -193,7 +209,7 @@ def scene(
     with pytest.raises(skopeo.SkopeoError):
         raw(backup, f"{moved.name}:v1")
     for case in cases:  # KWOK left what the "kubelet" reported
-        wanted = [f"docker.io/library/{case.name}@{d}" for d in case.reported]
+        wanted = [f"{case.image_id_repository}@{d}" for d in case.reported]
         assert reported(testbed, case) == wanted
 
     def started(namespace: str, **extra: str) -> ControllerProcess:
@@ -274,7 +290,7 @@ def test_a_digest_the_source_lost_is_not_rewritten(scene: Scene) -> None:
         "app": case.image
     }
     with pytest.raises(skopeo.SkopeoError):
-        raw(scene.backup, f"{case.name}@{lost}")
+        raw(scene.backup, f"{case.repository.replace(':', '_', 1)}@{lost}")  # its backup name
     controller = scene.pinned_controller
     assert controller.metric("image_cloner_images_failed_total", reason="source_digest_gone") >= 1
 
