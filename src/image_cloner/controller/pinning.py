@@ -94,9 +94,10 @@ class Pin:
             )
         if self.form == "tag" and self.by_tag:
             if result.tag in (TagOutcome.PUSHED, TagOutcome.ALREADY):
-                return Pinned(self, str(replace(self.target, digest=None, text=None)), notes)
+                seed_form = str(replace(self.target, digest=None, text=None))
+                return Pinned(self, seed_form, tuple(notes))
             notes.append("pinned, as the backup tag does not hold this digest")
-        return Pinned(self, str(self.target), notes)
+        return Pinned(self, str(self.target), tuple(notes))
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class Pinned:
 
     pin: Pin
     image: str
-    notes: list[str]
+    notes: tuple[str, ...]
 
     def __str__(self) -> str:
         said = f" ({'; '.join(self.notes)})" if self.notes else ""

@@ -13,7 +13,8 @@ The order is what makes a copy safe to interrupt and cheap to repeat:
 5. PUT the top manifest last, so a tag never points at something incomplete: by tag only
    if the target tag is absent (checked again just before) or already holds the digest;
    a tag that holds other bits is never moved unless asked (`move_tag`): the copy is then
-   kept under its digest and `CopyResult.tag` says the tag was KEPT, and at what.
+   kept under its digest and `CopyResult.tag` says the tag was KEPT, and at what
+   (the rule lives in `oci.tags`).
 
 Blob transfers, child manifests and whole images are single-flight within the process:
 concurrent copies that need the same thing await one shared task.
@@ -31,6 +32,7 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
+from image_cloner.oci import tags
 from image_cloner.oci.auth import RegistryAuth
 from image_cloner.oci.client import RegistryClient, UploadSession
 from image_cloner.oci.errors import (
@@ -43,6 +45,7 @@ from image_cloner.oci.manifests import Descriptor, ImageIndex, Manifest
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Reference, Repository
 from image_cloner.oci.slots import TransferSlots
+from image_cloner.oci.tags import TagOutcome
 from image_cloner.oci.transport import RetryPolicy, Transport
 from image_cloner.singleflight import SingleFlight
 
@@ -64,19 +67,6 @@ class BlobOutcome(enum.StrEnum):
     """Mounted from another repository of the target registry; no bytes moved."""
     SKIPPED = "skipped"
     """Already in the target repository, or a non-distributable layer we do not copy."""
-
-
-class TagOutcome(enum.StrEnum):
-    """What a copy did with the target's tag."""
-
-    PUSHED = "pushed"
-    """The tag was absent (or `move_tag` was given): it now names the copied digest."""
-    ALREADY = "already"
-    """The tag already named the copied digest."""
-    KEPT = "kept"
-    """The tag names other bits and was left so; the copy is kept under its digest."""
-    NONE = "none"
-    """The target is a digest reference: there is no tag."""
 
 
 class ProgressListener(Protocol):
@@ -142,15 +132,6 @@ class _Ask:
 
 
 @dataclass(frozen=True)
-class _Placed:
-    """A target that already holds the digest: which, and how its tag stands."""
-
-    digest: str
-    tag: TagOutcome
-    tag_digest: str | None
-
-
-@dataclass(frozen=True)
 class _Job:
     """One image copy in progress: both ends, its tally, who listens."""
 
@@ -173,15 +154,6 @@ async def _all(works: Iterable[Coroutine[Any, Any, None]]) -> None:
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     first = group.exceptions[0]
     return _first(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-async def _current(client: RegistryClient, ref: Reference) -> str:
-    """The digest `ref`'s tag names now (one HEAD); `NotFoundError` when there is none."""
-    assert ref.tag is not None, "a reference has a tag, a digest or both"
-    found = await client.manifest_digest(ref.tag)
-    if found is None:
-        raise NotFoundError(f"{ref.name}: no such manifest in the registry", status=404)
-    return found
 
 
 class Copier:
@@ -242,7 +214,7 @@ class Copier:
     async def current_digest(self, ref: Reference) -> str:
         """The digest `ref` names in its registry now: its own, else its tag's (one HEAD,
         which Docker Hub does not count as a pull). `NotFoundError` when there is none."""
-        return ref.digest or await _current(self._client(ref.repository, pull=True), ref)
+        return ref.digest or await tags.current(self._client(ref.repository, pull=True), ref)
 
     async def children(self, ref: Reference) -> tuple[str, ...]:
         """The digests of the child manifests (platforms) of the index `ref` names by digest;
@@ -278,71 +250,39 @@ class Copier:
         held = await job.target.manifest_digest(target.tag) if target.tag is not None else None
         if wanted is None and held is not None:
             # The tag exists: whether that is "already there" depends on the source's tag now.
-            wanted = await _current(job.source, source)
-        if not ask.force and (done := await self._present(job, target, wanted, held, ask)):
-            logger.debug("%s already holds %s", target.name, done.digest)
+            wanted = await tags.current(job.source, source)
+        there = await tags.already_there(job.target, target, wanted, held, move_tag=ask.move_tag)
+        if not ask.force and there is not None:
+            logger.debug("%s already holds %s", target.name, there.digest)
             return CopyResult(
                 source,
                 target,
-                done.digest,
+                there.digest,
                 already_present=True,
-                tag=done.tag,
-                tag_digest=done.tag_digest,
+                tag=there.tag,
+                tag_digest=there.tag_digest,
             )
         manifest = await job.source.get_manifest(wanted or source.identifier, expected=wanted)
         await self._copy_contents(job, manifest)
-        tag, tag_digest = await self._place(job, target, manifest, move_tag=ask.move_tag)
+        placed = await tags.place(job.target, target, manifest, move_tag=ask.move_tag)
         job.tally.manifests_pushed += 1
-        logger.debug("copied %s to %s (%s, tag %s)", source.name, target.name, manifest.digest, tag)
+        logger.debug(
+            "copied %s to %s (%s, tag %s)", source.name, target.name, placed.digest, placed.tag
+        )
         t = job.tally
         return CopyResult(
             source,
             target,
             manifest.digest,
             already_present=False,
-            tag=tag,
-            tag_digest=tag_digest,
+            tag=placed.tag,
+            tag_digest=placed.tag_digest,
             blobs_copied=t.blobs_copied,
             blobs_mounted=t.blobs_mounted,
             blobs_skipped=t.blobs_skipped,
             bytes_copied=t.bytes_copied,
             manifests_pushed=t.manifests_pushed,
         )
-
-    @staticmethod
-    async def _present(
-        job: _Job, target: Reference, wanted: str | None, held: str | None, ask: _Ask
-    ) -> _Placed | None:
-        """The target already holds `wanted` (and its tag stays as it is): how it stands."""
-        if wanted is None:
-            return None  # the target tag is absent and nothing names a digest: copy
-        if target.tag is None:
-            found = await job.target.manifest_digest(wanted)
-            return _Placed(wanted, TagOutcome.NONE, None) if found else None
-        if held == wanted:
-            return _Placed(wanted, TagOutcome.ALREADY, held)
-        if held is None or ask.move_tag:
-            return None  # the tag is to be pushed: that needs the manifest's bytes
-        # The tag holds other bits and stays so: is the digest there already, untagged?
-        found = await job.target.manifest_digest(wanted)
-        return _Placed(wanted, TagOutcome.KEPT, held) if found else None
-
-    @staticmethod
-    async def _place(
-        job: _Job, target: Reference, manifest: Manifest, *, move_tag: bool
-    ) -> tuple[TagOutcome, str | None]:
-        """PUT the top manifest, by tag unless that would move the tag to other bits."""
-        digest = manifest.digest
-        if target.tag is None:
-            await job.target.put_manifest(digest, manifest)
-            return TagOutcome.NONE, None
-        # Asked again just before the PUT: someone may have pushed the tag while we copied.
-        held = await job.target.manifest_digest(target.tag)
-        if held is not None and held != digest and not move_tag:
-            await job.target.put_manifest(digest, manifest)
-            return TagOutcome.KEPT, held
-        await job.target.put_manifest(target.tag, manifest)
-        return (TagOutcome.ALREADY if held == digest else TagOutcome.PUSHED), digest
 
     async def _copy_contents(self, job: _Job, manifest: Manifest) -> None:
         """Everything a manifest refers to, so that the manifest itself can be pushed."""
