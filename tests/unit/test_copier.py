@@ -16,7 +16,7 @@ from image_cloner.oci import Copier, DigestMismatchError, TagOutcome
 from image_cloner.oci.manifests import OCI_INDEX, OCI_MANIFEST
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Reference, parse_reference
-from tests.support.fake_registry import FakeRegistry
+from tests.support.fake_registry import FakeRegistry, digest
 
 CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -198,3 +198,21 @@ async def test_a_blob_that_does_not_match_its_digest_tags_nothing(target: FakeRe
     assert ("backup/app", bad) not in target.blobs
     assert target.seen("PUT", f"digest={bad}") == []
     assert target.uploads == {}  # the failed upload session was cancelled
+
+
+async def test_a_tag_pushed_by_someone_else_during_the_copy_is_not_overwritten(
+    source: FakeRegistry,
+) -> None:
+    image = seed_index(source, "src/app", "1")
+    theirs = (b'{"theirs":1}', OCI_MANIFEST)
+
+    def someone_pushes_the_tag(repository: str, reference: str) -> None:
+        if reference in image.children:  # while our children go in
+            racing.manifests[("backup/app", "1")] = theirs
+
+    racing = FakeRegistry(after_manifest_put=someone_pushes_the_tag)
+    async with racing, Copier(RegistryOptions()) as copier:
+        result = await copier.copy_image(ref(source, "src/app:1"), ref(racing, "backup/app:1"))
+    assert (result.tag, result.tag_digest) == (TagOutcome.KEPT, digest(theirs[0]))
+    assert racing.manifests[("backup/app", "1")] == theirs
+    assert racing.manifests[("backup/app", image.index)] == source.manifests[("src/app", "1")]
