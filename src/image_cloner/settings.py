@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 from image_cloner.credentials import CredentialError, Login, Secret
@@ -30,13 +30,18 @@ from image_cloner.policy import ImagePattern, parse_image_patterns
 
 T = TypeVar("T", bound=str)
 
+RewriteForm = Literal["pinned", "tag"]
+REWRITE_FORMS: tuple[RewriteForm, ...] = ("pinned", "tag")
+
 __all__ = [
     "DEFAULT_IGNORED_NAMESPACES",
     "DEFAULT_LEASE_NAME",
     "DEFAULT_METRICS_PORT",
     "DEFAULT_PULL_SECRET",
+    "REWRITE_FORMS",
     "ConfigError",
     "LeaderElection",
+    "RewriteForm",
     "Settings",
     "backup_location_from_env",
     "parse_credentials",
@@ -82,6 +87,8 @@ LEASE_NAME = "IMAGE_CLONER_LEADER_ELECTION_LEASE"
 LEASE_DURATION = "IMAGE_CLONER_LEADER_ELECTION_LEASE_DURATION"
 RENEW_DEADLINE = "IMAGE_CLONER_LEADER_ELECTION_RENEW_DEADLINE"
 RETRY_PERIOD = "IMAGE_CLONER_LEADER_ELECTION_RETRY_PERIOD"
+
+REWRITE_FORM = "IMAGE_CLONER_REWRITE_FORM"
 
 DEFAULT_IGNORED_NAMESPACES = frozenset({"kube-system"})
 DEFAULT_PULL_SECRET = "image-cloner-pull"
@@ -189,6 +196,12 @@ class Settings:
     leader_election: LeaderElection | None = None
     """Lease-based leader election between replicas; None: this process always works."""
 
+    rewrite_form: RewriteForm = "pinned"
+    """How a rewritten image names its backup (`IMAGE_CLONER_REWRITE_FORM`): `pinned`
+    (`BACKUP/repo:tag@sha256:…`, the digest the pods run, whatever the tag does later) or
+    `tag` (the seed's `BACKUP/repo:tag`, only while the backup tag holds that digest;
+    else pinned for that image)."""
+
     @property
     def backup_credentials(self) -> Credentials | None:
         """The backup registry's (push) login as read at start."""
@@ -229,6 +242,7 @@ class Settings:
             push_login=push_login,
             pull_login=pull_login,
             leader_election=_leader_election(env, pod_namespace),
+            rewrite_form=_choice(env, REWRITE_FORM, REWRITE_FORMS, default="pinned"),
         )
 
 

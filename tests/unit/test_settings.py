@@ -621,3 +621,11 @@ def test_leader_election_timings_and_lease_name() -> None:
 )
 def test_leader_election_errors(env: dict[str, str], expected: str) -> None:
     assert expected in config_error({**BASE, **env})
+
+
+def test_rewrite_form_defaults_to_pinned_and_refuses_other_words() -> None:
+    assert settings().rewrite_form == "pinned"
+    assert settings(IMAGE_CLONER_REWRITE_FORM="TAG").rewrite_form == "tag"
+    assert config_error({**BASE, "IMAGE_CLONER_REWRITE_FORM": "floating"}) == (
+        "IMAGE_CLONER_REWRITE_FORM: expected pinned or tag, got 'floating'"
+    )
