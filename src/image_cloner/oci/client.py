@@ -32,6 +32,7 @@ from image_cloner.oci.manifests import (
     Descriptor,
     Digester,
     Manifest,
+    accept_for,
     check_digest,
     digest_of,
     resolve_media_type,
@@ -136,12 +137,16 @@ class RegistryClient:
 
     # --- manifests -----------------------------------------------------------------------
 
-    async def get_manifest(self, identifier: str, *, expected: str | None = None) -> Manifest:
+    async def get_manifest(
+        self, identifier: str, *, expected: str | None = None, media_type: str | None = None
+    ) -> Manifest:
         """The manifest as served, its digest verified against `expected` (if a digest)
-        and against the registry's `Docker-Content-Digest` (if sent)."""
+        and against the registry's `Docker-Content-Digest` (if sent). `media_type` is what
+        the parent index calls it, accepted too when it is a type we do not list."""
+        accept = accept_for(media_type)
         for url, mirror in self._read_urls(f"manifests/{identifier}"):
             try:
-                return await self._get_manifest(url, expected, retry=not mirror)
+                return await self._get_manifest(url, expected, retry=not mirror, accept=accept)
             except RegistryError as exc:
                 if not mirror:
                     raise
@@ -149,12 +154,12 @@ class RegistryClient:
         raise AssertionError("unreachable: the registry itself is the last endpoint")
 
     async def _get_manifest(
-        self, url: URL, expected: str | None, *, retry: bool = True
+        self, url: URL, expected: str | None, *, retry: bool = True, accept: str = ACCEPT
     ) -> Manifest:
         resp = await self.transport.request(
             hdrs.METH_GET,
             url,
-            headers={hdrs.ACCEPT: ACCEPT},
+            headers={hdrs.ACCEPT: accept},
             max_body=MAX_MANIFEST_SIZE,
             retry=retry,
         )

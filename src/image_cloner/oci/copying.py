@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol, Self
 
 from image_cloner.oci.auth import RegistryAuth
 from image_cloner.oci.client import BlobStream, RegistryClient, UploadSession
-from image_cloner.oci.errors import DigestMismatchError, RegistryError
+from image_cloner.oci.errors import DigestMismatchError, InvalidManifestError, RegistryError
 from image_cloner.oci.manifests import Descriptor, ImageIndex, Manifest
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Reference, Repository
@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 KNOWN_BLOB_HOMES = 50_000
 """How many (registry, digest) → repository facts we remember as mount sources."""
+MAX_NESTING = 8
+"""How deep indexes may nest (an index of indexes is legal; real ones are 1-2 deep)."""
 
 
 class BlobOutcome(enum.StrEnum):
@@ -223,30 +225,41 @@ class Copier:
         found = await client.manifest_digest(target.tag)
         return found if found is not None and wanted in (None, found) else None
 
-    async def _copy_contents(self, job: _Job, manifest: Manifest) -> None:
-        """Everything a manifest refers to, so that the manifest itself can be pushed."""
+    async def _copy_contents(self, job: _Job, manifest: Manifest, *, depth: int = 0) -> None:
+        """Everything a manifest refers to, so that the manifest itself can be pushed.
+
+        Children of any type are copied by their shape (`manifests.parse_manifest`); nested
+        indexes recurse, at most `MAX_NESTING` deep. A `subject` is not a dependency: the
+        manifest it names is the one being annotated, copied (or not) on its own account.
+        """
         parsed = manifest.parse()
         if isinstance(parsed, ImageIndex):
+            if depth >= MAX_NESTING:
+                raise InvalidManifestError(
+                    f"manifest {manifest.digest}: indexes nested more than {MAX_NESTING} deep"
+                )
             children = {child.digest: child for child in parsed.manifests}
-            await _all(self._copy_child(job, child) for child in children.values())
+            await _all(self._copy_child(job, child, depth + 1) for child in children.values())
         else:
             blobs = {blob.digest: blob for blob in parsed.blobs}
             await _all(self._copy_blob(job, blob) for blob in blobs.values())
 
-    async def _copy_child(self, job: _Job, child: Descriptor) -> None:
+    async def _copy_child(self, job: _Job, child: Descriptor, depth: int) -> None:
         key = (job.target.authority, job.target.repository.path, child.digest)
-        pushed = await self._manifests.run(key, lambda: self._push_child(job, child))
+        pushed = await self._manifests.run(key, lambda: self._push_child(job, child, depth))
         job.tally.manifests_pushed += pushed
 
-    async def _push_child(self, job: _Job, child: Descriptor) -> int:
+    async def _push_child(self, job: _Job, child: Descriptor, depth: int) -> int:
         if await job.target.manifest_digest(child.digest) is not None:
             return 0
-        manifest = await job.source.get_manifest(child.digest, expected=child.digest)
+        manifest = await job.source.get_manifest(
+            child.digest, expected=child.digest, media_type=child.media_type
+        )
         if len(manifest.raw) != child.size:
             raise DigestMismatchError(
                 f"manifest {child.digest}: {len(manifest.raw)} bytes, index says {child.size}"
             )
-        await self._copy_contents(job, manifest)
+        await self._copy_contents(job, manifest, depth=depth)
         await job.target.put_manifest(child.digest, manifest)
         return 1
 
