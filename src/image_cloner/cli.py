@@ -125,6 +125,13 @@ def _add_copy(commands: argparse._SubParsersAction[_Parser]) -> None:
         default=[],
         help="registry host reached over plain HTTP or unverified TLS (repeatable)",
     )
+    copy.add_argument(
+        "--referrers",
+        metavar="all|none|TYPES",
+        help="signatures, SBOMs, attestations to copy along: all (default), none, or artifact "
+        "types, comma-separated; add ,optional to succeed without them "
+        "(default: $IMAGE_CLONER_REFERRERS)",
+    )
     copy.add_argument("--force", action="store_true", help="copy even if DST already exists")
     copy.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     copy.set_defaults(command=_copy_command)
@@ -200,6 +207,7 @@ def plan_copy(args: argparse.Namespace, env: Mapping[str, str]) -> CopyPlan:
         extra_credentials=extra,
         extra_insecure_hosts=args.insecure,
         ca_file=args.ca_file,
+        referrers=args.referrers,
     )
     return CopyPlan(source, target, options)
 

@@ -31,9 +31,10 @@ from typing import Any, Literal, Protocol, Self
 from image_cloner.oci.auth import RegistryAuth
 from image_cloner.oci.client import BlobStream, RegistryClient, UploadSession
 from image_cloner.oci.errors import DigestMismatchError, InvalidManifestError, RegistryError
-from image_cloner.oci.manifests import Descriptor, ImageIndex, Manifest
+from image_cloner.oci.manifests import Descriptor, ImageIndex, Manifest, read_descriptor
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Reference, Repository
+from image_cloner.oci.referrers import TagSchema, artifact_type, cosign_tags, find_referrers
 from image_cloner.oci.retries import RetryPolicy, shared_budget
 from image_cloner.oci.slots import TransferSlots
 from image_cloner.oci.transport import Transport
@@ -146,6 +147,7 @@ class Copier:
         self._slots = TransferSlots(options.max_concurrent_transfers)
         self._blob_homes: OrderedDict[tuple[str, str], Repository] = OrderedDict()
         self._habits = UploadHabits()
+        self._tag_schema = TagSchema()
 
     async def __aenter__(self) -> Self:
         await self._transport.__aenter__()
@@ -243,6 +245,59 @@ class Copier:
         else:
             blobs = {blob.digest: blob for blob in parsed.blobs}
             await _all(self._copy_blob(job, blob) for blob in blobs.values())
+        if self.options.referrers.enabled:
+            await self._copy_referrers(job, manifest, depth)
+
+    async def _copy_referrers(self, job: _Job, manifest: Manifest, depth: int) -> None:
+        """What refers to `manifest` (signatures, SBOMs, attestations: `oci.referrers`),
+        each with its own referrers, at most `MAX_NESTING` deep; before any tag is pushed."""
+        if depth >= MAX_NESTING:
+            logger.info("referrers of %s not followed: %d deep", manifest.digest, depth)
+            return
+        works = [
+            self._optional(self._copy_referrer(job, manifest.digest, entry, depth), entry["digest"])
+            for entry in await find_referrers(job.source, manifest.digest)
+        ] + [
+            self._optional(self._copy_tagged(job, tag, tagged, depth), tag)
+            for tag, tagged in await cosign_tags(job.source, manifest.digest)
+        ]
+        await _all(works)
+
+    async def _optional(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """`work`, whose failure fails the image unless the policy says referrers are optional
+        (a signature policy would reject a backup that lost its signature)."""
+        try:
+            await work
+        except RegistryError as exc:
+            if not self.options.referrers.optional:
+                logger.warning("referrer %s not copied: %s", what, exc)
+                raise
+            logger.warning("referrer %s not copied (optional): %s", what, exc)
+
+    async def _copy_referrer(
+        self, job: _Job, subject: str, entry: dict[str, Any], depth: int
+    ) -> None:
+        child = read_descriptor(entry, f"referrer of {subject}")
+        policy = self.options.referrers
+        if policy.artifact_types:
+            # Read the manifest itself: registries' listings differ (ggcr lists the config's
+            # media type as `artifactType`).
+            found = await job.source.get_manifest(child.digest, expected=child.digest)
+            if not policy.wants(artifact_type(found)):
+                return
+        await self._copy_child(job, child, depth + 1)
+        await self._tag_schema.add(job.target, subject, entry)
+
+    async def _copy_tagged(self, job: _Job, tag: str, manifest: Manifest, depth: int) -> None:
+        """A cosign `.sig`/`.att`/`.sbom` tag: its contents, then the tag (moved if it changed:
+        cosign rewrites it whenever it adds a signature)."""
+        if not self.options.referrers.wants(artifact_type(manifest)):
+            return
+        if await job.target.manifest_digest(tag) == manifest.digest:
+            return
+        await self._copy_contents(job, manifest, depth=depth + 1)
+        await job.target.put_manifest(tag, manifest)
+        job.tally.manifests_pushed += 1
 
     async def _copy_child(self, job: _Job, child: Descriptor, depth: int) -> None:
         key = (job.target.authority, job.target.repository.path, child.digest)

@@ -48,6 +48,7 @@ __all__ = [
     "check_digest",
     "digest_of",
     "parse_manifest",
+    "read_descriptor",
     "resolve_media_type",
 ]
 
@@ -243,6 +244,11 @@ def resolve_media_type(content_type: str | None, raw: bytes) -> str:
     if "blobs" in document:
         return OCI_ARTIFACT_MANIFEST
     raise UnsupportedMediaTypeError("manifest has no media type and an unknown shape")
+
+
+def read_descriptor(value: object, what: str) -> Descriptor:
+    """A descriptor from its JSON (untrusted), every field checked; `what` names it in errors."""
+    return _descriptor(value, what)
 
 
 def _descriptor(value: object, what: str) -> Descriptor:
