@@ -12,8 +12,9 @@ import json
 
 import pytest
 
+from image_cloner.oci import Copier, RegistryError
 from image_cloner.oci.client import RegistryClient
-from image_cloner.oci.manifests import OCI_MANIFEST
+from image_cloner.oci.manifests import OCI_INDEX, OCI_MANIFEST
 from image_cloner.oci.options import ReferrersPolicy, RegistryOptions
 from image_cloner.oci.references import parse_reference
 from image_cloner.oci.referrers import TagSchema, schema_tag
@@ -85,3 +86,34 @@ async def test_concurrent_additions_to_one_subject_all_survive() -> None:
         raw, _ = fake.manifests[("backup", schema_tag(SUBJECT))]
     listed = [entry["digest"] for entry in json.loads(raw)["manifests"]]
     assert sorted(listed) == sorted(entry["digest"] for entry in entries)
+
+
+async def _copy_with_a_lost_referrer(policy: ReferrersPolicy) -> FakeRegistry:
+    """Copy an image whose tag schema lists a referrer the source no longer holds."""
+    async with FakeRegistry() as source, FakeRegistry() as target:
+        config = source.add_blob("app", b"{}", media_type="application/vnd.oci.empty.v1+json")
+        image = source.add_manifest(
+            "app", "1", {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config,
+                         "layers": []},
+        )  # fmt: skip
+        lost = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "b" * 64, "size": 10}
+        source.add_manifest(
+            "app", schema_tag(image["digest"]),
+            {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [lost]},
+        )  # fmt: skip
+        options = RegistryOptions(referrers=policy)
+        async with Copier(options) as copier:
+            await copier.copy_image(
+                parse_reference(f"{source.host}/app:1"), parse_reference(f"{target.host}/app:1")
+            )
+        return target
+
+
+async def test_a_referrer_that_fails_to_copy_fails_the_image() -> None:
+    with pytest.raises(RegistryError, match=r"MANIFEST_UNKNOWN|404"):
+        await _copy_with_a_lost_referrer(ReferrersPolicy())
+
+
+async def test_optional_referrers_let_the_image_through() -> None:
+    target = await _copy_with_a_lost_referrer(ReferrersPolicy(optional=True))
+    assert ("app", "1") in target.manifests
