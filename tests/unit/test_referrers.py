@@ -85,7 +85,7 @@ async def test_concurrent_additions_to_one_subject_all_survive() -> None:
             await schema.add(target, SUBJECT, entries[0])  # already listed: not added twice
         raw, _ = fake.manifests[("backup", schema_tag(SUBJECT))]
     listed = [entry["digest"] for entry in json.loads(raw)["manifests"]]
-    assert sorted(listed) == sorted(entry["digest"] for entry in entries)
+    assert sorted(listed) == sorted(str(entry["digest"]) for entry in entries)
 
 
 async def _copy_with_a_lost_referrer(policy: ReferrersPolicy) -> FakeRegistry:
