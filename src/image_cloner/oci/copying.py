@@ -9,7 +9,9 @@ The order is what makes a copy safe to interrupt and cheap to repeat:
 4. For each blob: HEAD the target → mount from another repository of the same registry →
    streamed GET into an upload (its strategy per host: `oci.uploads`), its digest verified
    before the last byte is sent.
-5. PUT the top manifest by tag last, so a tag never points at something incomplete.
+5. For every manifest copied, its referrers (signatures, SBOMs, attestations: `oci.referrers`)
+   the same way, before any tag.
+6. PUT the top manifest by tag last, so a tag never points at something incomplete.
 
 Blob transfers, child manifests and whole images are single-flight within the process:
 concurrent copies that need the same thing await one shared task.
