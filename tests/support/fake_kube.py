@@ -15,7 +15,7 @@ import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import jsonpatch
 import jsonpointer
@@ -75,6 +75,9 @@ class FakeKube:
     """The name of every Namespace read, in order."""
     namespace_error: KubeApiError | None = None
     """When set, every Namespace read raises it (RBAC refusing, an outage)."""
+    users_objects: dict[tuple[str, str, str], JsonObject] = field(default_factory=dict)
+    """(kind plural, namespace, name) → users' Secrets and ServiceAccounts we may read."""
+    object_reads: list[tuple[str, str, str]] = field(default_factory=list)
     _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(100))
 
     def add(self, obj: JsonObject) -> JsonObject:
@@ -175,6 +178,13 @@ class FakeKube:
         known = self.secrets.get((namespace, name))
         self.secrets[(namespace, name)] = registry_host
         return "unchanged" if known == registry_host else "created"
+
+    async def read_object(
+        self, kind: Literal["secrets", "serviceaccounts"], namespace: str, name: str
+    ) -> JsonObject | None:
+        self.object_reads.append((kind, namespace, name))
+        found = self.users_objects.get((kind, namespace, name))
+        return copy.deepcopy(found) if found is not None else None
 
     @staticmethod
     def _key_of(obj: JsonObject) -> Key:

@@ -101,6 +101,10 @@ class KubeCalls(Protocol):
         self, namespace: str, name: str, *, registry_host: str, credentials: Credentials
     ) -> SecretOutcome: ...
 
+    async def read_object(
+        self, kind: Literal["secrets", "serviceaccounts"], namespace: str, name: str
+    ) -> JsonObject | None: ...
+
 
 @dataclass(frozen=True)
 class _EventSeries:
@@ -293,6 +297,19 @@ class Kube:
             content_type="application/merge-patch+json",
         )
         return "updated"
+
+    # --- users' pull Secrets (opt-in: IMAGE_CLONER_READ_PULL_SECRETS) --------------
+
+    async def read_object(
+        self, kind: Literal["secrets", "serviceaccounts"], namespace: str, name: str
+    ) -> JsonObject | None:
+        """A Secret or ServiceAccount by name (`get` only, never list), or None if absent.
+
+        Errors carry the apiserver's Status, which names the object, never its data."""
+        try:
+            return await self._call("GET", f"/api/v1/namespaces/{namespace}/{kind}/{name}")
+        except NotFound:
+            return None
 
     # --- plumbing -------------------------------------------------------------
 

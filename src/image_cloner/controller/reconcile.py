@@ -29,6 +29,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from image_cloner.controller.access import SourceAccess
 from image_cloner.controller.copies import ImageBackoff, ImageCopier, ImageCopies
 from image_cloner.controller.decisions import WorkloadLog
 from image_cloner.controller.gate import Gate
@@ -101,6 +102,7 @@ class Reconciler:
         metrics: Metrics,
         image_backoff: ImageBackoff | None = None,
         pull_secrets: PullSecrets | None = None,
+        access: SourceAccess | None = None,
     ) -> None:
         self._kube = kube
         self._settings = settings
@@ -110,6 +112,9 @@ class Reconciler:
             pull_secrets = PullSecrets.for_settings(kube, settings, push=push, pull=pull)
         self._pull_secrets = pull_secrets
         self._copies = ImageCopies(copier, metrics=metrics, backoff=image_backoff)
+        self._access = access
+        """Proves each workload's own access to its source images (controller.access);
+        None only in unit tests whose fake registry has no access to prove."""
         self._gate = Gate(kube=kube, settings=settings)
 
     async def __call__(self, key: WorkloadKey) -> None:
@@ -152,7 +157,7 @@ class Reconciler:
         if not plan:
             await self._keep_pull_secret(key, obj)
             return True
-        await self._copy_all(plan, log)
+        await self._copy_all(plan, log, obj)
         if not KINDS[key.kind].rewritable:
             await self._backed_up(key, obj, plan, log)
             return True
@@ -200,8 +205,8 @@ class Reconciler:
             plan.append(_Rewrite(container, source, target))
         return plan
 
-    async def _copy_all(self, plan: Sequence[_Rewrite], log: WorkloadLog) -> None:
-        outcomes = await asyncio.gather(*(self._copy(r, log) for r in plan))
+    async def _copy_all(self, plan: Sequence[_Rewrite], log: WorkloadLog, obj: JsonObject) -> None:
+        outcomes = await asyncio.gather(*(self._copy(r, log, obj) for r in plan))
         failures = [outcome for outcome in outcomes if outcome is not None]
         if failures:
             # Come back when the images' backoff allows; else the queue's own backoff decides.
@@ -209,7 +214,9 @@ class Reconciler:
             message = "; ".join(message for message, _ in failures)
             raise _Failed(message, after=after if after > 0 else None)
 
-    async def _copy(self, rewrite: _Rewrite, log: WorkloadLog) -> tuple[str, float] | None:
+    async def _copy(
+        self, rewrite: _Rewrite, log: WorkloadLog, obj: JsonObject
+    ) -> tuple[str, float] | None:
         """Copy one image; (message, retry delay) when it failed."""
         source, target, name = rewrite.source, rewrite.target, rewrite.container.name
         blocked = self._copies.blocked(source, target)
@@ -219,7 +226,10 @@ class Reconciler:
             return f"{source} → {target}: {reason}", left
         log.cloning(str(source), container=name, target=str(target))
         try:
-            result = await self._copies.copy(source, target)
+            if self._access is not None:  # with the workload's own, proven, source login
+                result = await self._access.copy(self._copies, obj, source, target)
+            else:
+                result = await self._copies.copy(source, target)
         except RegistryError as e:
             log.clone_failed(str(source), str(e), container=name, target=str(target))
             retry = self._copies.blocked(source, target)

@@ -164,6 +164,13 @@ class Copier:
         """Raise `RegistryError` unless the registry is reachable and lets us push there."""
         await self._client(repository, pull=False).check_push_access()
 
+    async def source_digest(self, reference: Reference) -> str | None:
+        """The digest `reference` has on its own registry, asked with the credentials in
+        force (one HEAD, no mirror: a mirror may serve what the registry would refuse);
+        None when it has no such manifest; `RegistryError` (401/403: refused)."""
+        client = self._client(reference.repository, pull=False)
+        return await client.manifest_digest(reference.identifier)
+
     async def copy_image(
         self,
         source: Reference,
