@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Protocol
 
 from image_cloner.controller.copies import ImageCopies
@@ -33,6 +34,7 @@ from image_cloner.oci.copying import CopyResult
 from image_cloner.oci.errors import AuthenticationError, RegistryError
 from image_cloner.oci.options import Credentials
 from image_cloner.oci.references import Reference
+from image_cloner.singleflight import SingleFlight
 from image_cloner.source_credentials import (
     CredentialChain,
     CredentialProvider,
@@ -81,6 +83,7 @@ class SourceAccess:
         self._secrets = secrets
         self._clock = clock
         self._proven: dict[_ProofKey, float] = {}
+        self._probes: SingleFlight[str | None] = SingleFlight()
 
     def _chain(self, obj: JsonObject, notes: list[str]) -> CredentialChain:
         providers: list[CredentialProvider] = []
@@ -122,8 +125,8 @@ class SourceAccess:
                 return login
             what = candidate.origin if candidate is not None else "anonymous access"
             try:
-                with SourceLogins.using(source.repository.registry.host, login):
-                    found = await self._probe.source_digest(source)
+                # Workloads sharing an image (and a login) in a namespace share one HEAD.
+                found = await self._probes.run(key, partial(self._ask, source, login))
             except RegistryError as error:
                 if error.status not in (401, 403):
                     raise
@@ -138,6 +141,10 @@ class SourceAccess:
             # A Secret fixed by its owner is read again at the next attempt, not in 5 minutes.
             self._secrets.forget(namespace)
         raise AccessRefused(self._refusal(source, namespace, refusals, notes))
+
+    async def _ask(self, source: Reference, login: Credentials | None) -> str | None:
+        with SourceLogins.using(source.repository.registry.host, login):
+            return await self._probe.source_digest(source)
 
     def _refusal(
         self, source: Reference, namespace: str, refusals: list[str], notes: list[str]

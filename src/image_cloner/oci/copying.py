@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol, Self
 
 from image_cloner.oci.auth import RegistryAuth
 from image_cloner.oci.client import BlobStream, RegistryClient, UploadSession
-from image_cloner.oci.errors import DigestMismatchError, NotFoundError, RegistryError
+from image_cloner.oci.errors import DigestMismatchError, RegistryError
 from image_cloner.oci.manifests import Descriptor, ImageIndex, Manifest
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Reference, Repository
@@ -165,18 +165,11 @@ class Copier:
         await self._client(repository, pull=False).check_push_access()
 
     async def source_digest(self, reference: Reference) -> str | None:
-        """The digest `reference` has at its source, asked with the credentials in force:
-        one HEAD on the registry, or, when it has mirrors, a GET tried on them first (the
-        copy reads from them too); None when there is no such manifest; `RegistryError`
-        (401/403: refused)."""
+        """The digest `reference` has at its source, asked with the credentials in force
+        (one HEAD, on its mirrors first, as the copy reads); None when there is no such
+        manifest; `RegistryError` (401/403: refused)."""
         client = self._client(reference.repository, pull=True)
-        if not client.mirrors:
-            return await client.manifest_digest(reference.identifier)
-        try:
-            manifest = await client.get_manifest(reference.identifier, expected=reference.digest)
-        except NotFoundError:
-            return None
-        return manifest.digest
+        return await client.readable_digest(reference.identifier)
 
     async def copy_image(
         self,
