@@ -23,7 +23,7 @@ import contextvars
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -131,16 +131,19 @@ class SourceLogins(Mapping[str, Credentials]):
         return f"SourceLogins(hosts={sorted(self._base)})"
 
 
-@dataclass
 class AuthFile:
     """`IMAGE_CLONER_SOURCE_AUTH_FILE`: a Docker `config.json` / containers `auth.json`
     serving every namespace. Read again when its content changes (a rotated Secret volume)."""
 
-    path: Path
-    variable: str = "IMAGE_CLONER_SOURCE_AUTH_FILE"
-    _seen: bytes | None = field(default=None, repr=False)
-    _keyring: Keyring = field(default_factory=Keyring, repr=False)
-    _problem: str | None = field(default=None, repr=False)
+    def __init__(self, path: Path, *, variable: str = "IMAGE_CLONER_SOURCE_AUTH_FILE") -> None:
+        self.path = path
+        self.variable = variable
+        self._seen: bytes | None = None
+        self._keyring = Keyring()
+        self._problem: str | None = None
+
+    def __repr__(self) -> str:
+        return f"AuthFile({str(self.path)!r})"
 
     async def for_image(self, reference: Reference, namespace: str) -> list[SourceCredential]:
         self._refresh()

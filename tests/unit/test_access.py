@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,7 @@ from image_cloner.controller.source_secrets import SecretReader
 from image_cloner.oci.errors import AuthenticationError
 from image_cloner.oci.options import Credentials
 from image_cloner.oci.references import Reference, parse_reference
-from image_cloner.source_credentials import SourceCredential, SourceLogins
+from image_cloner.source_credentials import AuthFile, SourceCredential, SourceLogins
 from tests.support.fake_kube import FakeKube, deployment
 
 IMAGE = parse_reference("private.example.com/team-a/app:1")
@@ -158,3 +159,24 @@ def test_source_logins_override_one_host_in_a_block() -> None:
     with SourceLogins.using("private.example.com", GOOD):
         assert logins["private.example.com"] == GOOD
     assert logins["private.example.com"] == Credentials("ctl", "x")
+
+
+async def test_the_auth_file_follows_its_content_and_keeps_the_last_good_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "auth.json"
+    entry = {"username": "alice", "password": "one"}
+    path.write_text(json.dumps({"auths": {"private.example.com/team-a": entry}}))
+    file = AuthFile(path)
+    found = await file.for_image(IMAGE, "any")
+    assert [f.credentials for f in found] == [Credentials("alice", "one")]
+    assert found[0].namespace is None
+    assert await file.for_image(parse_reference("private.example.com/team-b/x:1"), "any") == []
+    path.write_text(json.dumps({"auths": {"private.example.com": {**entry, "password": "two"}}}))
+    assert [f.credentials for f in await file.for_image(IMAGE, "any")] == [
+        Credentials("alice", "two")
+    ]
+    path.write_text("{half-written")
+    assert [f.credentials for f in await file.for_image(IMAGE, "any")] == [
+        Credentials("alice", "two")
+    ]
