@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
+from image_cloner.credential_plugins import CredentialPluginError, PluginSpec, load_provider_config
 from image_cloner.credentials import CredentialError, Login, Secret
 from image_cloner.logs import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
 from image_cloner.mapping import BackupLocation, parse_backup_location
@@ -97,6 +98,17 @@ RENEW_DEADLINE = "IMAGE_CLONER_LEADER_ELECTION_RENEW_DEADLINE"
 RETRY_PERIOD = "IMAGE_CLONER_LEADER_ELECTION_RETRY_PERIOD"
 
 REWRITE_FORM = "IMAGE_CLONER_REWRITE_FORM"
+
+# Source-registry credentials (issue 11, docs/private-images.md).
+READ_PULL_SECRETS = "IMAGE_CLONER_READ_PULL_SECRETS"
+"""Read workloads' pull Secrets and their ServiceAccounts' (opt-in; its own RBAC file)."""
+SOURCE_AUTH_FILE = "IMAGE_CLONER_SOURCE_AUTH_FILE"
+"""A Docker config.json / containers auth.json serving every namespace; re-read on change."""
+CREDENTIAL_PROVIDER_CONFIG = "IMAGE_CLONER_CREDENTIAL_PROVIDER_CONFIG"
+"""The kubelet's CredentialProviderConfig file: credential provider plugins to run."""
+CREDENTIAL_PROVIDER_BIN_DIR = "IMAGE_CLONER_CREDENTIAL_PROVIDER_BIN_DIR"
+"""Where the plugins are (the kubelet's --image-credential-provider-bin-dir); default: the
+config file's directory."""
 
 DEFAULT_IGNORED_NAMESPACES = frozenset({"kube-system"})
 DEFAULT_PULL_SECRET = "image-cloner-pull"
@@ -196,6 +208,12 @@ class Settings:
     """The login written into pull Secrets (`IMAGE_CLONER_PULL_USER`/`_PASS`, or their
     `_FILE` forms); None hands out `push_login` instead."""
 
+    # --- source-registry credentials ------------------------------------------------
+
+    read_pull_secrets: bool = False
+    source_auth_file: Path | None = None
+    credential_plugins: tuple[PluginSpec, ...] = ()
+
     @property
     def pull_secret_uses_push_login(self) -> bool:
         """Pull Secrets are written, with the push login in them (no pull login is set)."""
@@ -251,6 +269,9 @@ class Settings:
             pull_login=pull_login,
             leader_election=_leader_election(env, pod_namespace),
             rewrite_form=_choice(env, REWRITE_FORM, REWRITE_FORMS, default="pinned"),
+            read_pull_secrets=_boolean(env, READ_PULL_SECRETS, default=False),
+            source_auth_file=_readable(env, SOURCE_AUTH_FILE),
+            credential_plugins=_plugins(env),
         )
 
 
@@ -555,3 +576,23 @@ def _choice(env: Mapping[str, str], name: str, known: tuple[T, ...], *, default:
         if value == choice:
             return choice
     raise ConfigError(f"{name}: expected {' or '.join(known)}, got {value!r}")
+
+
+def _readable(env: Mapping[str, str], name: str) -> Path | None:
+    text = _get(env, name)
+    if text is None:
+        return None
+    if not Path(text).is_file():
+        raise ConfigError(f"{name}: {text} is not a file")
+    return Path(text)
+
+
+def _plugins(env: Mapping[str, str]) -> tuple[PluginSpec, ...]:
+    config = _readable(env, CREDENTIAL_PROVIDER_CONFIG)
+    if config is None:
+        return ()
+    bin_dir = Path(_get(env, CREDENTIAL_PROVIDER_BIN_DIR) or config.parent)
+    try:
+        return load_provider_config(config, bin_dir=bin_dir)
+    except CredentialPluginError as error:
+        raise ConfigError(f"{CREDENTIAL_PROVIDER_CONFIG}: {error}") from None

@@ -217,7 +217,9 @@ def get(testbed: Testbed, namespace: str, name: str) -> dict[str, Any]:
 def wait_for_image(testbed: Testbed, namespace: str, name: str, image: str) -> dict[str, Any]:
     def rewritten() -> dict[str, Any] | None:
         obj = get(testbed, namespace, name)
-        return obj if obj["spec"]["template"]["spec"]["containers"][0]["image"] == image else None
+        # Rewrites are pinned (`image@sha256:…`): KWOK reports no digest, so the tag's.
+        current = obj["spec"]["template"]["spec"]["containers"][0]["image"]
+        return obj if current == image or current.startswith(f"{image}@sha256:") else None
 
     return wait_until(rewritten, timeout=ROLLOUT, what=f"{name} → {image}", interval=POLL)
 

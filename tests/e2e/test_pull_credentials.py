@@ -131,6 +131,19 @@ def wait_for_secret_login(
     )
 
 
+def repository_of(image: str) -> str:
+    """`host/path` of `host/path:tag@sha256:…` (the pinned form of a rewrite)."""
+    name = image.partition("@")[0]
+    head, _, last = name.rpartition("/")
+    return f"{head}/{last.partition(':')[0]}"
+
+
+def by_digest(image: str) -> str:
+    """`repo@digest`: skopeo 1.9 takes no reference with both a tag and a digest."""
+    digest = image.partition("@")[2]
+    return f"{repository_of(image)}@{digest}" if digest else image
+
+
 def pull_with(backup: RunningRegistry, login: tuple[str, str], image: str) -> bytes:
     """`skopeo inspect --raw` of `image` with this login, as a kubelet would pull it."""
     user, password = login
@@ -139,14 +152,14 @@ def pull_with(backup: RunningRegistry, login: tuple[str, str], image: str) -> by
         "--raw",
         f"--creds={user}:{password}",
         f"--cert-dir={backup.cert_dir}",
-        f"docker://{image}",
+        f"docker://{by_digest(image)}",
     )
 
 
 def push_with(backup: RunningRegistry, login: tuple[str, str], image: str) -> None:
     """Try to overwrite `image` (copy it onto another tag) with this login."""
     user, password = login
-    repository = image.rpartition(":")[0]
+    repository = repository_of(image)
     skopeo.run(
         "copy",
         "--quiet",
@@ -154,7 +167,7 @@ def push_with(backup: RunningRegistry, login: tuple[str, str], image: str) -> No
         f"--src-cert-dir={backup.cert_dir}",
         f"--dest-creds={user}:{password}",
         f"--dest-cert-dir={backup.cert_dir}",
-        f"docker://{image}",
+        f"docker://{by_digest(image)}",
         f"docker://{repository}:overwritten",
     )
 
@@ -207,7 +220,7 @@ def test_the_pull_secret_holds_a_login_that_can_pull_and_cannot_push(
         "denied" in refused.value.stderr.lower() or "unauthorized" in refused.value.stderr.lower()
     )
     with pytest.raises(skopeo.SkopeoError):
-        pull_with(token_registry, login, image.rpartition(":")[0] + ":overwritten")
+        pull_with(token_registry, login, repository_of(image) + ":overwritten")
 
     assert controller.metric(USES_PUSH) == 0
     assert not controller.find("pull secrets get the push credentials"), "no warning needed"

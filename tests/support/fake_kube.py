@@ -15,7 +15,7 @@ import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import jsonpatch
 import jsonpointer
@@ -79,6 +79,9 @@ class FakeKube:
     """Namespace → its pods (the test makes them match the selector it lists by)."""
     pod_lists: list[tuple[str, str]] = field(default_factory=list)
     """Every (namespace, label selector) pods were listed by."""
+    users_objects: dict[tuple[str, str, str], JsonObject] = field(default_factory=dict)
+    """(kind plural, namespace, name) → users' Secrets and ServiceAccounts we may read."""
+    object_reads: list[tuple[str, str, str]] = field(default_factory=list)
     _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(100))
 
     def add(self, obj: JsonObject) -> JsonObject:
@@ -196,6 +199,13 @@ class FakeKube:
 
     async def delete_secret(self, namespace: str, name: str, *, resource_version: str) -> bool:
         return self.secrets.pop((namespace, name), None) is not None
+
+    async def read_object(
+        self, kind: Literal["secrets", "serviceaccounts"], namespace: str, name: str
+    ) -> JsonObject | None:
+        self.object_reads.append((kind, namespace, name))
+        found = self.users_objects.get((kind, namespace, name))
+        return copy.deepcopy(found) if found is not None else None
 
     @staticmethod
     def _key_of(obj: JsonObject) -> Key:

@@ -10,8 +10,9 @@ reader/readpass may only pull, anonymous requests get a token that grants nothin
 working at the registry exactly `lifetime` seconds after they are issued (see `_exp_claim`).
 Control endpoints: `GET /_stats` (tokens issued so far), `POST /_config` ({"lifetime": N,
 "wide_scope": true}: grant more than asked, as Docker Hub and GHCR may, and report it in the
-OAuth2 `scope` field) and `POST /_users` ({"user", "password", "actions"}: add or replace a
-user, for rotation tests).
+OAuth2 `scope` field) and `POST /_users` ({"user", "password", "actions", "repositories"}:
+add or replace a user, for rotation tests; `repositories` globs such as `team-a/*` limit what
+it is granted anything on, for per-team grants).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import base64
 import binascii
 import datetime
+import fnmatch
 import json
 import ssl
 import sys
@@ -62,6 +64,8 @@ USERS: dict[str, tuple[str, frozenset[str]]] = {
     TEST_USER: (TEST_PASSWORD, ALL_ACTIONS),
     READER_USER: (READER_PASSWORD, frozenset({"pull"})),
 }
+REPOSITORIES: dict[str, tuple[str, ...]] = {}
+"""User → the repository globs it is granted anything on (`team-a/*`); absent: all of them."""
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -104,7 +108,7 @@ async def _token(request: web.Request) -> web.Response:
     asked = request.query.getall("scope", [])
     if state.wide_scope:
         asked = [f"{scope.rpartition(':')[0]}:pull,push" for scope in " ".join(asked).split()]
-    access = _grant(asked, allowed)
+    access = _grant(asked, allowed, REPOSITORIES.get(user or "", ("*",)))
     now = int(time.time())
     claims = {
         "iss": ISSUER,
@@ -156,13 +160,17 @@ def _authenticate(header: str | None) -> str | None:
     return user if known is not None and known[0] == password else None
 
 
-def _grant(scopes: Sequence[str], allowed: frozenset[str]) -> list[dict[str, Any]]:
-    """Requested actions the user may do, per resource (`repository:name:pull,push`)."""
+def _grant(
+    scopes: Sequence[str], allowed: frozenset[str], repositories: Sequence[str] = ("*",)
+) -> list[dict[str, Any]]:
+    """Requested actions the user may do, per resource (`repository:name:pull,push`), on the
+    repositories it is granted (globs)."""
     access = []
     for scope in " ".join(scopes).split():
         resource, _, actions = scope.rpartition(":")
         kind, _, name = resource.partition(":")
-        granted = [a for a in actions.split(",") if a in allowed]
+        mine = any(fnmatch.fnmatchcase(name, glob) for glob in repositories)
+        granted = [a for a in actions.split(",") if a in allowed and mine]
         access.append({"type": kind.split("(")[0], "name": name, "actions": granted})
     return access
 
@@ -184,6 +192,8 @@ async def _add_user(request: web.Request) -> web.Response:
     body = await request.json()
     actions = frozenset(body["actions"]) & ALL_ACTIONS
     USERS[str(body["user"])] = (str(body["password"]), actions)
+    if body.get("repositories") is not None:
+        REPOSITORIES[str(body["user"])] = tuple(str(r) for r in body["repositories"])
     return web.json_response({"user": body["user"], "actions": sorted(actions)})
 
 
@@ -254,12 +264,21 @@ class TokenIssuer(ServiceProcess):
         """Lifetime of tokens issued from now on (the registry enforces it, to the second)."""
         self._control("POST", "/_config", {"lifetime": seconds})
 
-    def add_user(self, user: str, password: str, *, actions: Sequence[str] = ("pull",)) -> None:
+    def add_user(
+        self,
+        user: str,
+        password: str,
+        *,
+        actions: Sequence[str] = ("pull",),
+        repositories: Sequence[str] | None = None,
+    ) -> None:
         """Let `user` log in with `password` from now on, granted `actions` (pull only by
-        default); the users known at start stay."""
-        self._control(
-            "POST", "/_users", {"user": user, "password": password, "actions": list(actions)}
-        )
+        default) on `repositories` (globs such as `team-a/*`; None: all); the users known at
+        start stay."""
+        body: dict[str, Any] = {"user": user, "password": password, "actions": list(actions)}
+        if repositories is not None:
+            body["repositories"] = list(repositories)
+        self._control("POST", "/_users", body)
 
     def set_wide_scope(self, wide: bool) -> None:
         """Grant pull and push for every repository asked about (reported in `scope`)."""

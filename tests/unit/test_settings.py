@@ -642,3 +642,33 @@ def test_referrers_default_to_all_and_follow_the_setting_and_the_flag() -> None:
 def test_referrers_errors_name_the_setting() -> None:
     with pytest.raises(ConfigError, match="IMAGE_CLONER_REFERRERS: expected all, none"):
         registry_options_from_env({"IMAGE_CLONER_REFERRERS": "some"}, backup_host=None)
+
+
+def test_source_credentials_are_off_unless_asked(tmp_path: Path) -> None:
+    plain = settings()
+    assert (plain.read_pull_secrets, plain.source_auth_file, plain.credential_plugins) == (
+        False,
+        None,
+        (),
+    )
+    auth = tmp_path / "auth.json"
+    auth.write_text("{}")
+    chosen = settings(
+        IMAGE_CLONER_READ_PULL_SECRETS="true", IMAGE_CLONER_SOURCE_AUTH_FILE=str(auth)
+    )
+    assert chosen.read_pull_secrets
+    assert chosen.source_auth_file == auth
+
+
+def test_source_credential_files_are_checked_at_start(tmp_path: Path) -> None:
+    missing = config_error({**BASE, "IMAGE_CLONER_SOURCE_AUTH_FILE": str(tmp_path / "nope")})
+    assert missing.startswith("IMAGE_CLONER_SOURCE_AUTH_FILE:")
+    config = tmp_path / "providers.yaml"
+    config.write_text(
+        "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\n"
+        "providers:\n  - name: absent-plugin\n    matchImages: ['*.example.com']\n"
+        "    defaultCacheDuration: 1h\n    apiVersion: credentialprovider.kubelet.k8s.io/v1\n"
+    )
+    error = config_error({**BASE, "IMAGE_CLONER_CREDENTIAL_PROVIDER_CONFIG": str(config)})
+    assert error.startswith("IMAGE_CLONER_CREDENTIAL_PROVIDER_CONFIG:")
+    assert "absent-plugin is not an executable file" in error

@@ -34,6 +34,7 @@ from typing import Any
 import kopf
 
 from image_cloner.backoff import Backoff
+from image_cloner.controller.access import SourceAccess
 from image_cloner.controller.handlers import build_registry, operator_settings
 from image_cloner.controller.kube import Kube
 from image_cloner.controller.leader import LeaderElector, default_identity
@@ -41,7 +42,9 @@ from image_cloner.controller.pull_secrets import PullSecrets, watched_logins
 from image_cloner.controller.queue import WorkQueue
 from image_cloner.controller.reconcile import Reconciler
 from image_cloner.controller.server import MetricsServer
+from image_cloner.controller.source_secrets import SecretReader
 from image_cloner.controller.watch import WatchTracker
+from image_cloner.credential_plugins import PluginProvider
 from image_cloner.credentials import BackupCredentials, WatchedLogin, watch_logins
 from image_cloner.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from image_cloner.health import Health
@@ -59,6 +62,7 @@ from image_cloner.oci.errors import RegistryError
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Repository
 from image_cloner.settings import Settings
+from image_cloner.source_credentials import AuthFile, CredentialProvider, SourceLogins
 from image_cloner.workloads import WorkloadKey
 
 __all__ = ["run"]
@@ -135,6 +139,7 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
                 settings=settings,
                 metrics=metrics,
                 pull_secrets=pull_secrets,
+                access=_source_access(settings, kube, copier),
             )
             tracker = WatchTracker(queue=queue, health=health, kube=kube, settings=settings)
             operation = _Operation(
@@ -157,12 +162,24 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
 
 
 def _live_options(settings: Settings, push: WatchedLogin | None) -> RegistryOptions:
-    """The registry options, with the backup host's login read from `push` at each request."""
+    """The registry options, with the backup host's login read from `push` at each request,
+    and each copy's source login the one proven for its workload (`SourceLogins`)."""
     options = settings.registry_options
-    if push is None:
-        return options
-    live = BackupCredentials(options.credentials, host=settings.backup.registry.host, login=push)
-    return dataclasses.replace(options, credentials=live)
+    credentials = options.credentials
+    if push is not None:
+        credentials = BackupCredentials(credentials, host=settings.backup.registry.host, login=push)
+    return dataclasses.replace(options, credentials=SourceLogins(credentials))
+
+
+def _source_access(settings: Settings, kube: Kube, copier: Copier) -> SourceAccess:
+    """The credential chain of docs/private-images.md, in the kubelet's order."""
+    controller_wide: list[CredentialProvider] = []
+    if settings.source_auth_file is not None:
+        controller_wide.append(AuthFile(settings.source_auth_file))
+    if settings.credential_plugins:
+        controller_wide.append(PluginProvider(settings.credential_plugins))
+    secrets = SecretReader(kube) if settings.read_pull_secrets else None
+    return SourceAccess(probe=copier, controller_wide=controller_wide, secrets=secrets)
 
 
 class _Rotation:

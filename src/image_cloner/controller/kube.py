@@ -109,6 +109,10 @@ class KubeCalls(Protocol):
         self, namespace: str, name: str, *, registry_host: str, credentials: Credentials
     ) -> SecretOutcome: ...
 
+    async def read_object(
+        self, kind: Literal["secrets", "serviceaccounts"], namespace: str, name: str
+    ) -> JsonObject | None: ...
+
 
 @dataclass(frozen=True)
 class _EventSeries:
@@ -370,6 +374,19 @@ class Kube:
         except NotFound:
             return False
         return True
+
+    # --- users' pull Secrets (opt-in: IMAGE_CLONER_READ_PULL_SECRETS) --------------
+
+    async def read_object(
+        self, kind: Literal["secrets", "serviceaccounts"], namespace: str, name: str
+    ) -> JsonObject | None:
+        """A Secret or ServiceAccount by name (`get` only, never list), or None if absent.
+
+        Errors carry the apiserver's Status, which names the object, never its data."""
+        try:
+            return await self._call("GET", f"/api/v1/namespaces/{namespace}/{kind}/{name}")
+        except NotFound:
+            return None
 
     # --- plumbing -------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import NoReturn, Protocol
 
+from image_cloner.controller.access import SourceAccess
 from image_cloner.controller.kube import JsonObject, KubeCalls
 from image_cloner.controller.kube_errors import KubeApiError
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
@@ -41,6 +42,7 @@ from image_cloner.oci.errors import NotFoundError, RegistryError
 from image_cloner.oci.references import Reference
 from image_cloner.running import Agreed, Disagreed, NotReported, running
 from image_cloner.settings import RewriteForm
+from image_cloner.source_credentials import SourceLogins
 from image_cloner.workloads import POD, ContainerImage, InvalidSelector, kind_of, label_selector
 
 __all__ = ["Pin", "Pinned", "Pinning", "PinningFailed", "SourceReader"]
@@ -117,12 +119,21 @@ class Pinning:
     """Decides each container's `Pin` from the workload's pods and the source registry."""
 
     def __init__(
-        self, *, kube: KubeCalls, source: SourceReader, metrics: Metrics, form: RewriteForm
+        self,
+        *,
+        kube: KubeCalls,
+        source: SourceReader,
+        metrics: Metrics,
+        form: RewriteForm,
+        access: SourceAccess | None = None,
     ) -> None:
         self._kube = kube
         self._source = source
         self._metrics = metrics
         self._form = form
+        self._access = access
+        """Reads of a source go out with the workload's own proven login (controller.access):
+        a private image is never pinned with another namespace's credentials."""
 
     async def pins(
         self, obj: JsonObject, wanted: Sequence[tuple[ContainerImage, Reference, Reference]]
@@ -134,13 +145,32 @@ class Pinning:
         refused = False
         for container, source, target in wanted:
             try:
-                pins.append(await self._pin(pods, container, source, target))
+                pins.append(await self._pin_as(obj, pods, container, source, target))
             except PinningFailed as failure:
                 problems.append(failure.message)
                 refused = refused or failure.refused
         if problems:
             raise PinningFailed("; ".join(problems), refused=refused)
         return pins
+
+    async def _pin_as(
+        self,
+        obj: JsonObject,
+        pods: list[JsonObject],
+        container: ContainerImage,
+        source: Reference,
+        target: Reference,
+    ) -> Pin:
+        """`_pin`, its source reads made as the workload (a digest reference needs none)."""
+        if self._access is None or source.digest is not None:
+            return await self._pin(pods, container, source, target)
+        try:
+            login = await self._access.prove(obj, str(obj["metadata"]["namespace"]), source)
+        except RegistryError as e:
+            where = f"container {container.name} ({container.image})"
+            raise PinningFailed(f"{where}: {e}", refused=False) from None
+        with SourceLogins.using(source.repository.registry.host, login):
+            return await self._pin(pods, container, source, target)
 
     async def _pods(
         self, obj: JsonObject, wanted: Sequence[tuple[ContainerImage, Reference, Reference]]

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from image_cloner.controller.access import SourceAccess
 from image_cloner.controller.copies import ImageBackoff, ImageCopier, ImageCopies
 from image_cloner.controller.decisions import WorkloadLog
 from image_cloner.controller.gate import Gate
@@ -120,6 +121,7 @@ class Reconciler:
         metrics: Metrics,
         image_backoff: ImageBackoff | None = None,
         pull_secrets: PullSecrets | None = None,
+        access: SourceAccess | None = None,
     ) -> None:
         self._kube = kube
         self._settings = settings
@@ -129,9 +131,12 @@ class Reconciler:
             pull_secrets = PullSecrets.for_settings(kube, settings, push=push, pull=pull)
         self._pull_secrets = pull_secrets
         self._copies = ImageCopies(copier, metrics=metrics, backoff=image_backoff)
+        self._access = access
+        """Proves each workload's own access to its source images (controller.access);
+        None only in unit tests whose fake registry has no access to prove."""
         self._gate = Gate(kube=kube, settings=settings)
         self._pinning = Pinning(
-            kube=kube, source=copier, metrics=metrics, form=settings.rewrite_form
+            kube=kube, source=copier, metrics=metrics, form=settings.rewrite_form, access=access
         )
 
     async def __call__(self, key: WorkloadKey) -> None:
@@ -178,7 +183,7 @@ class Reconciler:
         if not plan:
             await self._keep_pull_secret(key, obj)
             return True
-        rewrites = await self._copy_all(plan, log)
+        rewrites = await self._copy_all(plan, log, obj)
         if not KINDS[key.kind].rewritable:
             await self._backed_up(key, obj, plan, log)
             return True
@@ -232,8 +237,10 @@ class Reconciler:
         except PinningFailed as e:
             raise _Failed(e.message, reason=REWRITE_REFUSED if e.refused else CLONE_FAILED) from e
 
-    async def _copy_all(self, plan: Sequence[Pin], log: WorkloadLog) -> list[Pinned]:
-        outcomes = await asyncio.gather(*(self._copy(pin, log) for pin in plan))
+    async def _copy_all(
+        self, plan: Sequence[Pin], log: WorkloadLog, obj: JsonObject
+    ) -> list[Pinned]:
+        outcomes = await asyncio.gather(*(self._copy(pin, log, obj) for pin in plan))
         failures = [outcome for outcome in outcomes if isinstance(outcome, _CopyFailed)]
         if failures:
             # Come back when the images' backoff allows; else the queue's own backoff decides.
@@ -246,7 +253,7 @@ class Reconciler:
             if isinstance(outcome, CopyResult)
         ]
 
-    async def _copy(self, pin: Pin, log: WorkloadLog) -> CopyResult | _CopyFailed:
+    async def _copy(self, pin: Pin, log: WorkloadLog, obj: JsonObject) -> CopyResult | _CopyFailed:
         """Copy one image; what failed and the retry delay when it failed."""
         source, target, name = pin.source, pin.target, pin.container.name
         blocked = self._copies.blocked(source, target)
@@ -256,7 +263,10 @@ class Reconciler:
             return _CopyFailed(f"{source} → {target}: {reason}", left)
         log.cloning(str(pin.container.image), container=name, target=str(target))
         try:
-            result = await self._copies.copy(source, target)
+            if self._access is not None:  # with the workload's own, proven, source login
+                result = await self._access.copy(self._copies, obj, source, target)
+            else:
+                result = await self._copies.copy(source, target)
         except RegistryError as e:
             log.clone_failed(pin.container.image, str(e), container=name, target=str(target))
             retry = self._copies.blocked(source, target)

@@ -244,6 +244,33 @@ class RegistryClient:
             return check_digest(claimed, what=f"{CONTENT_DIGEST} header")
         return (await self._get_manifest(url, None, retry=retry)).digest
 
+    async def readable_digest(self, identifier: str) -> str | None:
+        """`manifest_digest` asked where reads go: the mirrors first (one try each, as
+        `get_manifest`), then the registry; None when the registry has no such manifest.
+        A HEAD costs no pull quota and moves no manifest bytes (access proofs use it)."""
+        for url, mirror in self._read_urls(f"manifests/{identifier}"):
+            try:
+                resp = await self.transport.request(
+                    hdrs.METH_HEAD,
+                    url,
+                    ok=(200, 404),
+                    headers={hdrs.ACCEPT: ACCEPT},
+                    retry=not mirror,
+                )
+            except RegistryError as exc:
+                if not mirror:
+                    raise
+                logger.info("mirror %s failed, trying the next endpoint: %s", url.host, exc)
+                continue
+            if resp.status == 404:
+                if mirror:
+                    continue
+                return None
+            if claimed := resp.headers.get(CONTENT_DIGEST):
+                return check_digest(claimed, what=f"{CONTENT_DIGEST} header")
+            return (await self._get_manifest(url, None, retry=not mirror)).digest
+        raise AssertionError("unreachable: the registry itself is the last endpoint")
+
     async def put_manifest(self, identifier: str, manifest: Manifest) -> None:
         """PUT the exact bytes with their original media type (so the digest is kept)."""
         url = self._url(f"manifests/{identifier}")

@@ -195,6 +195,13 @@ class Copier:
         """Raise `RegistryError` unless the registry is reachable and lets us push there."""
         await self._client(repository, pull=False).check_push_access()
 
+    async def source_digest(self, reference: Reference) -> str | None:
+        """The digest `reference` has at its source, asked with the credentials in force
+        (one HEAD, on its mirrors first, as the copy reads); None when there is no such
+        manifest; `RegistryError` (401/403: refused)."""
+        client = self._client(reference.repository, pull=True)
+        return await client.readable_digest(reference.identifier)
+
     async def copy_image(
         self,
         source: Reference,
