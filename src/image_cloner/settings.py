@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_LEASE_NAME",
     "DEFAULT_METRICS_PORT",
     "DEFAULT_PULL_SECRET",
+    "DEFAULT_ROLLOUT_TIMEOUT",
     "REWRITE_FORMS",
     "ConfigError",
     "LeaderElection",
@@ -97,6 +98,9 @@ RENEW_DEADLINE = "IMAGE_CLONER_LEADER_ELECTION_RENEW_DEADLINE"
 RETRY_PERIOD = "IMAGE_CLONER_LEADER_ELECTION_RETRY_PERIOD"
 
 REWRITE_FORM = "IMAGE_CLONER_REWRITE_FORM"
+
+ROLLOUT_TIMEOUT = "IMAGE_CLONER_ROLLOUT_TIMEOUT"
+DEFAULT_ROLLOUT_TIMEOUT = 600.0
 
 DEFAULT_IGNORED_NAMESPACES = frozenset({"kube-system"})
 DEFAULT_PULL_SECRET = "image-cloner-pull"
@@ -210,6 +214,10 @@ class Settings:
     `tag` (the seed's `BACKUP/repo:tag`, only while the backup tag holds that digest;
     else pinned for that image)."""
 
+    rollout_timeout: float = DEFAULT_ROLLOUT_TIMEOUT
+    """`IMAGE_CLONER_ROLLOUT_TIMEOUT` (seconds, default 600): a rollout after our rewrite
+    that is not complete this long after the rewrite is undone (`controller.rollback`)."""
+
     @property
     def backup_credentials(self) -> Credentials | None:
         """The backup registry's (push) login as read at start."""
@@ -251,6 +259,7 @@ class Settings:
             pull_login=pull_login,
             leader_election=_leader_election(env, pod_namespace),
             rewrite_form=_choice(env, REWRITE_FORM, REWRITE_FORMS, default="pinned"),
+            rollout_timeout=_seconds(env, ROLLOUT_TIMEOUT, default=DEFAULT_ROLLOUT_TIMEOUT),
         )
 
 
