@@ -2,9 +2,11 @@
 
 A rewrite is only safe if the pods can pull the backup: a missing pull Secret, a registry
 the nodes cannot reach, or a backup that went missing shows up as a rollout that never
-completes. While a workload carries our `original-images` record and its containers run
-backup references (`following`), the controller watches its rollout and gives up on it
-(`failure`) when one of these holds, checked in this order:
+completes. While a workload carries our `original-images` record, its containers run
+backup references and its new revision is still rolling out (`following`: a Deployment,
+DaemonSet or StatefulSet whose pods are not all updated; an availability dip of a
+finished rollout, a pod that died later, is not a rollout), the controller watches the
+rollout and gives up on it (`failure`) when one of these holds, checked in this order:
 
 1. the workload says so itself (Deployment `ProgressDeadlineExceeded`, `Readiness.failed`);
 2. a pod of the new revision (one that runs the backup image now in the template) has a
@@ -14,8 +16,10 @@ backup references (`following`), the controller watches its rollout and gives up
 
 When the rewrite happened is read from `managedFields`: the `time` of the entry of our own
 field manager, which the apiserver stamps on every change we make. No annotation of ours
-is needed for it, and a rewrite by an older version of us (before `fieldManager` was set)
-simply has no time: then only rules 1 and 2 apply. Pure: plain objects in, a reason out.
+is needed for it. When another manager changed the spec after us (a user's own rollout,
+still on our backups), or a rewrite by an older version of us (before `fieldManager` was
+set) left no entry, the rollout under way is not known to be ours and has no start time:
+then only rules 1 and 2 apply. Pure: plain objects in, a reason out.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ def following(obj: Obj, backup: BackupLocation) -> dict[str, str]:
 
     Only these are ours to watch and to restore; a container someone changed since is not.
     """
+    if not _rolling_out(obj):
+        return {}
     try:
         originals = original_images(obj)
     except InvalidAnnotation:
@@ -56,17 +62,23 @@ def following(obj: Obj, backup: BackupLocation) -> dict[str, str]:
 
 
 def rewritten_at(obj: Obj, *, manager: str) -> datetime | None:
-    """When `manager` last changed the object (its newest `managedFields` entry), or None."""
-    newest: datetime | None = None
+    """When `manager` last changed the object (its newest `managedFields` entry); None
+    when unknown, or when another manager changed the spec later (its rollout, not ours)."""
+    ours: datetime | None = None
+    theirs: datetime | None = None
     for entry in (obj.get("metadata") or {}).get("managedFields") or []:
-        if not isinstance(entry, Mapping) or entry.get("manager") != manager:
-            continue
-        if entry.get("subresource"):
-            continue  # a status write is not a change of the pod template
+        if not isinstance(entry, Mapping) or entry.get("subresource"):
+            continue  # a status or scale write is not a change of the pod template
         stamp = _time(entry.get("time"))
-        if stamp is not None and (newest is None or stamp > newest):
-            newest = stamp
-    return newest
+        if stamp is None:
+            continue
+        if entry.get("manager") == manager:
+            ours = stamp if ours is None else max(ours, stamp)
+        elif _owns_spec(entry.get("fieldsV1")):
+            theirs = stamp if theirs is None else max(theirs, stamp)
+    if ours is None or (theirs is not None and theirs > ours):
+        return None
+    return ours
 
 
 def failure(
@@ -111,6 +123,36 @@ def _pull_error(pods: Iterable[Obj], backups: Mapping[str, str]) -> str | None:
                 if reason in PULL_ERRORS:
                     return f"{reason} for {backups[name]} (container {name})"
     return None
+
+
+def _rolling_out(obj: Obj) -> bool:
+    """The workload's pods are not all on its current template yet (kind by kind)."""
+    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+    spec = obj.get("spec") or {}
+    if _int(meta, "generation") > _int(status, "observedGeneration"):
+        return True
+    kind = obj.get("kind")
+    if kind == "Deployment":
+        for condition in status.get("conditions") or []:
+            if isinstance(condition, Mapping) and condition.get("type") == "Progressing":
+                return condition.get("reason") != "NewReplicaSetAvailable"
+        updated = _int(status, "updatedReplicas")
+        return updated < _int(spec, "replicas", 1) or _int(status, "replicas") > updated
+    if kind == "DaemonSet":
+        return _int(status, "updatedNumberScheduled") < _int(status, "desiredNumberScheduled")
+    if kind == "StatefulSet":
+        return _int(status, "updatedReplicas") < _int(spec, "replicas", 1)
+    return False  # a CronJob's or Job's next pods are not a rollout we could wait for
+
+
+def _int(node: Obj, key: str, default: int = 0) -> int:
+    # The API server omits zero-valued counters, so absent means 0 (or the spec default).
+    value = node.get(key, default)
+    return value if isinstance(value, int) else default
+
+
+def _owns_spec(fields: object) -> bool:
+    return isinstance(fields, Mapping) and "f:spec" in fields
 
 
 def _image_in_spec(pod: Obj, name: str) -> str | None:

@@ -70,7 +70,8 @@ def report_pull_error(testbed: Testbed, namespace: str, pod: dict[str, Any]) -> 
 @pytest.fixture(scope="module")
 def node(testbed: Testbed) -> Iterator[str]:
     name = f"rollback-{uuid.uuid4().hex[:6]}"
-    manifest = {
+    capacity = {"cpu": "8", "memory": "16Gi", "pods": "110"}
+    manifest: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
@@ -78,9 +79,8 @@ def node(testbed: Testbed) -> Iterator[str]:
             "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
             "labels": {"kubernetes.io/hostname": name, "type": "kwok"},
         },
-        "status": {"allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"}},
+        "status": {"allocatable": capacity, "capacity": capacity},
     }
-    manifest["status"]["capacity"] = manifest["status"]["allocatable"]
     apply(testbed, manifest)
     try:
         yield name

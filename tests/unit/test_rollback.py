@@ -53,6 +53,7 @@ def rewritten(*, seconds_ago: float, ready: bool = False) -> dict[str, Any]:
         annotations={ORIGINAL_IMAGES_ANNOTATION: json.dumps({"app": "nginx:1"})},
     )
     obj["spec"]["template"]["spec"]["imagePullSecrets"] = [{"name": PULL_SECRET}]
+    obj["status"]["conditions"] = [{"type": "Progressing", "reason": "ReplicaSetUpdated"}]
     when = (datetime.now(UTC) - timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
     obj["metadata"]["managedFields"] = [
         {"manager": "image-cloner", "operation": "Update", "time": when}
@@ -88,13 +89,20 @@ async def test_pull_errors_on_the_new_pods_restore_the_originals_once(
     assert ORIGINAL_IMAGES_ANNOTATION not in annotations
     assert annotations[ROLLED_BACK_ANNOTATION].startswith(f"ErrImagePull for {COPY}")
     (patch,) = kube.patches
-    assert patch[0]["op"] == "test" and patch[0]["path"] == "/metadata/resourceVersion"
+    assert (patch[0]["op"], patch[0]["path"]) == ("test", "/metadata/resourceVersion")
     assert {"op": "test", "path": "/spec/template/spec/containers/0/image", "value": COPY} in patch
     (event,) = kube.events
     assert (event.reason, event.warning) == (REWRITE_ROLLED_BACK, True)
-    assert "ErrImagePull" in event.message and "nginx:1" in event.message
+    assert "ErrImagePull" in event.message
+    assert "restored app: nginx:1" in event.message
 
-    kube.edit("Deployment", "demo", "web", lambda o: o["status"].update(availableReplicas=1))
+    done = [{"type": "Progressing", "reason": "NewReplicaSetAvailable"}]
+    kube.edit(
+        "Deployment",
+        "demo",
+        "web",
+        lambda o: o["status"].update(availableReplicas=1, conditions=done),
+    )
     await reconciler(WEB)  # rolled out on the originals: copy-only from now on
     assert len(kube.patches) == 1
     assert template(kube.get("Deployment", "demo", "web"))["containers"][0]["image"] == "nginx:1"

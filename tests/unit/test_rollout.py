@@ -19,13 +19,14 @@ COPY = "backup.example:5000/library/nginx:1@sha256:" + "a" * 64
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
-def rewritten(*, ready: bool, image: str = COPY, **status: Any) -> dict[str, Any]:
+def rewritten(*, ready: bool, image: str = COPY, **status: object) -> dict[str, Any]:
     obj = deployment(
         "web",
         {"app": image},
         ready=ready,
         annotations={ORIGINAL_IMAGES_ANNOTATION: json.dumps({"app": "nginx:1"})},
     )
+    obj["status"]["conditions"] = [{"type": "Progressing", "reason": "ReplicaSetUpdated"}]
     obj["status"].update(status)
     return obj
 
@@ -38,7 +39,7 @@ def pod(image: str, reason: str | None) -> dict[str, Any]:
     }
 
 
-DEADLINE = {"conditions": [{"type": "Progressing", "reason": "ProgressDeadlineExceeded"}]}
+DEADLINE = [{"type": "Progressing", "reason": "ProgressDeadlineExceeded"}]
 
 
 @pytest.mark.parametrize(
@@ -47,7 +48,11 @@ DEADLINE = {"conditions": [{"type": "Progressing", "reason": "ProgressDeadlineEx
         pytest.param(rewritten(ready=True), [pod(COPY, "ErrImagePull")], 900, None, id="complete"),
         pytest.param(rewritten(ready=False), [pod(COPY, None)], 30, None, id="under way"),
         pytest.param(
-            rewritten(ready=False, **DEADLINE), [], 30, "progress deadline exceeded", id="deadline"
+            rewritten(ready=False, conditions=DEADLINE),
+            [],
+            30,
+            "progress deadline exceeded",
+            id="deadline",
         ),
         pytest.param(
             rewritten(ready=False),
@@ -89,10 +94,25 @@ def test_only_containers_still_on_our_backup_are_followed() -> None:
     assert following(damaged, BACKUP) == {}
 
 
+def test_a_finished_rollout_is_not_followed_when_a_pod_dies_later() -> None:
+    done = [{"type": "Progressing", "reason": "NewReplicaSetAvailable"}]
+    assert following(rewritten(ready=False, conditions=done), BACKUP) == {}
+
+
+def test_a_later_spec_change_by_someone_else_is_their_rollout_not_ours() -> None:
+    obj = rewritten(ready=False)
+    obj["metadata"]["managedFields"] = [
+        {"manager": "image-cloner", "operation": "Update", "time": "2026-12-01T11:00:00Z"},
+        {"manager": "kubectl", "time": "2026-12-01T11:30:00Z", "fieldsV1": {"f:spec": {}}},
+    ]
+    assert rewritten_at(obj, manager="image-cloner") is None
+
+
 def test_the_rewrite_time_is_our_newest_managed_fields_entry() -> None:
     obj = rewritten(ready=False)
     obj["metadata"]["managedFields"] = [
-        {"manager": "kubectl", "operation": "Update", "time": "2026-12-01T11:59:00Z"},
+        {"manager": "kubectl", "operation": "Update", "time": "2026-12-01T10:00:00Z"},
+        {"manager": "kube-controller-manager", "time": "2026-12-01T11:59:00Z"},
         {"manager": "image-cloner", "operation": "Update", "time": "2026-12-01T11:00:00Z"},
         {"manager": "image-cloner", "operation": "Update", "time": "2026-12-01T11:30:00Z"},
         {"manager": "image-cloner", "subresource": "status", "time": "2026-12-01T11:58:00Z"},
