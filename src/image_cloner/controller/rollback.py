@@ -83,7 +83,7 @@ class Rollback:
     async def follow(self, key: WorkloadKey, obj: JsonObject) -> Followed:
         """One look at a not-ready workload's rollout."""
         backups = rollout.following(obj, self._settings.backup)
-        if not backups or not KINDS[key.kind].rewritable:
+        if not backups:
             return Followed.NOT_OURS
         reason = rollout.failure(
             obj,

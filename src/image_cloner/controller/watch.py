@@ -88,8 +88,7 @@ class WatchTracker:
             # Its owner's images are its images; no log line, as there is one per owned Pod.
             return
         readiness = kind.readiness(body)
-        ours = kind.rewritable and bool(following(body, self._settings.backup))
-        if not readiness.ready and not ours:
+        if not readiness.ready and not following(body, self._settings.backup):
             # The event that completes the rollout brings it back; no API read until then.
             # A rollout onto our backups is followed instead (controller.rollback).
             WorkloadLog(kind.noun, name=key.name, namespace=key.namespace).not_ready(
