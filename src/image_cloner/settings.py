@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_LEASE_NAME",
     "DEFAULT_METRICS_PORT",
     "DEFAULT_PULL_SECRET",
+    "DEFAULT_ROLLOUT_TIMEOUT",
     "REWRITE_FORMS",
     "ConfigError",
     "LeaderElection",
@@ -109,6 +110,9 @@ CREDENTIAL_PROVIDER_CONFIG = "IMAGE_CLONER_CREDENTIAL_PROVIDER_CONFIG"
 CREDENTIAL_PROVIDER_BIN_DIR = "IMAGE_CLONER_CREDENTIAL_PROVIDER_BIN_DIR"
 """Where the plugins are (the kubelet's --image-credential-provider-bin-dir); default: the
 config file's directory."""
+
+ROLLOUT_TIMEOUT = "IMAGE_CLONER_ROLLOUT_TIMEOUT"
+DEFAULT_ROLLOUT_TIMEOUT = 600.0
 
 DEFAULT_IGNORED_NAMESPACES = frozenset({"kube-system"})
 DEFAULT_PULL_SECRET = "image-cloner-pull"
@@ -228,6 +232,10 @@ class Settings:
     `tag` (the seed's `BACKUP/repo:tag`, only while the backup tag holds that digest;
     else pinned for that image)."""
 
+    rollout_timeout: float = DEFAULT_ROLLOUT_TIMEOUT
+    """`IMAGE_CLONER_ROLLOUT_TIMEOUT` (seconds, default 600): a rollout after our rewrite
+    that is not complete this long after the rewrite is undone (`controller.rollback`)."""
+
     @property
     def backup_credentials(self) -> Credentials | None:
         """The backup registry's (push) login as read at start."""
@@ -272,6 +280,7 @@ class Settings:
             read_pull_secrets=_boolean(env, READ_PULL_SECRETS, default=False),
             source_auth_file=_readable(env, SOURCE_AUTH_FILE),
             credential_plugins=_plugins(env),
+            rollout_timeout=_seconds(env, ROLLOUT_TIMEOUT, default=DEFAULT_ROLLOUT_TIMEOUT),
         )
 
 

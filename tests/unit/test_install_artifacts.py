@@ -657,6 +657,7 @@ def test_chart_passes_every_setting_through(tmp_path: Path) -> None:
         "excludeImages={registry.corp.example/*,bitnami/*}",
         "rewriteOwned=true",
         "rewriteForm=tag",
+        "rolloutTimeout=900",
     )
     data = one(docs, "ConfigMap")["data"]
     assert data["IMAGE_CLONER_IGNORE_NAMESPACES"] == "kube-system,image-cloner-system,team-a"
@@ -672,6 +673,7 @@ def test_chart_passes_every_setting_through(tmp_path: Path) -> None:
     assert data["IMAGE_CLONER_EXCLUDE_IMAGES"] == "registry.corp.example/*,bitnami/*"
     assert data["IMAGE_CLONER_REWRITE_OWNED"] == "true"
     assert data["IMAGE_CLONER_REWRITE_FORM"] == "tag"
+    assert data["IMAGE_CLONER_ROLLOUT_TIMEOUT"] == "900"
     deployment = one(docs, "Deployment")
     assert_hardened_controller(deployment, port=9090)
     pod = deployment["spec"]["template"]["spec"]

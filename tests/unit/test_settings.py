@@ -631,6 +631,14 @@ def test_rewrite_form_defaults_to_pinned_and_refuses_other_words() -> None:
     )
 
 
+def test_rollout_timeout_defaults_to_ten_minutes_and_reads_seconds() -> None:
+    assert settings().rollout_timeout == 600.0
+    assert settings(IMAGE_CLONER_ROLLOUT_TIMEOUT="90s").rollout_timeout == 90.0
+    assert "IMAGE_CLONER_ROLLOUT_TIMEOUT: expected seconds greater than 0" in config_error(
+        {**BASE, "IMAGE_CLONER_ROLLOUT_TIMEOUT": "10m"}
+    )
+
+
 def test_referrers_default_to_all_and_follow_the_setting_and_the_flag() -> None:
     assert registry_options_from_env({}, backup_host=None).referrers == ReferrersPolicy()
     env = {"IMAGE_CLONER_REFERRERS": "none"}

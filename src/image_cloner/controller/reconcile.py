@@ -9,7 +9,8 @@ is what keeps users' workloads whole:
    controller, a rewrite someone undid) or back it up and rewrite it; images matching
    `IMAGE_CLONER_EXCLUDE_IMAGES` are left out of the plan;
 1. nothing happens until the rollout is complete (`workloads.is_ready`); the watch
-   event that completes it brings the key back;
+   event that completes it brings the key back; a rollout onto backups we wrote is
+   followed until it completes, and undone if it fails (`controller.rollback`);
 2. every image of the pod template is copied and verified before anything is written;
 3. one JSON patch, guarded by `resourceVersion` and by a `test` of each old image,
    rewrites them all; if the object changed meanwhile (the apiserver's Status says a
@@ -39,6 +40,7 @@ from image_cloner.controller.kube_errors import KubeApiError, NotFound, changed_
 from image_cloner.controller.pinning import Pin, Pinned, Pinning, PinningFailed, SourceReader
 from image_cloner.controller.pull_secrets import PullSecrets, watched_logins
 from image_cloner.controller.queue import Retry
+from image_cloner.controller.rollback import RECHECK, Followed, Rollback
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
 from image_cloner.mapping import is_backup, target_for
 from image_cloner.metrics import FailureReason, Metrics, NotRewrittenReason, SkipReason
@@ -109,6 +111,10 @@ class _Changed(Exception):
         self.error = error
 
 
+class _Following(Exception):
+    """A rollout onto our backups is under way: come back in `rollback.RECHECK` seconds."""
+
+
 class Reconciler:
     """The queue's worker: `await reconciler(key)` brings one workload to the wanted state."""
 
@@ -135,25 +141,32 @@ class Reconciler:
         """Proves each workload's own access to its source images (controller.access);
         None only in unit tests whose fake registry has no access to prove."""
         self._gate = Gate(kube=kube, settings=settings)
+        self._rollback = Rollback(kube=kube, settings=settings, pull_secret=pull_secrets.name)
         self._pinning = Pinning(
             kube=kube, source=copier, metrics=metrics, form=settings.rewrite_form, access=access
         )
 
     async def __call__(self, key: WorkloadKey) -> None:
         with self._metrics.reconciling(key.kind):
-            await self._reconcile(key)
+            following = await self._reconcile(key)
+        if following:
+            # Outside the metrics' block: following a rollout is no reconcile error.
+            raise Retry(f"following the rollout of {key}", after=RECHECK)
 
-    async def _reconcile(self, key: WorkloadKey) -> None:
+    async def _reconcile(self, key: WorkloadKey) -> bool:
+        """One workload brought as far as it goes now; True: its rollout is being followed."""
         if key.namespace in self._settings.ignored_namespaces:
-            return
+            return False
         log = WorkloadLog(KINDS[key.kind].noun, name=key.name, namespace=key.namespace)
         for _ in range(MAX_CONFLICTS):
             obj = await self._read(key)
             if obj is None:
-                return
+                return False
             try:
                 if await self._pass(key, obj, log):
-                    return
+                    return False
+            except _Following:
+                return True
             except _Failed as failure:
                 await self._report_failure(obj, failure, key)
                 raise Retry(failure.message, after=failure.after) from None
@@ -175,8 +188,14 @@ class Reconciler:
             return decision is not None
         readiness = is_ready(obj)
         if not readiness.ready:
-            # Not an error: the watch event that completes the rollout brings the key back.
+            # A rollout onto our backups is followed, and undone if it fails: controller.rollback.
+            followed = await self._rollback.follow(key, obj)
+            if followed is Followed.CHANGED:
+                return False
             log.not_ready(readiness.reason)
+            if followed is Followed.WAITING:
+                raise _Following
+            # Not an error: the watch event that completes the rollout brings the key back.
             return True
         log.inspecting()
         plan = await self._plan(obj, log)

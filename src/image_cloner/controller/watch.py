@@ -21,6 +21,7 @@ from image_cloner.controller.kube_errors import KubeApiError
 from image_cloner.controller.queue import WorkQueue
 from image_cloner.health import Health
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
+from image_cloner.rollout import following
 from image_cloner.settings import Settings
 from image_cloner.workloads import KINDS, WorkloadKey, WorkloadKind
 
@@ -87,8 +88,9 @@ class WatchTracker:
             # Its owner's images are its images; no log line, as there is one per owned Pod.
             return
         readiness = kind.readiness(body)
-        if not readiness.ready:
+        if not readiness.ready and not following(body, self._settings.backup):
             # The event that completes the rollout brings it back; no API read until then.
+            # A rollout onto our backups is followed instead (controller.rollback).
             WorkloadLog(kind.noun, name=key.name, namespace=key.namespace).not_ready(
                 readiness.reason
             )
