@@ -29,6 +29,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from image_cloner.admission_index import BackupIndex, copied_anonymously
 from image_cloner.controller.copies import ImageBackoff, ImageCopier, ImageCopies
 from image_cloner.controller.decisions import WorkloadLog
 from image_cloner.controller.gate import Gate
@@ -101,15 +102,19 @@ class Reconciler:
         metrics: Metrics,
         image_backoff: ImageBackoff | None = None,
         pull_secrets: PullSecrets | None = None,
+        index: BackupIndex | None = None,
     ) -> None:
+        """`index` learns every verified copy, for the admission webhook."""
         self._kube = kube
+        self._index = index
         self._settings = settings
         self._metrics = metrics
         if pull_secrets is None:
             push, pull = watched_logins(settings)
             pull_secrets = PullSecrets.for_settings(kube, settings, push=push, pull=pull)
         self._pull_secrets = pull_secrets
-        self._copies = ImageCopies(copier, metrics=metrics, backoff=image_backoff)
+        self.copies = ImageCopies(copier, metrics=metrics, backoff=image_backoff)
+        """The copies of images, shared with the admission webhook's queue."""
         self._gate = Gate(kube=kube, settings=settings)
 
     async def __call__(self, key: WorkloadKey) -> None:
@@ -159,6 +164,10 @@ class Reconciler:
         await self._copy_all(plan, log)
         if not KINDS[key.kind].rewritable:
             await self._backed_up(key, obj, plan, log)
+            return True
+        if not self._settings.rewrites_workloads:
+            # Admission mode: Pods get the backup, the workload stays as its owner wrote it.
+            log.not_rewritten("admission mode: workloads are never rewritten")
             return True
         if decision.action is Action.COPY_ONLY:
             log.not_rewritten(
@@ -216,20 +225,24 @@ class Reconciler:
     async def _copy(self, rewrite: _Rewrite, log: WorkloadLog) -> tuple[str, float] | None:
         """Copy one image; (message, retry delay) when it failed."""
         source, target, name = rewrite.source, rewrite.target, rewrite.container.name
-        blocked = self._copies.blocked(source, target)
+        blocked = self.copies.blocked(source, target)
         if blocked is not None:
             # The same words as the failure itself, so repeated Events count up as one.
             left, reason = blocked
             return f"{source} → {target}: {reason}", left
         log.cloning(str(source), container=name, target=str(target))
         try:
-            result = await self._copies.copy(source, target)
+            result = await self.copies.copy(source, target)
         except RegistryError as e:
             log.clone_failed(str(source), str(e), container=name, target=str(target))
-            retry = self._copies.blocked(source, target)
+            retry = self.copies.blocked(source, target)
             return f"{source} → {target}: {e}", retry[0] if retry else 0.0
         if result.already_present:
             log.already_cloned(str(source), container=name, target=str(target))
+        if self._index is not None:
+            credentials = self._settings.registry_options.credentials
+            anonymous = copied_anonymously(source, credentials)
+            self._index.record(source, result.pinned, anonymous=anonymous)
         return None
 
     async def _ensure_pull_secret(self, key: WorkloadKey) -> str | None:
