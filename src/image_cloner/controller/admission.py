@@ -122,13 +122,6 @@ class AdmissionCopies:
             return
         credentials = self._settings.registry_options.credentials
         self._index.record(source, result.pinned, anonymous=copied_anonymously(source, credentials))
-        log_event(
-            logger,
-            logging.INFO,
-            "backup verified for admission",
-            image=str(source),
-            backup=str(result.pinned),
-        )
         try:
             await self._pull_secrets.ensure(namespace)
         except KubeApiError as e:
@@ -139,6 +132,14 @@ class AdmissionCopies:
                 namespace=namespace,
                 error=str(e),
             )
+        # Logged once the namespace can pull it too: from now on its Pods are rewritten.
+        log_event(
+            logger,
+            logging.INFO,
+            "backup verified for admission",
+            image=str(source),
+            backup=str(result.pinned),
+        )
 
 
 def serving_context(cert_dir: Path) -> ssl.SSLContext:
