@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.e2e.test_controller import (
     ANNOTATION,
@@ -44,6 +46,7 @@ from tests.support.proxy import RegistryProxy
 from tests.support.registries import RegistryKind, RunningRegistry
 from tests.support.testbed import Testbed
 
+ROOT = Path(__file__).resolve().parents[2]
 ADMISSION_TIMEOUT = 2.0
 """The webhook's `timeoutSeconds`: what a Pod's admission may cost when we are down."""
 
@@ -339,3 +342,44 @@ def test_a_killed_webhook_admits_pods_unchanged_within_the_timeout(adm: Admissio
     assert time.monotonic() - started < ADMISSION_TIMEOUT + 5  # kubectl is a process too
     assert pod["spec"]["containers"][0]["image"] == f"{name}:1"
     assert ANNOTATION not in pod["metadata"].get("annotations", {})
+
+
+def test_the_examples_and_the_chart_install_the_webhook_configuration(
+    testbed: Testbed, sa_kubeconfig: Path, adm_namespace: str, test_pki: TestPKI, tmp_path: Path
+) -> None:
+    # Server-side dry runs: the apiserver validates everything, and no webhook pointing at a
+    # Service nobody serves on the test bed slows down the other tests' Pods.
+    testbed.kubectl("apply", "--dry-run=server", "-f", str(ROOT / "examples" / "webhook.yml"))
+    testbed.kubectl("apply", "--dry-run=server", "-f", str(ROOT / "examples" / "image-cloner.yml"))
+    ca = base64.b64encode(test_pki.ca_cert.read_bytes()).decode()
+    rendered = subprocess.run(
+        [
+            str(testbed.bin_dir / "helm"),
+            "template",
+            "adm",
+            str(ROOT / "charts" / "image-cloner"),
+            "--namespace",
+            adm_namespace,
+            "--set",
+            "registry=localhost:5000",
+            "--set",
+            "mode=both",
+            "--set",
+            f"webhook.caBundle={ca}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(rendered.stdout)
+    testbed.kubectl("apply", "--dry-run=server", "-f", str(manifest))
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    hook = next(d for d in docs if d["kind"] == "MutatingWebhookConfiguration")["webhooks"][0]
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["timeoutSeconds"] == ADMISSION_TIMEOUT
+    excluded = hook["namespaceSelector"]["matchExpressions"][0]
+    assert excluded["operator"] == "NotIn"
+    assert set(excluded["values"]) == {"kube-system", adm_namespace}
