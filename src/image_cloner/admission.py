@@ -6,7 +6,7 @@ The rules, in order, each one failing open (the Pod is admitted as it was writte
 1. a Pod in an ignored namespace, or labelled or annotated `image-cloner.io/skip: "true"`,
    is left alone and nothing is queued;
 2. while the backup registry's health check fails, nothing is rewritten (a Pod pointed at
-   a registry that is down would not start), and unknown images are still queued;
+   a registry that is down would not start), and the images are still queued;
 3. each image of `containers` and `initContainers` (never `ephemeralContainers`: they are
    added to running Pods by people debugging, and must stay what they typed) that the
    index knows as verified, and the namespace may use, is replaced by its pinned backup;
@@ -52,7 +52,8 @@ class AdmissionRules:
     backup: BackupLocation
     index: BackupIndex
     registry_ok: bool
-    """The backup registry's health check passes now."""
+    """Backups may be used now: the backup registry's health check passes (and the
+    namespace has its pull Secret, where one is managed; the queued copy writes it)."""
     ignored_namespaces: frozenset[str] = frozenset()
     exclude_images: tuple[ImagePattern, ...] = ()
     pull_secret: str | None = None
@@ -122,11 +123,11 @@ def _plan(
             ):
                 continue
             pinned = rules.index.lookup(namespace, image, may_use=rules.may_use)
-            if pinned is None:
+            if pinned is None or not rules.registry_ok:
+                # Unknown, or not usable now (the source is the safer bet): the copy
+                # (or its verification) brings it into the index.
                 queued.append(source)
                 continue
-            if not rules.registry_ok:
-                continue  # verified, but unreachable now: the source is the safer bet
             path = f"/spec/{section}/{i}/image"
             ops.append({"op": "test", "path": path, "value": image})
             ops.append({"op": "replace", "path": path, "value": str(pinned)})

@@ -117,7 +117,9 @@ def webhook(
         yield process
     finally:
         testbed.kubectl("delete", "mutatingwebhookconfiguration", name, check=False)
-        process.stop()
+        killed = not process.running  # the last test kills it on purpose
+        code = process.stop()
+        assert killed or code == 0, f"exit {code} on SIGTERM:\n{process.log_text()[-3000:]}"
 
 
 def webhook_configuration(name: str, port: int, ca_file: Path, namespace: str) -> dict[str, Any]:

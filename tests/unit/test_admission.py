@@ -91,6 +91,8 @@ def test_an_unhealthy_backup_registry_rewrites_nothing() -> None:
     decision = decide(review(SPEC), rules(index_with("nginx:1", "busybox:1"), registry_ok=False))
     assert "patch" not in decision.response["response"]
     assert decision.rewrites == ()
+    # Queued all the same: the copy (or its verification) is what brings them back.
+    assert sorted(str(r) for r in decision.queued) == ["busybox:1", "nginx:1", "redis:7"]
 
 
 @pytest.mark.parametrize(
