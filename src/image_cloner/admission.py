@@ -75,7 +75,7 @@ class AdmissionDecision:
 
 def decide(review: Mapping[str, Any], rules: AdmissionRules) -> AdmissionDecision:
     """Answer `review` (admission.k8s.io/v1); raises `ValueError` when it is no review."""
-    request = review.get("request")
+    request = review.get("request") if isinstance(review, Mapping) else None
     if not isinstance(request, Mapping) or not isinstance(request.get("uid"), str):
         raise ValueError("not an AdmissionReview request: no request.uid")
     pod = request.get("object")

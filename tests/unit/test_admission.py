@@ -174,6 +174,8 @@ def test_existing_annotations_and_pull_secrets_are_kept() -> None:
 def test_a_review_without_a_request_is_refused() -> None:
     with pytest.raises(ValueError, match=r"request\.uid"):
         decide({"kind": "AdmissionReview"}, rules(BackupIndex()))
+    with pytest.raises(ValueError, match=r"request\.uid"):
+        decide([], rules(BackupIndex()))  # type: ignore[arg-type]
 
 
 def test_the_index_normalises_sources_and_forgets_the_least_recently_used() -> None:
