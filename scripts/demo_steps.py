@@ -97,7 +97,10 @@ def run_demo(directory: Path, story: Story, stack: contextlib.ExitStack, *, keep
             story, stack, testbed, directory=directory, upstream=upstream, backup=backup, host=host
         )
 
-    target = f"{host}/{IMAGE}"
+    # Pinned to the digest that runs (KWOK's pods report none: the tag's, as skopeo reads it).
+    source_ref = f"docker://{upstream.host}/{UPSTREAM_NAME}"
+    source_digest = _digest(skopeo.run("inspect", "--raw", "--tls-verify=false", source_ref))
+    target = f"{host}/{IMAGE}@{source_digest}"
     with _step(story, 4, "Deploy nginx and wait until it is Ready"):
         _kubectl(story, testbed, "apply", "-f", str(EXAMPLES / "deploy-nginx.yml"))
         before = _kubectl(story, testbed, *_get("jsonpath=" + IMAGE_PATH))

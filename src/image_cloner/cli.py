@@ -1,7 +1,8 @@
 """The `image-cloner` command: argument parsing only, the work happens in the library.
 
 Exit statuses (`image_cloner.exits`): 0 success, 1 the copy failed (the registry said no,
-was unreachable, or lied), 2 bad input or configuration, 130 interrupted. Failures print
+was unreachable, or lied; or DST's tag holds other bits and was kept: never moved without
+`--force`), 2 bad input or configuration, 130 interrupted. Failures print
 one line on stderr; the result (the destination reference with its digest) is the only
 thing printed on stdout.
 """
@@ -23,7 +24,7 @@ from image_cloner import __version__
 from image_cloner.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from image_cloner.logs import LOG_FORMATS, LOG_LEVELS
 from image_cloner.mapping import is_backup, parse_backup_location, target_for
-from image_cloner.oci.copying import Copier, CopyResult
+from image_cloner.oci.copying import Copier, CopyResult, TagOutcome
 from image_cloner.oci.errors import RegistryError
 from image_cloner.oci.options import Credentials, RegistryOptions
 from image_cloner.oci.references import InvalidReference, Reference, parse_reference
@@ -127,7 +128,11 @@ def _add_copy(commands: argparse._SubParsersAction[_Parser]) -> None:
         default=[],
         help="registry host reached over plain HTTP or unverified TLS (repeatable)",
     )
-    copy.add_argument("--force", action="store_true", help="copy even if DST already exists")
+    copy.add_argument(
+        "--force",
+        action="store_true",
+        help="copy even if DST already exists, and move DST's tag if it holds other bits",
+    )
     copy.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     copy.set_defaults(command=_copy_command)
 
@@ -232,6 +237,14 @@ def _copy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except RegistryError as error:
         _fail(f"{PROG} copy: {plan.source} → {plan.target}: {error}")
         return EXIT_FAILED
+    if result.tag is TagOutcome.KEPT:
+        # A backup tag is never moved to other bits silently (docs/copy.md).
+        _fail(
+            f"{PROG} copy: {plan.source} → {plan.target}: {plan.target} holds"
+            f" {result.tag_digest}, not {result.digest}; nothing was overwritten"
+            f" (the copy is stored as {result.pinned.name}; --force moves the tag)"
+        )
+        return EXIT_FAILED
     print(result.pinned.name, flush=True)
     return EXIT_OK
 
@@ -297,7 +310,7 @@ def _credentials(text: str, *, what: str) -> Credentials:
 async def _copy(plan: CopyPlan, *, force: bool, show_progress: bool) -> CopyResult:
     async with Copier(plan.options) as copier:
         if not show_progress:
-            return await copier.copy_image(plan.source, plan.target, force=force)
+            return await copier.copy_image(plan.source, plan.target, force=force, move_tag=force)
         # Imported only for a terminal: rich costs start-up time every piped copy would pay.
         from rich.console import Console
 
@@ -306,10 +319,11 @@ async def _copy(plan: CopyPlan, *, force: bool, show_progress: bool) -> CopyResu
         console = Console(stderr=True)
         with CopyProgress(console, f"{plan.source} → {plan.target}") as progress:
             result = await copier.copy_image(
-                plan.source, plan.target, force=force, progress=progress
+                plan.source, plan.target, force=force, move_tag=force, progress=progress
             )
         if result.already_present:
-            console.print(f"already there: {plan.target}", highlight=False)
+            if result.tag is not TagOutcome.KEPT:  # else the failure line says it all
+                console.print(f"already there: {plan.target}", highlight=False)
         else:
             console.print(
                 f"copied {plan.source} → {plan.target}: blobs {progress.summary()}, "

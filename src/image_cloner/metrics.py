@@ -68,7 +68,8 @@ class NotRewrittenReason(StrEnum):
 
 
 class FailureReason(StrEnum):
-    """Why copying an image failed; one per `RegistryError` family, plus `other`."""
+    """Why backing up an image failed; one per `RegistryError` family, the two refusals
+    to rewrite what runs (`controller.pinning`), plus `other`."""
 
     AUTHENTICATION = "authentication"
     NOT_FOUND = "not_found"
@@ -77,6 +78,10 @@ class FailureReason(StrEnum):
     INVALID_REFERENCE = "invalid_reference"
     INVALID_MANIFEST = "invalid_manifest"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    DIGESTS_DISAGREE = "digests_disagree"
+    """The workload's pods run different digests of the image: which to keep is unknown."""
+    SOURCE_DIGEST_GONE = "source_digest_gone"
+    """The pods run a digest the source no longer has: it cannot be backed up."""
     OTHER = "other"
 
     @classmethod

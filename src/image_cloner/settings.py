@@ -30,6 +30,9 @@ from image_cloner.policy import ImagePattern, parse_image_patterns
 
 T = TypeVar("T", bound=str)
 
+RewriteForm = Literal["pinned", "tag"]
+REWRITE_FORMS: tuple[RewriteForm, ...] = ("pinned", "tag")
+
 __all__ = [
     "DEFAULT_IGNORED_NAMESPACES",
     "DEFAULT_LEASE_NAME",
@@ -38,9 +41,11 @@ __all__ = [
     "DEFAULT_WEBHOOK_CERT_DIR",
     "DEFAULT_WEBHOOK_PORT",
     "MODES",
+    "REWRITE_FORMS",
     "ConfigError",
     "LeaderElection",
     "Mode",
+    "RewriteForm",
     "Settings",
     "backup_location_from_env",
     "parse_credentials",
@@ -98,6 +103,8 @@ LEASE_NAME = "IMAGE_CLONER_LEADER_ELECTION_LEASE"
 LEASE_DURATION = "IMAGE_CLONER_LEADER_ELECTION_LEASE_DURATION"
 RENEW_DEADLINE = "IMAGE_CLONER_LEADER_ELECTION_RENEW_DEADLINE"
 RETRY_PERIOD = "IMAGE_CLONER_LEADER_ELECTION_RETRY_PERIOD"
+
+REWRITE_FORM = "IMAGE_CLONER_REWRITE_FORM"
 
 DEFAULT_IGNORED_NAMESPACES = frozenset({"kube-system"})
 DEFAULT_PULL_SECRET = "image-cloner-pull"
@@ -205,6 +212,12 @@ class Settings:
     leader_election: LeaderElection | None = None
     """Lease-based leader election between replicas; None: this process always works."""
 
+    rewrite_form: RewriteForm = "pinned"
+    """How a rewritten image names its backup (`IMAGE_CLONER_REWRITE_FORM`): `pinned`
+    (`BACKUP/repo:tag@sha256:…`, the digest the pods run, whatever the tag does later) or
+    `tag` (the seed's `BACKUP/repo:tag`, only while the backup tag holds that digest;
+    else pinned for that image)."""
+
     # --- admission mode ---------------------------------------------------------
     mode: Mode = "workload"
     """`workload` rewrites workloads (the seed); `admission` serves the Pod webhook and
@@ -266,6 +279,7 @@ class Settings:
             mode=mode,
             webhook_port=webhook_port,
             webhook_cert_dir=webhook_cert_dir,
+            rewrite_form=_choice(env, REWRITE_FORM, REWRITE_FORMS, default="pinned"),
         )
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "STATEFULSET",
     "ContainerImage",
     "InvalidAnnotation",
+    "InvalidSelector",
     "PatchError",
     "Readiness",
     "UnsupportedWorkload",
@@ -58,6 +59,7 @@ __all__ = [
     "is_ready",
     "key_of",
     "kind_of",
+    "label_selector",
     "original_images",
 ]
 
@@ -84,6 +86,10 @@ class InvalidAnnotation(ValueError):
 
 def _no_owner(obj: Obj) -> None:
     return None
+
+
+class InvalidSelector(ValueError):
+    """The workload's `spec.selector` is not a label selector we can write as a query."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -292,6 +298,48 @@ def images_of(obj: Obj) -> list[ContainerImage]:
                 name = str(container.get("name"))
                 found.append(ContainerImage(section, index, name, image, kind.pod_spec_pointer))
     return found
+
+
+_SELECTOR_OPERATORS: Mapping[str, Callable[[str, list[str]], str]] = {
+    "In": lambda key, values: f"{key} in ({','.join(values)})",
+    "NotIn": lambda key, values: f"{key} notin ({','.join(values)})",
+    "Exists": lambda key, _: key,
+    "DoesNotExist": lambda key, _: f"!{key}",
+}
+
+
+def label_selector(obj: Obj) -> str:
+    """The workload's `spec.selector` as a `labelSelector` query ("app=web,tier in (a,b)").
+
+    That is how the controller lists the workload's pods, in its namespace only (the
+    ReplicaSet and DaemonSet controllers select the same way). "" when the object has no
+    selector (apps/v1 requires one): such a query would match every pod of the namespace.
+    Raises `InvalidSelector` on a shape the apiserver would not have accepted.
+    """
+    selector = _get(obj, "spec", "selector")
+    if selector is None:
+        return ""
+    if not isinstance(selector, Mapping):
+        raise InvalidSelector("spec.selector is not an object")
+    labels = selector.get("matchLabels") or {}
+    expressions = selector.get("matchExpressions") or []
+    if not isinstance(labels, Mapping) or not isinstance(expressions, list):
+        raise InvalidSelector("spec.selector has a matchLabels or matchExpressions of bad shape")
+    parts = [f"{key}={value}" for key, value in labels.items()]
+    for expression in expressions:
+        parts.append(_requirement(expression))
+    return ",".join(parts)
+
+
+def _requirement(expression: object) -> str:
+    if not isinstance(expression, Mapping):
+        raise InvalidSelector("spec.selector.matchExpressions holds a non-object")
+    key, operator = expression.get("key"), expression.get("operator")
+    values = expression.get("values") or []
+    write = _SELECTOR_OPERATORS.get(operator) if isinstance(operator, str) else None
+    if not isinstance(key, str) or write is None or not isinstance(values, list):
+        raise InvalidSelector(f"spec.selector: cannot read requirement {dict(expression)!r}")
+    return write(key, [str(value) for value in values])
 
 
 def _pointer_token(text: str) -> str:

@@ -3,8 +3,9 @@
 The story of the seed project's README, checked the way a user would: a Deployment of
 `nginx:1.21.4-alpine` (served as docker.io by a local upstream through the mirror setting)
 becomes Ready, its image is copied byte for byte into the backup registry (htpasswd + TLS),
-the Deployment is rewritten to `localhost:<port>/nginx:1.21.4-alpine`, and the next pass
-says "image already cloned". Then the harder cases: DaemonSets and initContainers, ignored
+the Deployment is rewritten to `localhost:<port>/nginx:1.21.4-alpine@sha256:…` (pinned to
+the digest it runs; KWOK pods report none, so the tag's), and the next pass says "image
+already cloned". Then the harder cases: DaemonSets and initContainers, ignored
 namespaces, shared images, digests, wrong credentials, a registry outage, a user's edit
 racing the rewrite, and a crash in the middle of a copy.
 
@@ -322,6 +323,15 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def pinned(host: str, name: str, image: SyntheticImage) -> str:
+    """The rewritten image: the backup reference pinned to the source's digest."""
+    return f"{host}/{name}@{image.digest}"
+
+
+NO_POD_DIGEST = "(digest from the tag: the container runtime reports no image digest)"
+"""What the ImagesCloned Event says when pods report no imageID, as KWOK's do."""
+
+
 # --- the seed's story ---------------------------------------------------------------
 
 
@@ -331,7 +341,7 @@ def test_seed_flow_copies_rewrites_and_then_says_already_cloned(world: World) ->
     copied_before = controller.metric("image_cloner_images_copied_total")
     testbed.kubectl("apply", "-f", str(EXAMPLES / "deploy-nginx.yml"))
     try:
-        target = f"{world.host}/nginx:1.21.4-alpine"
+        target = pinned(world.host, "nginx:1.21.4-alpine", nginx)
         where = {"name": "nginx", "namespace": "demo-system"}
         wait_for_images(testbed, "demo-system", "Deployment", "nginx", {"nginx": target})
         rollout(testbed, "demo-system", "Deployment", "nginx")
@@ -376,7 +386,7 @@ def test_seed_flow_copies_rewrites_and_then_says_already_cloned(world: World) ->
         assert_no_kopf_state(obj)
         event = wait_for_event(testbed, "demo-system", "nginx", "ImagesCloned")
         assert event["type"] == "Normal"
-        assert event["message"] == f"nginx:1.21.4-alpine → {target}"
+        assert event["message"] == f"nginx:1.21.4-alpine → {target} {NO_POD_DIGEST}"
         assert event["reportingComponent"] == "image-cloner"
 
         # The pull Secret in the namespace is enough to pull the rewritten image.
@@ -391,7 +401,7 @@ def test_seed_flow_copies_rewrites_and_then_says_already_cloned(world: World) ->
             "--raw",
             f"--creds={login['username']}:{login['password']}",
             f"--cert-dir={backup.cert_dir}",
-            f"docker://{target}",
+            f"docker://{world.host}/nginx@{nginx.digest}",  # skopeo takes no tag@digest
         )
         assert digest_of(pulled) == nginx.digest
         assert str(backup.password) not in controller.log_text()
@@ -413,7 +423,10 @@ def test_daemonset_with_init_container_is_rewritten_in_one_patch(
         "DaemonSet", "agent", namespace, {"agent": f"{agent}:2"}, init={"setup": f"{setup}:1"}
     )
     apply(testbed, daemonset)
-    wanted = {"agent": f"{world.host}/{agent}:2", "setup": f"{world.host}/{setup}:1"}
+    wanted = {
+        "agent": pinned(world.host, f"{agent}:2", agent_image),
+        "setup": pinned(world.host, f"{setup}:1", setup_image),
+    }
     obj = wait_for_images(testbed, namespace, "DaemonSet", "agent", wanted)
 
     original = json.loads(obj["metadata"]["annotations"][ANNOTATION])
@@ -423,8 +436,8 @@ def test_daemonset_with_init_container_is_rewritten_in_one_patch(
     assert_backed_up(world.backup, agent, "2", agent_image)
     assert_backed_up(world.backup, setup, "1", setup_image)
     event = wait_for_event(testbed, namespace, "agent", "ImagesCloned")
-    assert f"{setup}:1 → {world.host}/{setup}:1" in event["message"]
-    assert f"{agent}:2 → {world.host}/{agent}:2" in event["message"]
+    assert f"{setup}:1 → {wanted['setup']} {NO_POD_DIGEST}" in event["message"]
+    assert f"{agent}:2 → {wanted['agent']} {NO_POD_DIGEST}" in event["message"]
     rollout(testbed, namespace, "DaemonSet", "agent")
 
 
@@ -432,14 +445,14 @@ def test_kube_system_is_left_alone(world: World, namespace: str) -> None:
     testbed = world.testbed
     system, user = unique("system"), unique("user")
     world.seed(world.source, f"library/{system}:1", "single", seed=system)
-    world.seed(world.source, f"library/{user}:1", "single", seed=user)
+    user_image = world.seed(world.source, f"library/{user}:1", "single", seed=user)
     apply(testbed, workload("Deployment", system, "kube-system", {"main": f"{system}:1"}))
     try:
         rollout(testbed, "kube-system", "Deployment", system)
         # A workload made after the ignored one is Ready: once it is rewritten, the
         # controller has long seen the other.
         apply(testbed, workload("Deployment", "witness", namespace, {"main": f"{user}:1"}))
-        wanted = {"main": f"{world.host}/{user}:1"}
+        wanted = {"main": pinned(world.host, f"{user}:1", user_image)}
         wait_for_images(testbed, namespace, "Deployment", "witness", wanted)
         obj = get(testbed, "kube-system", "Deployment", system)
         assert images(obj) == {"main": f"{system}:1"}
@@ -458,12 +471,17 @@ def test_five_deployments_sharing_an_image_copy_it_once(world: World, namespace:
     copied_before = controller.metric("image_cloner_images_copied_total")
     names = [f"web-{n}" for n in range(5)]
     apply(testbed, *(workload("Deployment", n, namespace, {"web": f"{shared}:1"}) for n in names))
+    wanted = {"web": pinned(world.host, f"{shared}:1", image)}
     for name in names:
-        wait_for_images(testbed, namespace, "Deployment", name, {"web": f"{world.host}/{shared}:1"})
+        wait_for_images(testbed, namespace, "Deployment", name, wanted)
 
     assert controller.metric("image_cloner_images_copied_total") == copied_before + 1
-    # The source was read once: one GET of its index, one of each blob.
-    assert world.upstream.count("GET", rf"^/v2/library/{shared}/manifests/1$") == 1
+    # The source was read once: one GET of its index (by digest: what its tag names is a
+    # HEAD per workload, which Docker Hub does not count as a pull), of each platform's
+    # manifest and of each blob.
+    assert world.upstream.count("GET", rf"^/v2/library/{shared}/manifests/1$") == 0
+    for manifest in (image.digest, *image.child_digests):
+        assert world.upstream.count("GET", rf"^/v2/library/{shared}/manifests/{manifest}$") == 1
     for digest in image.blob_digests:
         assert world.upstream.count("GET", rf"/blobs/{digest}$") == 1
     assert_backed_up(world.backup, shared, "1", image)
@@ -497,7 +515,8 @@ def test_backup_registry_down_then_up(world: World, namespace: str) -> None:
         assert images(get(testbed, namespace, "Deployment", "app")) == {"app": f"{outage}:1"}
     finally:
         backup.start()
-    wait_for_images(testbed, namespace, "Deployment", "app", {"app": f"{world.host}/{outage}:1"})
+    wanted = {"app": pinned(world.host, f"{outage}:1", image)}
+    wait_for_images(testbed, namespace, "Deployment", "app", wanted)
     assert_backed_up(backup, outage, "1", image)
     rollout(testbed, namespace, "Deployment", "app")
 
@@ -505,16 +524,16 @@ def test_backup_registry_down_then_up(world: World, namespace: str) -> None:
 def test_user_edit_during_the_copy_is_kept(world: World, namespace: str) -> None:
     testbed, upstream = world.testbed, world.upstream
     race = unique("race")
-    world.seed(world.source, f"{race}:1", "single", seed=race)
+    image = world.seed(world.source, f"{race}:1", "single", seed=race)
     source = upstream.ref(f"{race}:1")
-    # The source answers its first manifest request "busy, retry in 4s": a window, opened
-    # by the copy, in which the user edits the Deployment.
-    upstream.fail_next(1, status=503, retry_after=4, path=rf"^/v2/{race}/manifests/")
+    # The source answers the copy's first manifest request (by digest, after the HEAD of
+    # the tag that pins it) "busy, retry in 4s": a window in which the user edits.
+    upstream.fail_next(1, status=503, retry_after=4, path=rf"^/v2/{race}/manifests/sha256:")
     apply(testbed, workload("Deployment", "app", namespace, {"app": source}))
     world.controller.wait_for_line("cloning deployment image", name="app", namespace=namespace)
     testbed.kubectl("set", "env", "deployment/app", "EDITED=by-user", "-n", namespace)
 
-    target = f"{world.host}/127.0.0.1_{upstream.port}/{race}:1"
+    target = pinned(world.host, f"127.0.0.1_{upstream.port}/{race}:1", image)
     obj = wait_for_images(testbed, namespace, "Deployment", "app", {"app": target})
     container = obj["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "EDITED", "value": "by-user"} in container.get("env", [])
@@ -532,7 +551,7 @@ def test_wrong_password_fails_loudly_then_fixed_credentials_rewrite(
     namespace = world.solo_namespaces["auth"]
     testbed.create_namespace(namespace)
     locked = unique("locked")
-    world.seed(world.source, f"library/{locked}:1", "single", seed=locked)
+    locked_image = world.seed(world.source, f"library/{locked}:1", "single", seed=locked)
     wrong = "not-the-password-" + uuid.uuid4().hex[:6]
     try:
         env = world.solo_env(namespace, password=wrong)
@@ -551,7 +570,7 @@ def test_wrong_password_fails_loudly_then_fixed_credentials_rewrite(
 
         env = world.solo_env(namespace)
         with ControllerProcess(tmp_path / "right", kubeconfig=world.sa_kubeconfig, env=env) as solo:
-            wanted = {"app": f"{world.host}/{locked}:1"}
+            wanted = {"app": pinned(world.host, f"{locked}:1", locked_image)}
             wait_for_images(testbed, namespace, "Deployment", "app", wanted)
             # Ready once the first listing shows the (empty) DaemonSet stream is current too.
             wait_until(lambda: solo.readyz()[0] == 200, timeout=30, what="/readyz to pass")
@@ -602,7 +621,7 @@ def test_controller_killed_mid_copy_converges_without_copying_twice(
             raw(backup, f"{repository}:1")
 
         with ControllerProcess(tmp_path / "second", kubeconfig=world.sa_kubeconfig, env=env):
-            wanted = {"app": f"{world.host}/{repository}:1"}
+            wanted = {"app": pinned(world.host, f"{repository}:1", image)}
             wait_for_images(testbed, namespace, "Deployment", "app", wanted)
         assert_backed_up(backup, repository, "1", image)
         served = [r for r in upstream.requests() if r.method == "GET" and r.status == 200]

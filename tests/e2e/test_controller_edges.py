@@ -33,6 +33,7 @@ from tests.e2e.test_controller import (
     events,
     get,
     images,
+    pinned,
     raw,
     rollout,
     unique,
@@ -153,7 +154,7 @@ def test_malformed_reference_is_reported_and_does_not_block_others(
 ) -> None:
     testbed = world.testbed
     good = unique("good")
-    world.seed(world.source, f"library/{good}:1", "single", seed=good)
+    good_image = world.seed(world.source, f"library/{good}:1", "single", seed=good)
     # The apiserver takes any string as an image; KWOK makes the pods Ready regardless.
     apply(testbed, workload("Deployment", "bad", namespace, {"web": "Nginx:1.21"}))
     mixed = {"web": f"{good}:1", "sidecar": "Nginx:1.21"}
@@ -166,7 +167,8 @@ def test_malformed_reference_is_reported_and_does_not_block_others(
 
     # Made after the failure: the queue keeps serving other workloads.
     apply(testbed, workload("Deployment", "after", namespace, {"web": f"{good}:1"}))
-    wait_for_images(testbed, namespace, "Deployment", "after", {"web": f"{world.host}/{good}:1"})
+    wanted = {"web": pinned(world.host, f"{good}:1", good_image)}
+    wait_for_images(testbed, namespace, "Deployment", "after", wanted)
 
     # One bad image keeps the whole workload as it is: no half-rewrite.
     mixed_failed = wait_for_event(testbed, namespace, "mixed", "CloneFailed")
@@ -199,7 +201,7 @@ def test_lying_mirror_fails_the_copy_and_leaves_no_tag(world: World, namespace: 
     failed = wait_for_event(testbed, namespace, "app", "CloneFailed")
     assert failed["type"] == "Warning"
     message = failed["message"]
-    assert f"{liar}:1 → {world.host}/{liar}:1" in message
+    assert f"{liar}:1@{image.digest} → {pinned(world.host, f'{liar}:1', image)}" in message
     assert f"blob {layer}" in message, message
     assert f"expected {layer}" in message, message
     assert "content has digest sha256:" in message, message
@@ -229,11 +231,11 @@ def test_without_pull_secret_management_the_smaller_role_is_enough(
 ) -> None:
     testbed, namespace = world.testbed, solo("minimal")
     plain = unique("plain")
-    world.seed(world.source, f"library/{plain}:1", "single", seed=plain)
+    plain_image = world.seed(world.source, f"library/{plain}:1", "single", seed=plain)
     env = {**world.solo_env(namespace), "IMAGE_CLONER_MANAGE_PULL_SECRET": "false"}
     with ControllerProcess(tmp_path / "c", kubeconfig=minimal_kubeconfig, env=env) as solo_ctl:
         apply(testbed, workload("Deployment", "app", namespace, {"app": f"{plain}:1"}))
-        wanted = {"app": f"{world.host}/{plain}:1"}
+        wanted = {"app": pinned(world.host, f"{plain}:1", plain_image)}
         obj = wait_for_images(testbed, namespace, "Deployment", "app", wanted)
         wait_for_event(testbed, namespace, "app", "ImagesCloned")
 
@@ -252,7 +254,7 @@ def test_single_namespace_leaves_the_others_alone(
     testbed = world.testbed
     watched, other = solo("only"), solo("other")
     mine, theirs = unique("mine"), unique("theirs")
-    world.seed(world.source, f"library/{mine}:1", "single", seed=mine)
+    mine_image = world.seed(world.source, f"library/{mine}:1", "single", seed=mine)
     world.seed(world.source, f"library/{theirs}:1", "single", seed=theirs)
     env = world.solo_env(watched)
     with ControllerProcess(tmp_path / "c", kubeconfig=world.sa_kubeconfig, env=env) as solo_ctl:
@@ -260,7 +262,8 @@ def test_single_namespace_leaves_the_others_alone(
         apply(testbed, workload("Deployment", "app", other, {"app": f"{theirs}:1"}))
         rollout(testbed, other, "Deployment", "app")
         apply(testbed, workload("Deployment", "app", watched, {"app": f"{mine}:1"}))
-        wait_for_images(testbed, watched, "Deployment", "app", {"app": f"{world.host}/{mine}:1"})
+        wanted = {"app": pinned(world.host, f"{mine}:1", mine_image)}
+        wait_for_images(testbed, watched, "Deployment", "app", wanted)
 
     untouched(world, other, "app", {"app": f"{theirs}:1"})
     assert not events(testbed, other, "app", "ImagesCloned")
@@ -275,9 +278,10 @@ def test_single_namespace_leaves_the_others_alone(
 def test_metrics_after_a_rewrite_count_without_naming(world: World, namespace: str) -> None:
     testbed, controller = world.testbed, world.controller
     counted = unique("counted")
-    world.seed(world.source, f"library/{counted}:1", "single", seed=counted)
+    image = world.seed(world.source, f"library/{counted}:1", "single", seed=counted)
     apply(testbed, workload("Deployment", "app", namespace, {"app": f"{counted}:1"}))
-    wait_for_images(testbed, namespace, "Deployment", "app", {"app": f"{world.host}/{counted}:1"})
+    wanted = {"app": pinned(world.host, f"{counted}:1", image)}
+    wait_for_images(testbed, namespace, "Deployment", "app", wanted)
 
     assert controller.metric("image_cloner_images_copied_total") >= 1
     assert controller.metric("image_cloner_workloads_rewritten_total", kind="Deployment") >= 1

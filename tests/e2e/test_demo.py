@@ -107,7 +107,8 @@ def ports_of(out: str) -> dict[str, int]:
 
 def assert_story(out: str) -> str:
     """The seed's story in the output; returns the rewritten image."""
-    target = one(r"image after: +(localhost:\d+/nginx:1\.21\.4-alpine)$", out)
+    # Pinned to the digest the source's tag names (KWOK's pods report none).
+    target = one(r"image after: +(localhost:\d+/nginx:1\.21\.4-alpine@sha256:[0-9a-f]{64})$", out)
     assert one(r"image before: +(\S+)$", out) == SOURCE
 
     # The controller's lines, echoed live, tell the seed README's story in its order.
@@ -130,7 +131,8 @@ def assert_story(out: str) -> str:
         )
         assert position > 0, f"no controller line {msg!r} {wanted} in the seed's order"
 
-    assert re.search(rf"Normal +ImagesCloned +deployment/nginx +{SOURCE} → {target}$", out, re.M)
+    cloned = rf"Normal +ImagesCloned +deployment/nginx +{SOURCE} → {re.escape(target)} \(digest"
+    assert re.search(cloned, out, re.M)
     assert '{"nginx":"nginx:1.21.4-alpine"}' in out  # the annotation keeps the original
 
     # Index and each platform's manifest: the same digest in the source and in the backup.
@@ -145,6 +147,7 @@ def assert_story(out: str) -> str:
     for name, sides in rows.items():
         assert sides["source"] == sides["backup"], name
     assert len({sides["source"] for sides in rows.values()}) == 3
+    assert target.endswith("@" + rows["index"]["source"])  # pinned to the source's index
     return target
 
 

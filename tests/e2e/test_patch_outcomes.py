@@ -191,10 +191,13 @@ async def test_a_workload_deleted_while_its_images_are_copied_gets_no_clone_fail
             target: Reference,
             *,
             force: bool = False,
+            move_tag: bool = False,
             progress: ProgressListener | None = None,
         ) -> CopyResult:
             testbed.kubectl("delete", "deployment", "web", "-n", namespace)
-            return await super().copy_image(source, target, force=force, progress=progress)
+            return await super().copy_image(
+                source, target, force=force, move_tag=move_tag, progress=progress
+            )
 
     settings = Settings.from_env({"IMAGE_CLONER_REGISTRY": f"{open_registry.host}/b-{suffix}"})
     async with DeletedMeanwhile(settings.registry_options) as copier:

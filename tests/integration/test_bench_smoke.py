@@ -72,13 +72,15 @@ def test_peak_rss_is_the_commands_own(bench_run: tuple[str, dict[str, Any]]) -> 
     assert figures["rss_big_vs_small"] > 0
 
 
-def test_already_backed_up_image_costs_one_request(
+def test_already_backed_up_image_costs_one_request_each_side(
     bench_run: tuple[str, dict[str, Any]],
 ) -> None:
     _, figures = bench_run
     ours = figures["requests"]["image-cloner"]
     assert ours["destination"] == 1, ours["destination_kinds"]
-    assert ours["source"] == 0
+    # The bench names no digest: the HEAD of the source tag says which digest counts, so a
+    # backup tag left behind by a moved source tag is not taken for "already there".
+    assert ours["source"] == 1
     assert figures["requests"]["skopeo"]["destination"] >= 1
 
 

@@ -137,6 +137,36 @@ def test_second_copy_is_one_request(
     assert [(r.method, r.status) for r in target.requests()] == [("HEAD", 200)]
 
 
+def test_a_destination_tag_holding_other_bits_exits_1_and_moves_only_with_force(
+    auth_registry: RunningRegistry,
+    open_registry: RunningRegistry,
+    seed_image: ImageSeeder,
+    source: tuple[str, SyntheticImage],
+) -> None:
+    src, image = source
+    other_name = f"{unique('cli-other')}/app:1.0"
+    other = seed_image(open_registry, other_name, ImageKind.SINGLE, seed="other")
+    dst_name = f"{unique('cli')}/app:1.0"
+    dst = auth_registry.ref(dst_name)
+    assert auth_registry.ca_file is not None
+    flags = ("--dest-creds", creds(auth_registry), "--ca-file", str(auth_registry.ca_file))
+    assert cli(open_registry.ref(other_name), dst, *flags).returncode == 0
+
+    run = cli(src, dst, *flags)
+    assert run.returncode == 1
+    assert run.stdout == ""
+    line = one_line(run.stderr)
+    assert f"{dst} holds {other.digest}, not {image.digest}" in line
+    assert "nothing was overwritten" in line
+    assert "--force moves the tag" in line
+    assert skopeo.inspect_raw(auth_registry, dst_name) == other.raw  # the tag is untouched
+
+    forced = cli(src, dst, *flags, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout == f"{dst}@{image.digest}\n"
+    assert skopeo.inspect_raw(auth_registry, dst_name) == image.raw
+
+
 def test_wrong_password_exits_1_with_a_clear_line_and_tags_nothing(
     auth_registry: RunningRegistry, source: tuple[str, SyntheticImage]
 ) -> None:

@@ -28,6 +28,7 @@ from image_cloner.oci import (
     DigestMismatchError,
     RegistryOptions,
     RetryPolicy,
+    TagOutcome,
 )
 from image_cloner.oci.auth import RegistryAuth
 from image_cloner.oci.client import RegistryClient
@@ -150,26 +151,29 @@ async def test_token_registry_second_copy_reuses_the_cached_token(
     assert token_issuer.stats()["tokens_issued"] == issued
 
 
-async def test_an_existing_tag_is_kept_unless_forced(
+async def test_an_existing_tag_is_never_moved_to_other_bits_unless_asked(
     open_registry: RunningRegistry, auth_registry: RunningRegistry, seed_image: ImageSeeder
 ) -> None:
     repo, target_name = unique("src") + "/app", f"{unique('copy')}/app:1"
     first = seed_image(open_registry, f"{repo}:1", ImageKind.INDEX, seed="first")
     second = seed_image(open_registry, f"{repo}:2", ImageKind.INDEX, seed="second")
     target = ref(auth_registry, target_name)
+    untagged = f"{target_name.split(':', maxsplit=1)[0]}@{second.digest}"
     async with Copier(options(open_registry, auth_registry)) as copier:
-        await copier.copy_image(ref(open_registry, f"{repo}:1"), target)
+        pushed = await copier.copy_image(ref(open_registry, f"{repo}:1"), target)
+        assert (pushed.tag, pushed.tag_digest) == (TagOutcome.PUSHED, first.digest)
         kept = await copier.copy_image(ref(open_registry, f"{repo}:2"), target)
-        assert kept.already_present
-        assert kept.digest == first.digest
-        # Asking for a digest the tag does not hold is not "already there".
+        assert (kept.digest, kept.already_present) == (second.digest, False)
+        assert (kept.tag, kept.tag_digest) == (TagOutcome.KEPT, first.digest)
+        # skopeo, independently: the tag still holds the first image, the second is
+        # complete under its digest.
+        assert_identical(auth_registry, target_name, first)
+        assert_identical(auth_registry, untagged, second)
         pinned = ref(open_registry, f"{repo}:2@{second.digest}")
-        assert not (
-            await copier.copy_image(pinned, target.with_digest(second.digest))
-        ).already_present
-        forced = await copier.copy_image(ref(open_registry, f"{repo}:2"), target, force=True)
-    assert not forced.already_present
-    assert forced.digest == second.digest
+        again = await copier.copy_image(pinned, target.with_digest(second.digest))
+        assert (again.already_present, again.tag) == (True, TagOutcome.KEPT)
+        moved = await copier.copy_image(ref(open_registry, f"{repo}:2"), target, move_tag=True)
+    assert (moved.tag, moved.tag_digest) == (TagOutcome.PUSHED, second.digest)
     assert_identical(auth_registry, target_name, second)
 
 

@@ -25,7 +25,7 @@ from image_cloner.controller.kube_errors import KubeApiError, api_error
 from image_cloner.oci.options import Credentials
 from image_cloner.workloads import WorkloadKind
 
-__all__ = ["FakeKube", "PostedEvent", "deployment"]
+__all__ = ["FakeKube", "PostedEvent", "deployment", "pod"]
 
 Key = tuple[str, str, str]
 
@@ -75,6 +75,10 @@ class FakeKube:
     """The name of every Namespace read, in order."""
     namespace_error: KubeApiError | None = None
     """When set, every Namespace read raises it (RBAC refusing, an outage)."""
+    pods: dict[str, list[JsonObject]] = field(default_factory=dict)
+    """Namespace → its pods (the test makes them match the selector it lists by)."""
+    pod_lists: list[tuple[str, str]] = field(default_factory=list)
+    """Every (namespace, label selector) pods were listed by."""
     _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(100))
 
     def add(self, obj: JsonObject) -> JsonObject:
@@ -162,6 +166,10 @@ class FakeKube:
         bare = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
         return copy.deepcopy(self.namespaces.get(name, bare))
 
+    async def list_pods(self, namespace: str, label_selector: str) -> list[JsonObject]:
+        self.pod_lists.append((namespace, label_selector))
+        return copy.deepcopy(self.pods.get(namespace, []))
+
     async def post_event(
         self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False
     ) -> None:
@@ -214,8 +222,10 @@ def deployment(
         "metadata": meta,
         "spec": {
             "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
             "template": {
-                "spec": {"containers": [{"name": c, "image": i} for c, i in images.items()]}
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": c, "image": i} for c, i in images.items()]},
             },
         },
         "status": {
@@ -223,5 +233,21 @@ def deployment(
             "replicas": 1,
             "updatedReplicas": 1,
             "availableReplicas": available,
+        },
+    }
+
+
+def pod(
+    name: str, images: Mapping[str, str], image_ids: Mapping[str, str], *, app: str
+) -> JsonObject:
+    """A running pod of the Deployment `app`, its containers reporting `image_ids`."""
+    return {
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {"containers": [{"name": c, "image": i} for c, i in images.items()]},
+        "status": {
+            "containerStatuses": [
+                {"name": c, "image": images[c], "imageID": image_id}
+                for c, image_id in image_ids.items()
+            ]
         },
     }

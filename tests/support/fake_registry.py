@@ -8,7 +8,9 @@ It implements what `Copier` sends: HEAD/GET/PUT manifests, HEAD/GET blobs, POST 
 with an ephemeral port (a loopback host, so the client falls back from HTTPS to HTTP).
 
 Quirk switches are keyword options; only those a test uses exist:
-`corrupt`: digests whose blob is served with other bytes of the same length (a lying source).
+`corrupt`: digests whose blob is served with other bytes of the same length (a lying source);
+`after_manifest_put`: called with (repository, reference) after each manifest PUT (someone
+else pushing meanwhile).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -43,8 +46,14 @@ class Seen:
 class FakeRegistry:
     """Use as an async context manager; `host` is `127.0.0.1:<port>`."""
 
-    def __init__(self, *, corrupt: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        *,
+        corrupt: frozenset[str] = frozenset(),
+        after_manifest_put: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.corrupt = corrupt
+        self.after_manifest_put = after_manifest_put
         self.blobs: dict[tuple[str, str], bytes] = {}
         self.manifests: dict[tuple[str, str], tuple[bytes, str]] = {}
         self.uploads: dict[str, bytearray] = {}
@@ -114,6 +123,8 @@ class FakeRegistry:
         media_type = request.headers.get("Content-Type", "")
         self.manifests[(name, request.match_info["ref"])] = (raw, media_type)
         self.manifests[(name, digest(raw))] = (raw, media_type)
+        if self.after_manifest_put is not None:
+            self.after_manifest_put(name, request.match_info["ref"])
         return web.Response(status=201, headers={CONTENT_DIGEST: digest(raw)})
 
     async def _blob(self, request: web.Request) -> web.Response:

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from image_cloner.oci import Copier, DigestMismatchError
+from image_cloner.oci import Copier, DigestMismatchError, TagOutcome
 from image_cloner.oci.manifests import OCI_INDEX, OCI_MANIFEST
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Reference, parse_reference
-from tests.support.fake_registry import FakeRegistry
+from tests.support.fake_registry import FakeRegistry, digest
 
 CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -92,15 +92,81 @@ async def test_an_index_is_pushed_children_first_and_its_tag_last(
 async def test_an_image_already_there_costs_one_head(
     source: FakeRegistry, target: FakeRegistry
 ) -> None:
-    seed_index(source, "src/app", "1")
+    image = seed_index(source, "src/app", "1")
     async with Copier(RegistryOptions()) as copier:
         await copier.copy_image(ref(source, "src/app:1"), ref(target, "backup/app:1"))
         source.requests.clear()
         target.requests.clear()
-        again = await copier.copy_image(ref(source, "src/app:1"), ref(target, "backup/app:1"))
-    assert again.already_present
+        pinned = f"@{image.index}"
+        again = await copier.copy_image(
+            ref(source, "src/app:1" + pinned), ref(target, "backup/app:1" + pinned)
+        )
+        assert (again.already_present, again.tag) == (True, TagOutcome.ALREADY)
+        assert [(r.method, r.path) for r in target.requests] == [
+            ("HEAD", "/v2/backup/app/manifests/1")
+        ]
+        assert source.requests == []
+        # Without a digest, what the source tag names now decides: one HEAD there too.
+        target.requests.clear()
+        by_tag = await copier.copy_image(ref(source, "src/app:1"), ref(target, "backup/app:1"))
+    assert (by_tag.already_present, by_tag.digest) == (True, image.index)
     assert [(r.method, r.path) for r in target.requests] == [("HEAD", "/v2/backup/app/manifests/1")]
-    assert source.requests == []
+    assert [(r.method, r.path) for r in source.requests] == [("HEAD", "/v2/src/app/manifests/1")]
+
+
+async def test_a_backup_tag_holding_other_bits_is_kept_and_the_copy_stored_by_digest(
+    source: FakeRegistry, target: FakeRegistry
+) -> None:
+    old = seed_index(source, "src/app", "old")
+    new = seed_index(source, "src/app", "1")
+    async with Copier(RegistryOptions()) as copier:
+        await copier.copy_image(ref(source, "src/app:old"), ref(target, "backup/app:1"))
+        kept = await copier.copy_image(ref(source, "src/app:1"), ref(target, "backup/app:1"))
+        assert (kept.digest, kept.already_present) == (new.index, False)
+        assert (kept.tag, kept.tag_digest) == (TagOutcome.KEPT, old.index)
+        assert target.manifests[("backup/app", "1")] == source.manifests[("src/app", "old")]
+        assert target.manifests[("backup/app", new.index)] == source.manifests[("src/app", "1")]
+        assert str(kept.pinned) == f"{target.host}/backup/app:1@{new.index}"
+
+        # Asked again: the copy is there by digest; one HEAD each side, nothing pushed.
+        target.requests.clear()
+        again = await copier.copy_image(ref(source, "src/app:1"), ref(target, "backup/app:1"))
+        assert (again.already_present, again.tag, again.tag_digest) == (
+            True,
+            TagOutcome.KEPT,
+            old.index,
+        )
+        assert target.seen("PUT") == []
+
+        moved = await copier.copy_image(
+            ref(source, "src/app:1"), ref(target, "backup/app:1"), move_tag=True
+        )
+    assert (moved.tag, moved.tag_digest) == (TagOutcome.PUSHED, new.index)
+    assert target.manifests[("backup/app", "1")] == source.manifests[("src/app", "1")]
+
+
+async def test_a_digest_is_copied_from_the_source_even_after_its_tag_moved(
+    source: FakeRegistry, target: FakeRegistry
+) -> None:
+    ran = seed_index(source, "src/app", "1")
+    moved = seed_index(source, "src/app", "1", shared=b"another base")
+    assert source.manifests[("src/app", "1")] != source.manifests[("src/app", ran.index)]
+    async with Copier(RegistryOptions()) as copier:
+        result = await copier.copy_image(
+            ref(source, f"src/app:1@{ran.index}"), ref(target, f"backup/app:1@{ran.index}")
+        )
+        now = await copier.current_digest(ref(source, "src/app:1"))
+        children = await copier.children(ref(source, f"src/app@{now}"))
+        source.requests.clear()
+        assert await copier.children(ref(source, f"src/app@{now}")) == children
+    assert (result.digest, result.tag, result.tag_digest) == (
+        ran.index,
+        TagOutcome.PUSHED,
+        ran.index,
+    )
+    assert target.manifests[("backup/app", "1")] == source.manifests[("src/app", ran.index)]
+    assert (now, children) == (moved.index, moved.children)
+    assert source.requests == []  # the children of a digest never change: asked once
 
 
 async def test_a_blob_two_concurrent_copies_need_is_uploaded_once(
@@ -132,3 +198,21 @@ async def test_a_blob_that_does_not_match_its_digest_tags_nothing(target: FakeRe
     assert ("backup/app", bad) not in target.blobs
     assert target.seen("PUT", f"digest={bad}") == []
     assert target.uploads == {}  # the failed upload session was cancelled
+
+
+async def test_a_tag_pushed_by_someone_else_during_the_copy_is_not_overwritten(
+    source: FakeRegistry,
+) -> None:
+    image = seed_index(source, "src/app", "1")
+    theirs = (b'{"theirs":1}', OCI_MANIFEST)
+
+    def someone_pushes_the_tag(repository: str, reference: str) -> None:
+        if reference in image.children:  # while our children go in
+            racing.manifests[("backup/app", "1")] = theirs
+
+    racing = FakeRegistry(after_manifest_put=someone_pushes_the_tag)
+    async with racing, Copier(RegistryOptions()) as copier:
+        result = await copier.copy_image(ref(source, "src/app:1"), ref(racing, "backup/app:1"))
+    assert (result.tag, result.tag_digest) == (TagOutcome.KEPT, digest(theirs[0]))
+    assert racing.manifests[("backup/app", "1")] == theirs
+    assert racing.manifests[("backup/app", image.index)] == source.manifests[("src/app", "1")]

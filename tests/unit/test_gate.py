@@ -29,8 +29,9 @@ from image_cloner.metrics import Metrics
 from image_cloner.policy import REVERTED_ANNOTATION, SKIP_ANNOTATION, Action
 from image_cloner.settings import Settings
 from image_cloner.workloads import ORIGINAL_IMAGES_ANNOTATION, WorkloadKey
+from tests.support.fake_copier import FakeCopier, pinned
 from tests.support.fake_kube import FakeKube, deployment
-from tests.unit.test_reconciler import BACKUP, FakeCopier, containers
+from tests.unit.test_reconciler import BACKUP, containers
 
 BASE_ENV = {"IMAGE_CLONER_REGISTRY": BACKUP}
 WEB = WorkloadKey("Deployment", "demo", "web")
@@ -101,7 +102,9 @@ async def test_workload_false_overrides_namespace_true(
     kube.add_namespace("demo", {SKIP_ANNOTATION: "true"})
     kube.add(deployment("web", {"app": "nginx:1"}, annotations={SKIP_ANNOTATION: "false"}))
     await reconciler(WEB)
-    assert containers(kube.get("Deployment", "demo", "web")) == {"app": f"{BACKUP}/nginx:1"}
+    assert containers(kube.get("Deployment", "demo", "web")) == {
+        "app": f"{BACKUP}/{pinned('nginx:1')}"
+    }
 
 
 @pytest.mark.parametrize("where", ["workload", "namespace"])
@@ -150,7 +153,7 @@ async def test_an_owned_workload_is_backed_up_not_rewritten(
     kube.add(owned("web"))
     await reconciler(WEB)
     await reconciler(WEB)
-    assert copier.copied == [("nginx:1", f"{BACKUP}/nginx:1")] * 2
+    assert copier.copied == [(pinned("nginx:1"), f"{BACKUP}/{pinned('nginx:1')}")] * 2
     assert kube.patches == []
     assert containers(kube.get("Deployment", "demo", "web")) == {"app": "nginx:1"}
     assert reasons(kube) == [(REWRITE_SKIPPED, False)] * 2
@@ -161,7 +164,9 @@ async def test_an_owned_workload_is_backed_up_not_rewritten(
 async def test_rewrite_owned_allows_it(kube: FakeKube, copier: FakeCopier) -> None:
     kube.add(owned("web"))
     await reconciler_for(kube, copier, IMAGE_CLONER_REWRITE_OWNED="true")(WEB)
-    assert containers(kube.get("Deployment", "demo", "web")) == {"app": f"{BACKUP}/nginx:1"}
+    assert containers(kube.get("Deployment", "demo", "web")) == {
+        "app": f"{BACKUP}/{pinned('nginx:1')}"
+    }
     assert reasons(kube) == [(IMAGES_CLONED, False)]
 
 
@@ -179,11 +184,11 @@ async def test_excluded_images_are_neither_copied_nor_rewritten(
     )
     env = {"IMAGE_CLONER_EXCLUDE_IMAGES": "registry.corp.example/*, envoy"}
     await reconciler_for(kube, copier, **env)(WEB)
-    assert copier.copied == [("busybox:1", f"{BACKUP}/busybox:1")]
+    assert copier.copied == [(pinned("busybox:1"), f"{BACKUP}/{pinned('busybox:1')}")]
     obj = kube.get("Deployment", "demo", "web")
     assert containers(obj) == {
         "app": "registry.corp.example/team/app:3",
-        "side": f"{BACKUP}/busybox:1",
+        "side": f"{BACKUP}/{pinned('busybox:1')}",
         "proxy": "envoy:1",
     }
     recorded = json.loads(obj["metadata"]["annotations"][ORIGINAL_IMAGES_ANNOTATION])
@@ -240,7 +245,9 @@ async def test_a_reverted_rewrite_is_marked_not_redone_until_the_marker_goes(
     # A person removes the marker: the workload is rewritten again.
     kube.edit("Deployment", "demo", "web", lambda o: o["metadata"]["annotations"].clear())
     await reconciler(WEB)
-    assert containers(kube.get("Deployment", "demo", "web")) == {"app": f"{BACKUP}/nginx:1"}
+    assert containers(kube.get("Deployment", "demo", "web")) == {
+        "app": f"{BACKUP}/{pinned('nginx:1')}"
+    }
 
 
 async def test_a_revert_without_a_known_manager_is_still_marked(
@@ -263,7 +270,7 @@ async def test_a_partial_revert_stops_rewrites_and_keeps_the_other_backups(
     await reconciler(WEB)
 
     obj = kube.get("Deployment", "demo", "web")
-    assert containers(obj) == {"app": "nginx:1", "side": f"{BACKUP}/busybox:1"}
+    assert containers(obj) == {"app": "nginx:1", "side": f"{BACKUP}/{pinned('busybox:1')}"}
     assert REVERTED_ANNOTATION in obj["metadata"]["annotations"]
     recorded = json.loads(obj["metadata"]["annotations"][ORIGINAL_IMAGES_ANNOTATION])
     assert recorded == {"side": "busybox:1"}, "the container still on its backup stays recorded"
@@ -340,7 +347,9 @@ async def test_a_namespace_we_may_not_read_counts_as_unannotated(
     kube.add(deployment("web", {"app": "nginx:1"}))
     with caplog.at_level(logging.WARNING):
         await reconciler(WEB)
-    assert containers(kube.get("Deployment", "demo", "web")) == {"app": f"{BACKUP}/nginx:1"}
+    assert containers(kube.get("Deployment", "demo", "web")) == {
+        "app": f"{BACKUP}/{pinned('nginx:1')}"
+    }
     (line,) = [r for r in caplog.records if "namespace" in r.getMessage()]
     assert line.getMessage().startswith("cannot read namespace annotations")
 

@@ -661,6 +661,7 @@ def test_chart_passes_every_setting_through(tmp_path: Path) -> None:
         "maxConcurrentTransfers=8",
         "excludeImages={registry.corp.example/*,bitnami/*}",
         "rewriteOwned=true",
+        "rewriteForm=tag",
     )
     data = one(docs, "ConfigMap")["data"]
     assert data["IMAGE_CLONER_IGNORE_NAMESPACES"] == "kube-system,image-cloner-system,team-a"
@@ -675,6 +676,7 @@ def test_chart_passes_every_setting_through(tmp_path: Path) -> None:
     assert data["IMAGE_CLONER_MAX_CONCURRENT_TRANSFERS"] == "8"
     assert data["IMAGE_CLONER_EXCLUDE_IMAGES"] == "registry.corp.example/*,bitnami/*"
     assert data["IMAGE_CLONER_REWRITE_OWNED"] == "true"
+    assert data["IMAGE_CLONER_REWRITE_FORM"] == "tag"
     deployment = one(docs, "Deployment")
     assert_hardened_controller(deployment, port=9090)
     pod = deployment["spec"]["template"]["spec"]
@@ -689,6 +691,7 @@ def test_chart_passes_every_setting_through(tmp_path: Path) -> None:
     env = pod_env(docs)
     del env["IMAGE_CLONER_CA_FILE"]
     settings = Settings.from_env(env)
+    assert settings.rewrite_form == "tag"
     assert settings.namespace == "team-b"
     assert settings.ignored_namespaces == {"kube-system", NAMESPACE, "team-a"}
     assert dict(settings.registry_options.mirrors) == {

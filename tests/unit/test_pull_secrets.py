@@ -19,8 +19,8 @@ from image_cloner.metrics import Metrics
 from image_cloner.oci.options import Credentials
 from image_cloner.settings import Settings
 from image_cloner.workloads import WorkloadKey
+from tests.support.fake_copier import FakeCopier
 from tests.support.fake_kube import FakeKube, deployment
-from tests.unit.test_reconciler import FakeCopier
 
 BACKUP = "backup.example:5000"
 SECRET = "image-cloner-pull"

@@ -22,11 +22,10 @@ from image_cloner.controller.reconcile import (
 )
 from image_cloner.health import Health
 from image_cloner.metrics import Metrics
-from image_cloner.oci.copying import CopyResult
-from image_cloner.oci.errors import NotFoundError, RegistryError
-from image_cloner.oci.references import Reference
+from image_cloner.oci.errors import NotFoundError
 from image_cloner.settings import Settings
 from image_cloner.workloads import ORIGINAL_IMAGES_ANNOTATION, WorkloadKey
+from tests.support.fake_copier import FakeCopier, pinned
 from tests.support.fake_kube import FakeKube, deployment
 
 BACKUP = "backup.example:5000"
@@ -35,24 +34,6 @@ SETTINGS = Settings.from_env(
 )
 PULL_SECRET = "image-cloner-pull"
 WEB = WorkloadKey("Deployment", "demo", "web")
-
-
-class FakeCopier:
-    """Copies nothing; records what it was asked, fails the images it is told to."""
-
-    def __init__(self) -> None:
-        self.copied: list[tuple[str, str]] = []
-        self.failing: dict[str, RegistryError] = {}
-        self.gate: asyncio.Event | None = None
-        """When set, copies wait for it: lets several workloads ask at the same time."""
-
-    async def copy_image(self, source: Reference, target: Reference) -> CopyResult:
-        if self.gate is not None:
-            await self.gate.wait()
-        self.copied.append((str(source), str(target)))
-        if str(source) in self.failing:
-            raise self.failing[str(source)]
-        return CopyResult(source, target, "sha256:" + "0" * 64, already_present=False)
 
 
 @pytest.fixture
@@ -91,14 +72,14 @@ async def test_a_ready_workload_is_copied_then_patched_once(
     await reconciler(WEB)
 
     assert sorted(copier.copied) == [
-        ("busybox:1", f"{BACKUP}/busybox:1"),
-        ("nginx:1", f"{BACKUP}/nginx:1"),
+        (pinned("busybox:1"), f"{BACKUP}/{pinned('busybox:1')}"),
+        (pinned("nginx:1"), f"{BACKUP}/{pinned('nginx:1')}"),
     ]
     assert len(kube.patches) == 1
     obj = kube.get("Deployment", "demo", "web")
     assert containers(obj) == {
-        "app": f"{BACKUP}/nginx:1",
-        "side": f"{BACKUP}/busybox:1",
+        "app": f"{BACKUP}/{pinned('nginx:1')}",
+        "side": f"{BACKUP}/{pinned('busybox:1')}",
     }
     annotation = json.loads(obj["metadata"]["annotations"][ORIGINAL_IMAGES_ANNOTATION])
     assert annotation == {"app": "nginx:1", "side": "busybox:1"}
@@ -128,7 +109,7 @@ async def test_a_concurrent_edit_is_read_again_and_decided_again(
 
     obj = kube.get("Deployment", "demo", "web")
     assert obj["metadata"]["labels"] == {"edited": "yes"}, "the user's edit is kept"
-    assert containers(obj) == {"app": f"{BACKUP}/nginx:1"}
+    assert containers(obj) == {"app": f"{BACKUP}/{pinned('nginx:1')}"}
     assert len(kube.patches) == 1
     assert [e.reason for e in kube.events] == [IMAGES_CLONED]
 
@@ -179,10 +160,11 @@ async def test_an_image_two_workloads_share_is_copied_once(
     copier.gate.set()
     await both
 
-    assert copier.copied == [("nginx:1", f"{BACKUP}/nginx:1")]
+    assert copier.copied == [(pinned("nginx:1"), f"{BACKUP}/{pinned('nginx:1')}")]
     assert len(kube.patches) == 2
     for name in ("web", "api"):
-        assert containers(kube.get("Deployment", "demo", name)) == {"app": f"{BACKUP}/nginx:1"}
+        wanted = {"app": f"{BACKUP}/{pinned('nginx:1')}"}
+        assert containers(kube.get("Deployment", "demo", name)) == wanted
 
 
 # --- the other kinds ----------------------------------------------------------------
@@ -223,12 +205,13 @@ async def test_a_job_or_bare_pod_is_backed_up_and_never_patched(
     kind, name = obj["kind"], obj["metadata"]["name"]
     await reconciler(WorkloadKey(kind, "demo", name))
 
-    assert copier.copied == [("nginx:1", f"{BACKUP}/nginx:1")]
+    assert copier.copied == [(pinned("nginx:1"), f"{BACKUP}/{pinned('nginx:1')}")]
     assert (kube.patches, kube.secrets) == ([], {})
     assert kube.get(kind, "demo", name) == stored
     (event,) = kube.events
     assert (event.reason, event.warning) == (IMAGES_BACKED_UP, False)
-    assert event.message == (f"nginx:1 → {BACKUP}/nginx:1 (a {kind} is backed up, never rewritten)")
+    backup = f"{BACKUP}/{pinned('nginx:1')}"
+    assert event.message == f"nginx:1 → {backup} (a {kind} is backed up, never rewritten)"
     labels = {"kind": kind, "reason": "immutable_template"}
     assert (
         metrics.registry.get_sample_value("image_cloner_workloads_not_rewritten_total", labels)
@@ -267,6 +250,6 @@ async def test_a_cronjob_is_rewritten_in_its_job_template(
 
     obj = kube.get("CronJob", "demo", "nightly")
     template = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    assert template["containers"] == [{"name": "app", "image": f"{BACKUP}/nginx:1"}]
+    assert template["containers"] == [{"name": "app", "image": f"{BACKUP}/{pinned('nginx:1')}"}]
     assert template["imagePullSecrets"] == [{"name": PULL_SECRET}]
     assert [e.reason for e in kube.events] == [IMAGES_CLONED]

@@ -648,3 +648,11 @@ def test_admission_mode_needs_a_serving_certificate(tmp_path: Path) -> None:
     assert "IMAGE_CLONER_MODE: expected workload or admission or both" in config_error(
         {**BASE, "IMAGE_CLONER_MODE": "pods"}
     )
+
+
+def test_rewrite_form_defaults_to_pinned_and_refuses_other_words() -> None:
+    assert settings().rewrite_form == "pinned"
+    assert settings(IMAGE_CLONER_REWRITE_FORM="TAG").rewrite_form == "tag"
+    assert config_error({**BASE, "IMAGE_CLONER_REWRITE_FORM": "floating"}) == (
+        "IMAGE_CLONER_REWRITE_FORM: expected pinned or tag, got 'floating'"
+    )

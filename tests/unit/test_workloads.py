@@ -25,6 +25,7 @@ from image_cloner.workloads import (
     STATEFULSET,
     ContainerImage,
     InvalidAnnotation,
+    InvalidSelector,
     PatchError,
     Readiness,
     UnsupportedWorkload,
@@ -36,6 +37,7 @@ from image_cloner.workloads import (
     is_ready,
     key_of,
     kind_of,
+    label_selector,
     original_images,
 )
 
@@ -641,3 +643,47 @@ def test_marker_patch_needs_a_resource_version() -> None:
     del obj["metadata"]["resourceVersion"]
     with pytest.raises(PatchError):
         build_marker_patch(obj, MARKER, "at now")
+
+
+@pytest.mark.parametrize(
+    ("selector", "query"),
+    [
+        ({"matchLabels": {"app": "web"}}, "app=web"),
+        ({"matchLabels": {"app": "web", "tier": "front"}}, "app=web,tier=front"),
+        (
+            {
+                "matchLabels": {"app": "web"},
+                "matchExpressions": [
+                    {"key": "tier", "operator": "In", "values": ["a", "b"]},
+                    {"key": "env", "operator": "NotIn", "values": ["dev"]},
+                    {"key": "team", "operator": "Exists"},
+                    {"key": "legacy", "operator": "DoesNotExist", "values": []},
+                ],
+            },
+            "app=web,tier in (a,b),env notin (dev),team,!legacy",
+        ),
+        ({}, ""),
+        (None, ""),
+    ],
+)
+def test_label_selector_is_the_query_the_pods_are_listed_by(
+    selector: dict[str, Any] | None, query: str
+) -> None:
+    obj: dict[str, Any] = {"kind": "Deployment", "spec": {}}
+    if selector is not None:
+        obj["spec"]["selector"] = selector
+    assert label_selector(obj) == query
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [
+        "app=web",
+        {"matchLabels": ["app"]},
+        {"matchExpressions": [{"key": "tier", "operator": "Like", "values": ["a"]}]},
+        {"matchExpressions": ["tier"]},
+    ],
+)
+def test_a_selector_the_apiserver_would_refuse_is_an_error(selector: object) -> None:
+    with pytest.raises(InvalidSelector):
+        label_selector({"kind": "Deployment", "spec": {"selector": selector}})

@@ -1,14 +1,15 @@
 """The Kubernetes API calls the controller makes itself, on one explicit client.
 
 kopf watches; everything else goes through here: reading a workload again before
-deciding, its namespace's annotations (the opt-out), the JSON patch that rewrites it,
-Events, the pull Secret and the leader-election Lease. Keeping them in one small module
-makes the RBAC the controller needs exactly the list of methods below (get/list workloads,
-patch the rewritable kinds only, get namespaces, create/patch events, get/create/patch one
-Secret name, get/create/update one Lease). Every write names us as its field manager
-(`FIELD_MANAGER`), so `managedFields` tells our changes apart from those of whoever undoes
-them. Objects travel as plain JSON dicts, as the API serves them: `workloads` works on
-those, and no model class can drop a field we do not know.
+deciding, its namespace's annotations (the opt-out), its pods (by its selector), the JSON
+patch that rewrites it, Events, the pull Secret and the leader-election Lease. Keeping them
+in one small module makes the RBAC the controller needs exactly the list of methods below
+(get/list workloads, patch the rewritable kinds only, list pods in a namespace by a
+selector, get namespaces, create/patch events, get/create/patch one Secret name,
+get/create/update one Lease). Every write names us as its field manager (`FIELD_MANAGER`),
+so `managedFields` tells our changes apart from those of whoever undoes them. Objects travel
+as plain JSON dicts, as the API serves them: `workloads` works on those, and no model class
+can drop a field we do not know.
 Each workload method takes a `WorkloadKind`, whose entry gives the API path.
 `image-cloner revert` uses the same client with the user's kubeconfig, and two more
 calls the controller never makes (list Secrets as metadata, delete one), so the
@@ -98,6 +99,7 @@ class KubeCalls(Protocol):
     ) -> JsonObject: ...
 
     async def read_namespace(self, name: str) -> JsonObject: ...
+    async def list_pods(self, namespace: str, label_selector: str) -> list[JsonObject]: ...
 
     async def post_event(
         self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False
@@ -196,6 +198,19 @@ class Kube:
     async def read_namespace(self, name: str) -> JsonObject:
         """The Namespace object, for its annotations; `NotFound` when it is gone."""
         return await self._call("GET", f"/api/v1/namespaces/{name}")
+
+    # --- pods -----------------------------------------------------------------
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[JsonObject]:
+        """The pods of one namespace that `label_selector` selects: a workload's pods, read
+        when it is reconciled (no pod watch, no cluster-wide list: `pods: list` is all)."""
+        listing = await self._call(
+            "GET",
+            f"/api/v1/namespaces/{namespace}/pods",
+            query=[("labelSelector", label_selector)],
+        )
+        items: list[JsonObject] = listing.get("items", [])
+        return items
 
     # --- events ---------------------------------------------------------------
 

@@ -28,6 +28,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from image_cloner.admission_index import BackupIndex, copied_anonymously
 from image_cloner.controller.copies import ImageBackoff, ImageCopier, ImageCopies
@@ -35,11 +36,13 @@ from image_cloner.controller.decisions import WorkloadLog
 from image_cloner.controller.gate import Gate
 from image_cloner.controller.kube import JsonObject, KubeCalls
 from image_cloner.controller.kube_errors import KubeApiError, NotFound, changed_meanwhile
+from image_cloner.controller.pinning import Pin, Pinned, Pinning, PinningFailed, SourceReader
 from image_cloner.controller.pull_secrets import PullSecrets, watched_logins
 from image_cloner.controller.queue import Retry
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
 from image_cloner.mapping import is_backup, target_for
 from image_cloner.metrics import FailureReason, Metrics, NotRewrittenReason, SkipReason
+from image_cloner.oci.copying import CopyResult
 from image_cloner.oci.errors import RegistryError
 from image_cloner.oci.references import InvalidReference, Reference, parse_reference
 from image_cloner.policy import Action
@@ -54,11 +57,21 @@ from image_cloner.workloads import (
     is_ready,
 )
 
-__all__ = ["CLONE_FAILED", "IMAGES_BACKED_UP", "IMAGES_CLONED", "Reconciler", "changed_meanwhile"]
+__all__ = [
+    "CLONE_FAILED",
+    "IMAGES_BACKED_UP",
+    "IMAGES_CLONED",
+    "REWRITE_REFUSED",
+    "ReconcileCopier",
+    "Reconciler",
+    "changed_meanwhile",
+]
 
 IMAGES_CLONED = "ImagesCloned"
 IMAGES_BACKED_UP = "ImagesBackedUp"
 CLONE_FAILED = "CloneFailed"
+REWRITE_REFUSED = "RewriteRefused"
+"""What runs cannot be backed up for sure (pods disagree, the source lost the digest)."""
 
 MAX_CONFLICTS = 5
 """Times we re-read and decide again when the object changes under our patch."""
@@ -66,20 +79,26 @@ MAX_CONFLICTS = 5
 logger = logging.getLogger(CONTROLLER_LOGGER)
 
 
+class ReconcileCopier(ImageCopier, SourceReader, Protocol):
+    """What the reconciler needs of `oci.copying.Copier`: copies and source reads."""
+
+
 @dataclass(frozen=True)
-class _Rewrite:
-    container: ContainerImage
-    source: Reference
-    target: Reference
+class _CopyFailed:
+    message: str
+    after: float
 
 
 class _Failed(Exception):
     """This pass cannot finish; `message` goes into the Warning Event and the log."""
 
-    def __init__(self, message: str, *, after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, after: float | None = None, reason: str = CLONE_FAILED
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.after = after
+        self.reason = reason
 
 
 class _Changed(Exception):
@@ -97,7 +116,7 @@ class Reconciler:
         self,
         *,
         kube: KubeCalls,
-        copier: ImageCopier,
+        copier: ReconcileCopier,
         settings: Settings,
         metrics: Metrics,
         image_backoff: ImageBackoff | None = None,
@@ -116,6 +135,9 @@ class Reconciler:
         self.copies = ImageCopies(copier, metrics=metrics, backoff=image_backoff)
         """The copies of images, shared with the admission webhook's queue."""
         self._gate = Gate(kube=kube, settings=settings)
+        self._pinning = Pinning(
+            kube=kube, source=copier, metrics=metrics, form=settings.rewrite_form
+        )
 
     async def __call__(self, key: WorkloadKey) -> None:
         with self._metrics.reconciling(key.kind):
@@ -157,11 +179,11 @@ class Reconciler:
             log.not_ready(readiness.reason)
             return True
         log.inspecting()
-        plan = self._plan(obj, log)
+        plan = await self._plan(obj, log)
         if not plan:
             await self._keep_pull_secret(key, obj)
             return True
-        await self._copy_all(plan, log)
+        rewrites = await self._copy_all(plan, log)
         if not KINDS[key.kind].rewritable:
             await self._backed_up(key, obj, plan, log)
             return True
@@ -177,7 +199,7 @@ class Reconciler:
             return True
         pull_secret = await self._ensure_pull_secret(key)
         try:
-            await self._rewrite(key, obj, plan, log, pull_secret=pull_secret)
+            await self._rewrite(key, obj, rewrites, log, pull_secret=pull_secret)
         except _Changed as changed:
             log_event(
                 logger,
@@ -191,8 +213,8 @@ class Reconciler:
             return False
         return True
 
-    def _plan(self, obj: JsonObject, log: WorkloadLog) -> list[_Rewrite]:
-        plan: list[_Rewrite] = []
+    async def _plan(self, obj: JsonObject, log: WorkloadLog) -> list[Pin]:
+        wanted: list[tuple[ContainerImage, Reference, Reference]] = []
         for container in images_of(obj):
             log.checking_container(container.image, container=container.name)
             try:
@@ -210,40 +232,53 @@ class Reconciler:
                 self._metrics.image_failed(FailureReason.INVALID_REFERENCE)
                 log.clone_failed(container.image, str(e), container=container.name)
                 raise _Failed(f"container {container.name}: {e}") from None
-            plan.append(_Rewrite(container, source, target))
-        return plan
+            wanted.append((container, source, target))
+        if not wanted:
+            return []
+        try:
+            # Which digest each container runs, and so what to copy: controller.pinning.
+            return await self._pinning.pins(obj, wanted)
+        except PinningFailed as e:
+            raise _Failed(e.message, reason=REWRITE_REFUSED if e.refused else CLONE_FAILED) from e
 
-    async def _copy_all(self, plan: Sequence[_Rewrite], log: WorkloadLog) -> None:
-        outcomes = await asyncio.gather(*(self._copy(r, log) for r in plan))
-        failures = [outcome for outcome in outcomes if outcome is not None]
+    async def _copy_all(self, plan: Sequence[Pin], log: WorkloadLog) -> list[Pinned]:
+        outcomes = await asyncio.gather(*(self._copy(pin, log) for pin in plan))
+        failures = [outcome for outcome in outcomes if isinstance(outcome, _CopyFailed)]
         if failures:
             # Come back when the images' backoff allows; else the queue's own backoff decides.
-            after = max(delay for _, delay in failures)
-            message = "; ".join(message for message, _ in failures)
+            after = max(failure.after for failure in failures)
+            message = "; ".join(failure.message for failure in failures)
             raise _Failed(message, after=after if after > 0 else None)
+        return [
+            pin.rewritten(outcome)
+            for pin, outcome in zip(plan, outcomes, strict=True)
+            if isinstance(outcome, CopyResult)
+        ]
 
-    async def _copy(self, rewrite: _Rewrite, log: WorkloadLog) -> tuple[str, float] | None:
-        """Copy one image; (message, retry delay) when it failed."""
-        source, target, name = rewrite.source, rewrite.target, rewrite.container.name
+    async def _copy(self, pin: Pin, log: WorkloadLog) -> CopyResult | _CopyFailed:
+        """Copy one image; what failed and the retry delay when it failed."""
+        source, target, name = pin.source, pin.target, pin.container.name
         blocked = self.copies.blocked(source, target)
         if blocked is not None:
             # The same words as the failure itself, so repeated Events count up as one.
             left, reason = blocked
-            return f"{source} → {target}: {reason}", left
-        log.cloning(str(source), container=name, target=str(target))
+            return _CopyFailed(f"{source} → {target}: {reason}", left)
+        log.cloning(str(pin.container.image), container=name, target=str(target))
         try:
             result = await self.copies.copy(source, target)
         except RegistryError as e:
-            log.clone_failed(str(source), str(e), container=name, target=str(target))
+            log.clone_failed(pin.container.image, str(e), container=name, target=str(target))
             retry = self.copies.blocked(source, target)
-            return f"{source} → {target}: {e}", retry[0] if retry else 0.0
+            return _CopyFailed(f"{source} → {target}: {e}", retry[0] if retry else 0.0)
         if result.already_present:
-            log.already_cloned(str(source), container=name, target=str(target))
+            log.already_cloned(pin.container.image, container=name, target=str(target))
         if self._index is not None:
+            # The admission webhook may now point Pods naming this image at the copy.
             credentials = self._settings.registry_options.credentials
             anonymous = copied_anonymously(source, credentials)
-            self._index.record(source, result.pinned, anonymous=anonymous)
-        return None
+            written = parse_reference(pin.container.image)
+            self._index.record(written, result.pinned, anonymous=anonymous)
+        return result
 
     async def _ensure_pull_secret(self, key: WorkloadKey) -> str | None:
         try:
@@ -262,12 +297,12 @@ class Reconciler:
         self,
         key: WorkloadKey,
         obj: JsonObject,
-        plan: Sequence[_Rewrite],
+        plan: Sequence[Pinned],
         log: WorkloadLog,
         *,
         pull_secret: str | None,
     ) -> None:
-        rewrites = {r.container.name: str(r.target) for r in plan}
+        rewrites = {r.pin.container.name: r.image for r in plan}
         try:
             patch = build_patch(obj, rewrites, pull_secret=pull_secret)
         except PatchError as e:
@@ -275,7 +310,7 @@ class Reconciler:
         if not patch:
             return
         for r in plan:
-            log.updating(r.container.image, str(r.target), container=r.container.name)
+            log.updating(r.pin.container.image, r.image, container=r.pin.container.name)
         try:
             patched = await self._kube.patch_workload(
                 KINDS[key.kind], key.namespace, key.name, patch
@@ -289,13 +324,13 @@ class Reconciler:
             # only repeat that.
             raise _Failed(f"images copied, but the workload cannot be patched: {e}") from None
         for r in plan:
-            log.updated(str(r.target), container=r.container.name)
+            log.updated(r.image, container=r.pin.container.name)
         self._metrics.workload_rewritten(key.kind)
-        message = "; ".join(f"{r.container.image} → {r.target}" for r in plan)
+        message = "; ".join(str(r) for r in plan)
         await self._post_event(patched, reason=IMAGES_CLONED, message=message)
 
     async def _backed_up(
-        self, key: WorkloadKey, obj: JsonObject, plan: Sequence[_Rewrite], log: WorkloadLog
+        self, key: WorkloadKey, obj: JsonObject, plan: Sequence[Pin], log: WorkloadLog
     ) -> None:
         # docs/controller.md says why: a Job's template is immutable, a Pod's images change
         # only by restarting its containers in place, without a pull Secret.
@@ -316,7 +351,7 @@ class Reconciler:
             namespace=key.namespace,
             reason=failure.message,
         )
-        await self._post_event(obj, reason=CLONE_FAILED, message=failure.message, warning=True)
+        await self._post_event(obj, reason=failure.reason, message=failure.message, warning=True)
 
     async def _post_event(
         self, obj: JsonObject, *, reason: str, message: str, warning: bool = False

@@ -302,6 +302,9 @@ async def _clean_secrets(
             for obj in workloads
             if name in _pull_secrets(obj)
             and (obj["kind"], namespace, obj["metadata"]["name"]) not in planned
+            # A ReplicaSet's or a Job's pods name it as their owner's template did: the owner
+            # speaks for them (a reverted Deployment rolls them away).
+            and kind_of(obj).owned_by(obj) is None
         ]
         rows.append(await _secret_row(kube, secret, users, dry_run=dry_run))
     return rows

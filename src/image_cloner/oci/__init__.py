@@ -3,7 +3,13 @@
 Knows nothing of Kubernetes. Most callers need only `Copier` and the error tree.
 """
 
-from image_cloner.oci.copying import BlobOutcome, Copier, CopyResult, ProgressListener
+from image_cloner.oci.copying import (
+    BlobOutcome,
+    Copier,
+    CopyResult,
+    ProgressListener,
+    TagOutcome,
+)
 from image_cloner.oci.errors import (
     AuthenticationError,
     DigestMismatchError,
@@ -30,5 +36,6 @@ __all__ = [
     "RegistryOptions",
     "RegistryUnavailableError",
     "RetryPolicy",
+    "TagOutcome",
     "UnsupportedMediaTypeError",
 ]

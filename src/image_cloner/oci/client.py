@@ -177,21 +177,32 @@ class RegistryClient:
     async def manifest_digest(self, identifier: str) -> str | None:
         """Digest of the manifest at `identifier` on this registry, or None if there is none.
 
-        One HEAD request; only when the registry does not send `Docker-Content-Digest`
-        do we GET the manifest and hash it.
+        One HEAD request (through the mirrors first, like reads: a HEAD does not count
+        against Docker Hub's pull limit, a GET does); only when the answer has no
+        `Docker-Content-Digest` do we GET the manifest and hash it.
         """
+        for url, mirror in self._read_urls(f"manifests/{identifier}"):
+            try:
+                found = await self._manifest_digest(url, retry=not mirror)
+            except RegistryError as exc:
+                if not mirror:
+                    raise
+                logger.info("mirror %s failed, trying the next endpoint: %s", url.host, exc)
+                continue
+            if found is not None or not mirror:
+                return found
+        raise AssertionError("unreachable: the registry itself is the last endpoint")
+
+    async def _manifest_digest(self, url: URL, *, retry: bool) -> str | None:
         resp = await self.transport.request(
-            hdrs.METH_HEAD,
-            self._url(f"manifests/{identifier}"),
-            ok=(200, 404),
-            headers={hdrs.ACCEPT: ACCEPT},
+            hdrs.METH_HEAD, url, ok=(200, 404), headers={hdrs.ACCEPT: ACCEPT}, retry=retry
         )
         if resp.status == 404:
             return None
         claimed = resp.headers.get(CONTENT_DIGEST)
         if claimed:
             return check_digest(claimed, what=f"{CONTENT_DIGEST} header")
-        return (await self._get_manifest(self._url(f"manifests/{identifier}"), None)).digest
+        return (await self._get_manifest(url, None, retry=retry)).digest
 
     async def put_manifest(self, identifier: str, manifest: Manifest) -> None:
         """PUT the exact bytes with their original media type (so the digest is kept)."""

@@ -2,14 +2,20 @@
 
 The order is what makes a copy safe to interrupt and cheap to repeat:
 
-1. HEAD the target tag (or digest): if it is already there, that one request is the copy.
-2. GET the source manifest (exact bytes, digest verified).
+1. Decide the digest to back up: the target's digest, else the source's, else what the
+   source tag names now. HEAD the target tag (or digest): if it already holds that digest,
+   that one request is the copy.
+2. GET the source manifest by that digest (exact bytes, digest verified).
 3. For an index, each child manifest concurrently: skip it if the target has it; else copy
    its config and layers concurrently, then PUT the child by digest.
 4. For each blob: HEAD the target → mount from another repository of the same registry →
    streamed GET into an upload (its strategy per host: `oci.uploads`), its digest verified
    before the last byte is sent.
-5. PUT the top manifest by tag last, so a tag never points at something incomplete.
+5. PUT the top manifest last, so a tag never points at something incomplete: by tag only
+   if the target tag is absent (checked again just before) or already holds the digest;
+   a tag that holds other bits is never moved unless asked (`move_tag`): the copy is then
+   kept under its digest and `CopyResult.tag` says the tag was KEPT, and at what
+   (the rule lives in `oci.tags`).
 
 Blob transfers, child manifests and whole images are single-flight within the process:
 concurrent copies that need the same thing await one shared task.
@@ -28,6 +34,7 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
+from image_cloner.oci import tags
 from image_cloner.oci.auth import RegistryAuth
 from image_cloner.oci.client import BlobStream, RegistryClient, UploadSession
 from image_cloner.oci.errors import DigestMismatchError, RegistryError
@@ -36,16 +43,20 @@ from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Reference, Repository
 from image_cloner.oci.retries import RetryPolicy, shared_budget
 from image_cloner.oci.slots import TransferSlots
+from image_cloner.oci.tags import TagOutcome
 from image_cloner.oci.transport import Transport
 from image_cloner.oci.uploads import REFUSED_MOUNT_STATUSES, UploadHabits, upload
 from image_cloner.singleflight import SingleFlight
 
-__all__ = ["BlobOutcome", "Copier", "CopyResult", "ProgressListener"]
+__all__ = ["BlobOutcome", "Copier", "CopyResult", "ProgressListener", "TagOutcome"]
 
 logger = logging.getLogger(__name__)
 
 KNOWN_BLOB_HOMES = 50_000
 """How many (registry, digest) → repository facts we remember as mount sources."""
+
+KNOWN_INDEXES = 4096
+"""How many manifest digests → child digests we remember (content-addressed: never stale)."""
 
 
 class BlobOutcome(enum.StrEnum):
@@ -76,6 +87,10 @@ class CopyResult:
     digest: str
     """Digest of the top manifest (index or image), equal in source and target."""
     already_present: bool
+    """The target already held `digest`: no manifest or blob was pushed for it."""
+    tag: TagOutcome = TagOutcome.NONE
+    tag_digest: str | None = None
+    """What the target's tag names after the copy (`digest`, or the other bits it KEPT)."""
     blobs_copied: int = 0
     blobs_mounted: int = 0
     blobs_skipped: int = 0
@@ -104,6 +119,15 @@ class _Tally:
             self.blobs_mounted += 1
         else:
             self.blobs_skipped += 1
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """How a copy was asked for."""
+
+    force: bool
+    move_tag: bool
+    progress: ProgressListener | None
 
 
 @dataclass(frozen=True)
@@ -144,6 +168,7 @@ class Copier:
         self._slots = TransferSlots(options.max_concurrent_transfers)
         self._blob_homes: OrderedDict[tuple[str, str], Repository] = OrderedDict()
         self._habits = UploadHabits()
+        self._indexes: OrderedDict[str, tuple[str, ...]] = OrderedDict()
 
     async def __aenter__(self) -> Self:
         await self._transport.__aenter__()
@@ -170,58 +195,94 @@ class Copier:
         target: Reference,
         *,
         force: bool = False,
+        move_tag: bool = False,
         progress: ProgressListener | None = None,
     ) -> CopyResult:
         """Copy `source` (all platforms) to `target`; raises `RegistryError` on failure.
 
-        Unless `force`, a target that already holds the image costs one HEAD request:
-        by tag (any digest counts, unless a digest was asked for) or by digest.
+        The digest copied is `target`'s, else `source`'s, else what `source`'s tag names
+        now. Unless `force`, a target that already holds it costs one HEAD request (and a
+        HEAD of the source tag when neither reference names a digest). A target tag that
+        holds other bits is moved only with `move_tag`; otherwise it is KEPT and the copy
+        is stored under its digest (`CopyResult.tag`, `CopyResult.tag_digest`).
         """
-        key = (source.name, target.name, force)
-        return await self._images.run(key, lambda: self._copy(source, target, force, progress))
+        key = (source.name, target.name, force, move_tag)
+        return await self._images.run(
+            key, lambda: self._copy(source, target, _Ask(force, move_tag, progress))
+        )
 
-    async def _copy(
-        self, source: Reference, target: Reference, force: bool, progress: ProgressListener | None
-    ) -> CopyResult:
+    async def current_digest(self, ref: Reference) -> str:
+        """The digest `ref` names in its registry now: its own, else its tag's (one HEAD,
+        which Docker Hub does not count as a pull). `NotFoundError` when there is none."""
+        return ref.digest or await tags.current(self._client(ref.repository, pull=True), ref)
+
+    async def children(self, ref: Reference) -> tuple[str, ...]:
+        """The digests of the child manifests (platforms) of the index `ref` names by digest;
+        () for an image manifest. One GET per digest per process: content never changes
+        under a digest."""
+        assert ref.digest is not None, "children are asked of a manifest by digest"
+        found = self._indexes.get(ref.digest)
+        if found is None:
+            client = self._client(ref.repository, pull=True)
+            parsed = (await client.get_manifest(ref.digest, expected=ref.digest)).parse()
+            found = (
+                tuple(c.digest for c in parsed.manifests) if isinstance(parsed, ImageIndex) else ()
+            )
+            self._indexes[ref.digest] = found
+            if len(self._indexes) > KNOWN_INDEXES:
+                self._indexes.popitem(last=False)
+        self._indexes.move_to_end(ref.digest)
+        return found
+
+    async def has_manifest(self, ref: Reference) -> bool:
+        """Whether `ref`'s registry holds `ref` (one HEAD, by digest if it has one)."""
+        client = self._client(ref.repository, pull=True)
+        return await client.manifest_digest(ref.identifier) is not None
+
+    async def _copy(self, source: Reference, target: Reference, ask: _Ask) -> CopyResult:
         job = _Job(
             self._client(source.repository, pull=True),
             self._client(target.repository, pull=False),
             _Tally(),
-            progress,
+            ask.progress,
         )
         wanted = target.digest or source.digest
-        if not force and (present := await self._present(job.target, target, wanted)):
-            logger.debug("%s already holds %s", target.name, present)
-            return CopyResult(source, target, present, already_present=True)
-        manifest = await job.source.get_manifest(source.identifier, expected=source.digest)
-        if wanted is not None and manifest.digest != wanted:
-            raise DigestMismatchError(
-                f"{source.name} has digest {manifest.digest}, target asks for {wanted}"
+        held = await job.target.manifest_digest(target.tag) if target.tag is not None else None
+        if wanted is None and held is not None:
+            # The tag exists: whether that is "already there" depends on the source's tag now.
+            wanted = await tags.current(job.source, source)
+        there = await tags.already_there(job.target, target, wanted, held, move_tag=ask.move_tag)
+        if not ask.force and there is not None:
+            logger.debug("%s already holds %s", target.name, there.digest)
+            return CopyResult(
+                source,
+                target,
+                there.digest,
+                already_present=True,
+                tag=there.tag,
+                tag_digest=there.tag_digest,
             )
+        manifest = await job.source.get_manifest(wanted or source.identifier, expected=wanted)
         await self._copy_contents(job, manifest)
-        await job.target.put_manifest(target.tag or manifest.digest, manifest)
+        placed = await tags.place(job.target, target, manifest, move_tag=ask.move_tag)
         job.tally.manifests_pushed += 1
-        logger.debug("copied %s to %s (%s)", source.name, target.name, manifest.digest)
+        logger.debug(
+            "copied %s to %s (%s, tag %s)", source.name, target.name, placed.digest, placed.tag
+        )
         t = job.tally
         return CopyResult(
             source,
             target,
             manifest.digest,
             already_present=False,
+            tag=placed.tag,
+            tag_digest=placed.tag_digest,
             blobs_copied=t.blobs_copied,
             blobs_mounted=t.blobs_mounted,
             blobs_skipped=t.blobs_skipped,
             bytes_copied=t.bytes_copied,
             manifests_pushed=t.manifests_pushed,
         )
-
-    @staticmethod
-    async def _present(client: RegistryClient, target: Reference, wanted: str | None) -> str | None:
-        if target.tag is None:
-            assert wanted is not None, "a reference has a tag, a digest or both"
-            return wanted if await client.manifest_digest(wanted) else None
-        found = await client.manifest_digest(target.tag)
-        return found if found is not None and wanted in (None, found) else None
 
     async def _copy_contents(self, job: _Job, manifest: Manifest) -> None:
         """Everything a manifest refers to, so that the manifest itself can be pushed."""
