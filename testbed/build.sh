@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the test bed's binaries (etcd, Kubernetes control plane, kubectl, kwok, helm, promtool, and the
-# registries and witnesses of the compatibility tests: registry-v3, ggcr-registry, crane, regctl) from the pinned
+# registries and witnesses of the compatibility tests: registry-v3, ggcr-registry, crane, regctl; cosign) from the pinned
 # Go modules under testbed/ into .testbed/bin/, plus the KWOK stages config. A module is rebuilt only
 # when one of its binaries is missing or its go.mod/go.sum (or the recipe below) changed: a stamp with
 # that hash sits next to the binaries. Go's module and build caches stay at their defaults (outside the
@@ -109,6 +109,11 @@ regclient_recipe() {
     echo "-s -w -X github.com/regclient/regclient/internal/version.vcsTag=$(module_version "$TESTBED/regclient" github.com/regclient/regclient)"
 }
 
+cosign_recipe() {
+    # `cosign version` prints the pinned version (sigs.k8s.io/release-utils reads it from ldflags).
+    echo "-s -w -X sigs.k8s.io/release-utils/version.gitVersion=$(module_version "$TESTBED/cosign" github.com/sigstore/cosign/v3)"
+}
+
 # KWOK v0.8.0 has no built-in stages: assemble node fast + node heartbeat + pod fast from the
 # module's own kustomize/stage/ so they always match the pinned kwok.
 kwok_stages() {
@@ -142,5 +147,7 @@ build distribution "$(distribution_recipe)" registry-v3=github.com/distribution/
 build ggcr "$(ggcr_recipe)" crane=github.com/google/go-containerregistry/cmd/crane \
     ggcr-registry=./ggcr-registry
 build regclient "$(regclient_recipe)" regctl=github.com/regclient/regclient/cmd/regctl
+# The signing tool of the signature-copy tests (docs/testbed.md).
+build cosign "$(cosign_recipe)" cosign=github.com/sigstore/cosign/v3/cmd/cosign
 kwok_stages
 log "binaries up to date in $BIN ($((SECONDS - total))s)"

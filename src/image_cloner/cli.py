@@ -129,6 +129,13 @@ def _add_copy(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="registry host reached over plain HTTP or unverified TLS (repeatable)",
     )
     copy.add_argument(
+        "--referrers",
+        metavar="all|none|TYPES",
+        help="signatures, SBOMs, attestations to copy along: all (default), none, or artifact "
+        "types, comma-separated; add ,optional to succeed without them "
+        "(default: $IMAGE_CLONER_REFERRERS)",
+    )
+    copy.add_argument(
         "--force",
         action="store_true",
         help="copy even if DST already exists, and move DST's tag if it holds other bits",
@@ -278,6 +285,7 @@ def plan_copy(args: argparse.Namespace, env: Mapping[str, str]) -> CopyPlan:
         extra_credentials=extra,
         extra_insecure_hosts=args.insecure,
         ca_file=args.ca_file,
+        referrers=args.referrers,
     )
     return CopyPlan(source, target, options)
 

@@ -24,7 +24,12 @@ from urllib.parse import urlsplit
 from image_cloner.credentials import CredentialError, Login, Secret
 from image_cloner.logs import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
 from image_cloner.mapping import BackupLocation, parse_backup_location
-from image_cloner.oci.options import DEFAULT_MAX_CONCURRENT_TRANSFERS, Credentials, RegistryOptions
+from image_cloner.oci.options import (
+    DEFAULT_MAX_CONCURRENT_TRANSFERS,
+    Credentials,
+    ReferrersPolicy,
+    RegistryOptions,
+)
 from image_cloner.oci.references import InvalidReference, Registry
 from image_cloner.policy import ImagePattern, parse_image_patterns
 
@@ -68,6 +73,9 @@ METRICS_PORT = "IMAGE_CLONER_METRICS_PORT"
 LOG_FORMAT = "IMAGE_CLONER_LOG_FORMAT"
 LOG_LEVEL = "IMAGE_CLONER_LOG_LEVEL"
 MAX_CONCURRENT_TRANSFERS = "IMAGE_CLONER_MAX_CONCURRENT_TRANSFERS"
+REFERRERS = "IMAGE_CLONER_REFERRERS"
+"""Signatures, SBOMs, attestations copied with each image: `all` (default), `none`, or
+artifact types (comma-separated); add `,optional` to let a backup succeed without them."""
 # Never fight a workload's owner (policy.py has the rules and their precedence).
 EXCLUDE_IMAGES = "IMAGE_CLONER_EXCLUDE_IMAGES"
 REWRITE_OWNED = "IMAGE_CLONER_REWRITE_OWNED"
@@ -290,6 +298,7 @@ def registry_options_from_env(
     extra_credentials: Mapping[str, Credentials] | None = None,
     extra_insecure_hosts: Iterable[str] = (),
     ca_file: Path | None = None,
+    referrers: str | None = None,
 ) -> RegistryOptions:
     """Registry options from the environment, plus what the CLI's flags add.
 
@@ -297,8 +306,8 @@ def registry_options_from_env(
     become the credentials of `backup_host` (the computed or given destination); they
     are an error when `backup_host` is None.
     `extra_credentials` (`--src-creds`, `--dest-creds`, keyed by registry host) win over
-    them, `extra_insecure_hosts` add to `IMAGE_CLONER_INSECURE_REGISTRIES`, and `ca_file`
-    replaces `IMAGE_CLONER_CA_FILE`.
+    them, `extra_insecure_hosts` add to `IMAGE_CLONER_INSECURE_REGISTRIES`, `ca_file`
+    replaces `IMAGE_CLONER_CA_FILE` and `referrers` (`copy --referrers`) `IMAGE_CLONER_REFERRERS`.
     """
     credentials: dict[str, Credentials] = {}
     login = _login(env, USER, PASS, user_file=USER_FILE, pass_file=PASS_FILE)
@@ -327,7 +336,15 @@ def registry_options_from_env(
             default=DEFAULT_MAX_CONCURRENT_TRANSFERS,
             top=MAX_TRANSFERS_LIMIT,
         ),
+        referrers=_referrers(referrers if referrers is not None else _get(env, REFERRERS)),
     )
+
+
+def _referrers(text: str | None) -> ReferrersPolicy:
+    try:
+        return ReferrersPolicy() if text is None else ReferrersPolicy.parse(text)
+    except ValueError as error:
+        raise ConfigError(f"{REFERRERS}: {error}") from None
 
 
 def parse_credentials(text: str, *, what: str) -> Credentials:

@@ -199,7 +199,7 @@ def test_statefulset_is_rewritten_after_its_rollout_and_rolls_out_on_the_backup(
     name = unique("db")
     image = kinds.seed(kinds.source, f"library/{name}:16", "index", seed=name)
     apply(kinds.testbed, statefulset(name, kinds.namespace, f"{name}:16", replicas=2))
-    target = f"{kinds.host}/{name}:16"
+    target = f"{kinds.host}/{name}:16@{image.digest}"
 
     obj = kinds.wait_for(
         "StatefulSet",
@@ -223,7 +223,7 @@ def test_statefulset_is_rewritten_after_its_rollout_and_rolls_out_on_the_backup(
     secret = kinds.get("secret", PULL_SECRET)
     assert secret["type"] == "kubernetes.io/dockerconfigjson"
     event = wait_for_event(kinds.testbed, kinds.namespace, name, "ImagesCloned")
-    assert event["message"] == f"{name}:16 → {target}"
+    assert event["message"].startswith(f"{name}:16 → {target} (digest from the tag: ")
     assert event["involvedObject"]["kind"] == "StatefulSet"
     kinds.controller.wait_for_line("statefulset image reference updated", image=target, name=name)
 
@@ -232,10 +232,10 @@ def test_partitioned_statefulset_rolls_only_the_pods_at_or_above_its_partition(
     kinds: Kinds,
 ) -> None:
     name = unique("shard")
-    kinds.seed(kinds.source, f"library/{name}:1", "single", seed=name)
+    image = kinds.seed(kinds.source, f"library/{name}:1", "single", seed=name)
     manifest = statefulset(name, kinds.namespace, f"{name}:1", replicas=3, partition=2)
     apply(kinds.testbed, manifest)
-    target = f"{kinds.host}/{name}:1"
+    target = f"{kinds.host}/{name}:1@{image.digest}"
 
     kinds.wait_for(
         "StatefulSet",
@@ -280,7 +280,7 @@ def test_cronjob_template_is_rewritten_and_a_job_made_from_it_runs_the_backup(
             },
         },
     )
-    target = f"{kinds.host}/{name}:3"
+    target = f"{kinds.host}/{name}:3@{image.digest}"
 
     obj = kinds.wait_for(
         "CronJob",
@@ -295,7 +295,7 @@ def test_cronjob_template_is_rewritten_and_a_job_made_from_it_runs_the_backup(
     assert template["imagePullSecrets"] == [{"name": PULL_SECRET}]
     assert obj["spec"]["schedule"] == "0 0 1 1 *"
     event = wait_for_event(kinds.testbed, kinds.namespace, name, "ImagesCloned")
-    assert event["message"] == f"{name}:3 → {target}"
+    assert event["message"].startswith(f"{name}:3 → {target} (digest from the tag: ")
 
     # A Job made from the CronJob now (what the schedule will do) runs the backup.
     manual = f"{name}-manual"
@@ -347,10 +347,12 @@ def test_job_and_bare_pod_are_backed_up_and_left_as_they_are(kinds: Kinds) -> No
     job_event = wait_for_event(kinds.testbed, kinds.namespace, job_name, "ImagesBackedUp")
     pod_event = wait_for_event(kinds.testbed, kinds.namespace, pod_name, "ImagesBackedUp")
     assert job_event["message"] == (
-        f"{job_name}:1 → {kinds.host}/{job_name}:1 (a Job is backed up, never rewritten)"
+        f"{job_name}:1 → {kinds.host}/{job_name}:1@{job_image.digest}"
+        " (a Job is backed up, never rewritten)"
     )
     assert pod_event["message"] == (
-        f"{pod_name}:1 → {kinds.host}/{pod_name}:1 (a Pod is backed up, never rewritten)"
+        f"{pod_name}:1 → {kinds.host}/{pod_name}:1@{pod_image.digest}"
+        " (a Pod is backed up, never rewritten)"
     )
     assert_backed_up(kinds.backup, job_name, "1", job_image)
     assert_backed_up(kinds.backup, pod_name, "1", pod_image)

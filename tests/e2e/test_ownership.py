@@ -83,11 +83,21 @@ def controller(
         assert code == 0, f"controller exited {code} on SIGTERM:\n{process.log_text()[-3000:]}"
 
 
+_DIGESTS: dict[str, str] = {}
+"""Digest of each image `seeded` made, by name."""
+
+
 def seeded(world: World, prefix: str) -> str:
     """A fresh single-platform image, referenced as on docker.io: `name:1`."""
     name = unique(prefix)
-    world.seed(world.source, f"library/{name}:1", "single", seed=name)
+    _DIGESTS[name] = world.seed(world.source, f"library/{name}:1", "single", seed=name).digest
     return name
+
+
+def backup_of(world: World, name: str) -> str:
+    """The pinned backup reference a rewrite of `name:1` gives (KWOK reports no digest, so
+    it is the tag's)."""
+    return f"{world.host}/{name}:1@{_DIGESTS[name]}"
 
 
 def annotated(manifest: dict[str, Any], **annotations: str) -> dict[str, Any]:
@@ -133,9 +143,7 @@ def test_skip_on_the_namespace_and_a_workload_opting_back_in(world: World, names
     manifest = workload("Deployment", "optin", namespace, {"app": f"{opted_in}:1"})
     apply(testbed, annotated(manifest, **{SKIP: "false"}))
 
-    wait_for_images(
-        testbed, namespace, "Deployment", "optin", {"app": f"{world.host}/{opted_in}:1"}
-    )
+    wait_for_images(testbed, namespace, "Deployment", "optin", {"app": backup_of(world, opted_in)})
     assert images(get(testbed, namespace, "Deployment", "plain")) == {"app": f"{plain}:1"}
     assert not_in_backup(world, plain)
 
@@ -160,7 +168,7 @@ def test_an_excluded_image_is_neither_copied_nor_rewritten(world: World, namespa
     kept, backed = seeded(world, "excluded"), seeded(world, "included")
     containers = {"corp": f"{kept}:1", "web": f"{backed}:1"}
     apply(world.testbed, workload("Deployment", "app", namespace, containers))
-    wanted = {"corp": f"{kept}:1", "web": f"{world.host}/{backed}:1"}
+    wanted = {"corp": f"{kept}:1", "web": backup_of(world, backed)}
     obj = wait_for_images(world.testbed, namespace, "Deployment", "app", wanted)
     assert json.loads(obj["metadata"]["annotations"][ANNOTATION]) == {"web": f"{backed}:1"}
     assert not_in_backup(world, kept)
@@ -221,7 +229,7 @@ def wait_for_a_pass_after(world: World, namespace: str, version: int) -> None:
 def test_a_gitops_loop_sees_one_rewrite_then_is_left_alone(world: World, namespace: str) -> None:
     testbed = world.testbed
     name = seeded(world, "gitops")
-    original, backed_up = {"app": f"{name}:1"}, {"app": f"{world.host}/{name}:1"}
+    original, backed_up = {"app": f"{name}:1"}, {"app": backup_of(world, name)}
     manifest = workload("Deployment", "app", namespace, original)
     apply(testbed, manifest)
     wait_for_images(testbed, namespace, "Deployment", "app", backed_up)

@@ -35,8 +35,9 @@ CONTROL_PLANE = (
 )
 """What the Kubernetes test bed runs (helm is used on its own by the chart tests)."""
 STAGES = "kwok-stages.yaml"
-REGISTRY_TOOLS = ("registry-v3", "ggcr-registry", "crane", "regctl")
-"""Registry implementations and witnesses of the registry compatibility tests."""
+REGISTRY_TOOLS = ("registry-v3", "ggcr-registry", "crane", "regctl", "cosign")
+"""Registry implementations and witnesses of the registry compatibility tests, and cosign
+(the signature-copy tests)."""
 CHART_TOOLS = ("helm", "promtool")
 """What the chart tests render and check the chart with (alerts: `promtool test rules`)."""
 

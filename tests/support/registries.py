@@ -164,7 +164,10 @@ class RunningRegistry(RegistryEndpoint, ServiceProcess):
         token: TokenAuthConfig | None = None,
         port: int | None = None,
         impl: RegistryImpl = RegistryImpl.DISTRIBUTION_2,
+        foreign_urls: str | None = None,
     ) -> None:
+        """`foreign_urls`: the regular expression distribution's `validation.manifests.urls.
+        allow` takes; without it, distribution refuses manifests with foreign layers."""
         if kind not in impl.kinds:
             raise ValueError(f"{impl} registries cannot run as {kind}")
         if kind is not RegistryKind.OPEN and pki is None:
@@ -186,6 +189,7 @@ class RunningRegistry(RegistryEndpoint, ServiceProcess):
         self.password = TEST_PASSWORD if with_password else None
         self.ca_file = None if pki is None or kind is RegistryKind.OPEN else pki.ca_cert
         self.cert_dir = None
+        self.foreign_urls = foreign_urls
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.ca_file is not None:
             self.cert_dir = make_cert_dir(workdir / "certs.d", self.ca_file)
@@ -266,6 +270,8 @@ class RunningRegistry(RegistryEndpoint, ServiceProcess):
         }
         if auth:
             config["auth"] = auth
+        if self.foreign_urls is not None:
+            config["validation"] = {"manifests": {"urls": {"allow": [self.foreign_urls]}}}
         # YAML is a superset of JSON, so the registry reads this as its config.yml.
         self.config_file.write_text(json.dumps(config, indent=2))
 

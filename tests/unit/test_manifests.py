@@ -17,12 +17,15 @@ from image_cloner.oci.manifests import (
     ACCEPT,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
+    OCI_ARTIFACT_MANIFEST,
+    OCI_EMPTY,
     OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,
     Digester,
     ImageIndex,
     ImageManifest,
+    accept_for,
     check_digest,
     digest_of,
     parse_manifest,
@@ -115,12 +118,18 @@ def test_non_object_manifests_are_invalid(raw: bytes) -> None:
 
 def test_unknown_shape_without_media_type_is_unsupported() -> None:
     with pytest.raises(UnsupportedMediaTypeError):
-        resolve_media_type("application/json", _raw({"schemaVersion": 2, "blobs": []}))
+        resolve_media_type("application/json", _raw({"schemaVersion": 2, "files": []}))
+
+
+def test_blobs_without_media_type_is_the_oci_artifact_manifest() -> None:
+    document = {"schemaVersion": 2, "blobs": []}
+    assert resolve_media_type("application/json", _raw(document)) == OCI_ARTIFACT_MANIFEST
 
 
 def test_image_manifest_yields_config_and_layers_in_order() -> None:
     parsed = parse_manifest(_raw(OCI_IMAGE), OCI_MANIFEST)
     assert isinstance(parsed, ImageManifest)
+    assert parsed.config is not None
     assert parsed.config.digest == D1
     assert [layer.digest for layer in parsed.layers] == [D2, D3]
     assert [blob.digest for blob in parsed.blobs] == [D1, D2, D3]
@@ -164,9 +173,62 @@ def test_index_without_manifests_list_is_invalid() -> None:
         parse_manifest(_raw({"schemaVersion": 2}), OCI_INDEX)
 
 
-def test_parse_refuses_unknown_media_types() -> None:
-    with pytest.raises(UnsupportedMediaTypeError):
-        parse_manifest(_raw(OCI_IMAGE), "application/vnd.oci.artifact.manifest.v1+json")
+UNKNOWN = "application/vnd.example.future.manifest.v9+json"
+
+
+def test_an_oci_artifact_is_an_image_manifest_with_its_subject() -> None:
+    artifact = {
+        **OCI_IMAGE,
+        "artifactType": "application/spdx+json",
+        "config": _descriptor(D1, OCI_EMPTY),
+        "layers": [_descriptor(D2, "application/spdx+json")],
+        "subject": _descriptor(D3, OCI_MANIFEST),
+    }
+    parsed = parse_manifest(_raw(artifact), OCI_MANIFEST)
+    assert isinstance(parsed, ImageManifest)
+    assert [blob.digest for blob in parsed.blobs] == [D1, D2]
+    assert parsed.subject is not None
+    assert parsed.subject.digest == D3
+
+
+@pytest.mark.parametrize(
+    ("document", "blobs"),
+    [
+        ({"config": _descriptor(D1), "layers": [_descriptor(D2)]}, [D1, D2]),
+        ({"config": _descriptor(D1)}, [D1]),
+        ({"layers": [_descriptor(D2)]}, [D2]),
+        ({"blobs": [_descriptor(D2), _descriptor(D3)], "subject": _descriptor(D1)}, [D2, D3]),
+    ],
+)
+def test_unknown_media_types_are_read_by_their_shape(
+    document: dict[str, Any], blobs: list[str]
+) -> None:
+    for media_type in (UNKNOWN, OCI_ARTIFACT_MANIFEST):
+        parsed = parse_manifest(_raw(document), media_type)
+        assert isinstance(parsed, ImageManifest)
+        assert [blob.digest for blob in parsed.blobs] == blobs
+
+
+def test_an_unknown_media_type_listing_manifests_is_an_index() -> None:
+    document = {"manifests": [_descriptor(D1, OCI_INDEX)], "subject": _descriptor(D2)}
+    parsed = parse_manifest(_raw(document), UNKNOWN)
+    assert isinstance(parsed, ImageIndex)
+    assert [(c.digest, c.media_type) for c in parsed.manifests] == [(D1, OCI_INDEX)]
+    assert parsed.subject is not None
+    assert parsed.subject.digest == D2
+
+
+def test_an_unknown_media_type_of_unknown_shape_is_refused() -> None:
+    with pytest.raises(UnsupportedMediaTypeError, match="cannot be copied completely"):
+        parse_manifest(_raw({"schemaVersion": 2, "files": []}), UNKNOWN)
+
+
+def test_accept_adds_a_child_type_we_do_not_list() -> None:
+    assert accept_for(None) == ACCEPT
+    assert accept_for(OCI_MANIFEST) == ACCEPT
+    assert accept_for(UNKNOWN) == f"{ACCEPT}, {UNKNOWN}"
+    assert accept_for("a/b, c/d") == ACCEPT
+    assert accept_for("a/b\r\nX-Injected: 1") == ACCEPT
 
 
 @pytest.mark.parametrize(

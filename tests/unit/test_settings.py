@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from image_cloner.mapping import parse_backup_location
-from image_cloner.oci.options import Credentials
+from image_cloner.oci.options import Credentials, ReferrersPolicy
 from image_cloner.settings import (
     DEFAULT_PULL_SECRET,
     ConfigError,
@@ -656,3 +656,16 @@ def test_rewrite_form_defaults_to_pinned_and_refuses_other_words() -> None:
     assert config_error({**BASE, "IMAGE_CLONER_REWRITE_FORM": "floating"}) == (
         "IMAGE_CLONER_REWRITE_FORM: expected pinned or tag, got 'floating'"
     )
+
+
+def test_referrers_default_to_all_and_follow_the_setting_and_the_flag() -> None:
+    assert registry_options_from_env({}, backup_host=None).referrers == ReferrersPolicy()
+    env = {"IMAGE_CLONER_REFERRERS": "none"}
+    assert not registry_options_from_env(env, backup_host=None).referrers.enabled
+    flagged = registry_options_from_env(env, backup_host=None, referrers="all,optional")
+    assert flagged.referrers == ReferrersPolicy(optional=True)
+
+
+def test_referrers_errors_name_the_setting() -> None:
+    with pytest.raises(ConfigError, match="IMAGE_CLONER_REFERRERS: expected all, none"):
+        registry_options_from_env({"IMAGE_CLONER_REFERRERS": "some"}, backup_host=None)

@@ -22,6 +22,7 @@ def test_a_built_tool_is_found(tmp_path: Path) -> None:
         "registry-v3",
         "ggcr-registry",
         "regctl",
+        "cosign",
     ]
 
 

@@ -29,9 +29,11 @@ from image_cloner.oci.errors import (
 from image_cloner.oci.manifests import (
     ACCEPT,
     MAX_MANIFEST_SIZE,
+    OCI_INDEX,
     Descriptor,
     Digester,
     Manifest,
+    accept_for,
     check_digest,
     digest_of,
     resolve_media_type,
@@ -136,12 +138,16 @@ class RegistryClient:
 
     # --- manifests -----------------------------------------------------------------------
 
-    async def get_manifest(self, identifier: str, *, expected: str | None = None) -> Manifest:
+    async def get_manifest(
+        self, identifier: str, *, expected: str | None = None, media_type: str | None = None
+    ) -> Manifest:
         """The manifest as served, its digest verified against `expected` (if a digest)
-        and against the registry's `Docker-Content-Digest` (if sent)."""
+        and against the registry's `Docker-Content-Digest` (if sent). `media_type` is what
+        the parent index calls it, accepted too when it is a type we do not list."""
+        accept = accept_for(media_type)
         for url, mirror in self._read_urls(f"manifests/{identifier}"):
             try:
-                return await self._get_manifest(url, expected, retry=not mirror)
+                return await self._get_manifest(url, expected, retry=not mirror, accept=accept)
             except RegistryError as exc:
                 if not mirror:
                     raise
@@ -149,12 +155,12 @@ class RegistryClient:
         raise AssertionError("unreachable: the registry itself is the last endpoint")
 
     async def _get_manifest(
-        self, url: URL, expected: str | None, *, retry: bool = True
+        self, url: URL, expected: str | None, *, retry: bool = True, accept: str = ACCEPT
     ) -> Manifest:
         resp = await self.transport.request(
             hdrs.METH_GET,
             url,
-            headers={hdrs.ACCEPT: ACCEPT},
+            headers={hdrs.ACCEPT: accept},
             max_body=MAX_MANIFEST_SIZE,
             retry=retry,
         )
@@ -173,6 +179,40 @@ class RegistryClient:
                 f"{what}: content has digest {digest}, registry says {claimed}"
             )
         return Manifest(raw=resp.body, media_type=media_type, digest=digest)
+
+    async def find_manifest(self, identifier: str) -> Manifest | None:
+        """`get_manifest`, or None where an endpoint answers 404 (a mirror included: it is
+        trusted to mirror). For lookups of what may not exist: referrers and their tags."""
+        for url, mirror in self._read_urls(f"manifests/{identifier}"):
+            try:
+                return await self._get_manifest(url, None, retry=not mirror)
+            except RegistryError as exc:
+                if exc.status == 404:
+                    return None
+                if not mirror:
+                    raise
+                logger.info("mirror %s failed, trying the next endpoint: %s", url.host, exc)
+        raise AssertionError("unreachable: the registry itself is the last endpoint")
+
+    async def referrers(self, digest: str) -> bytes | None:
+        """The referrers API's index of the manifests whose `subject` is `digest`, or None
+        where the registry has no such API (404, as distribution 2.8 and 3 answer)."""
+        for url, mirror in self._read_urls(f"referrers/{digest}"):
+            try:
+                resp = await self.transport.request(
+                    hdrs.METH_GET,
+                    url,
+                    ok=(200, 404),
+                    headers={hdrs.ACCEPT: OCI_INDEX},
+                    max_body=MAX_MANIFEST_SIZE,
+                    retry=not mirror,
+                )
+                return resp.body if resp.status == 200 else None
+            except RegistryError as exc:
+                if not mirror:
+                    raise
+                logger.info("mirror %s failed, trying the next endpoint: %s", url.host, exc)
+        raise AssertionError("unreachable: the registry itself is the last endpoint")
 
     async def manifest_digest(self, identifier: str) -> str | None:
         """Digest of the manifest at `identifier` on this registry, or None if there is none.

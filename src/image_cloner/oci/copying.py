@@ -11,7 +11,9 @@ The order is what makes a copy safe to interrupt and cheap to repeat:
 4. For each blob: HEAD the target → mount from another repository of the same registry →
    streamed GET into an upload (its strategy per host: `oci.uploads`), its digest verified
    before the last byte is sent.
-5. PUT the top manifest last, so a tag never points at something incomplete: by tag only
+5. For every manifest copied, its referrers (signatures, SBOMs, attestations: `oci.referrers`)
+   the same way, before any tag.
+6. PUT the top manifest last, so a tag never points at something incomplete: by tag only
    if the target tag is absent (checked again just before) or already holds the digest;
    a tag that holds other bits is never moved unless asked (`move_tag`): the copy is then
    kept under its digest and `CopyResult.tag` says the tag was KEPT, and at what
@@ -37,10 +39,11 @@ from typing import Any, Literal, Protocol, Self
 from image_cloner.oci import tags
 from image_cloner.oci.auth import RegistryAuth
 from image_cloner.oci.client import BlobStream, RegistryClient, UploadSession
-from image_cloner.oci.errors import DigestMismatchError, RegistryError
-from image_cloner.oci.manifests import Descriptor, ImageIndex, Manifest
+from image_cloner.oci.errors import DigestMismatchError, InvalidManifestError, RegistryError
+from image_cloner.oci.manifests import Descriptor, ImageIndex, Manifest, read_descriptor
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Reference, Repository
+from image_cloner.oci.referrers import TagSchema, artifact_type, cosign_tags, find_referrers
 from image_cloner.oci.retries import RetryPolicy, shared_budget
 from image_cloner.oci.slots import TransferSlots
 from image_cloner.oci.tags import TagOutcome
@@ -54,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 KNOWN_BLOB_HOMES = 50_000
 """How many (registry, digest) → repository facts we remember as mount sources."""
+MAX_NESTING = 8
+"""How deep indexes may nest (an index of indexes is legal; real ones are 1-2 deep)."""
 
 KNOWN_INDEXES = 4096
 """How many manifest digests → child digests we remember (content-addressed: never stale)."""
@@ -169,6 +174,7 @@ class Copier:
         self._blob_homes: OrderedDict[tuple[str, str], Repository] = OrderedDict()
         self._habits = UploadHabits()
         self._indexes: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._tag_schema = TagSchema()
 
     async def __aenter__(self) -> Self:
         await self._transport.__aenter__()
@@ -284,30 +290,94 @@ class Copier:
             manifests_pushed=t.manifests_pushed,
         )
 
-    async def _copy_contents(self, job: _Job, manifest: Manifest) -> None:
-        """Everything a manifest refers to, so that the manifest itself can be pushed."""
+    async def _copy_contents(self, job: _Job, manifest: Manifest, *, depth: int = 0) -> None:
+        """Everything a manifest refers to, so that the manifest itself can be pushed.
+
+        Children of any type are copied by their shape (`manifests.parse_manifest`); nested
+        indexes recurse, at most `MAX_NESTING` deep. A `subject` is not a dependency: the
+        manifest it names is the one being annotated, copied (or not) on its own account.
+        """
         parsed = manifest.parse()
         if isinstance(parsed, ImageIndex):
+            if depth >= MAX_NESTING:
+                raise InvalidManifestError(
+                    f"manifest {manifest.digest}: indexes nested more than {MAX_NESTING} deep"
+                )
             children = {child.digest: child for child in parsed.manifests}
-            await _all(self._copy_child(job, child) for child in children.values())
+            await _all(self._copy_child(job, child, depth + 1) for child in children.values())
         else:
             blobs = {blob.digest: blob for blob in parsed.blobs}
             await _all(self._copy_blob(job, blob) for blob in blobs.values())
+        if self.options.referrers.enabled:
+            await self._copy_referrers(job, manifest, depth)
 
-    async def _copy_child(self, job: _Job, child: Descriptor) -> None:
+    async def _copy_referrers(self, job: _Job, manifest: Manifest, depth: int) -> None:
+        """What refers to `manifest` (signatures, SBOMs, attestations: `oci.referrers`),
+        each with its own referrers, at most `MAX_NESTING` deep; before any tag is pushed."""
+        if depth >= MAX_NESTING:
+            logger.info("referrers of %s not followed: %d deep", manifest.digest, depth)
+            return
+        works = [
+            self._optional(self._copy_referrer(job, manifest.digest, entry, depth), entry["digest"])
+            for entry in await find_referrers(job.source, manifest.digest)
+        ] + [
+            self._optional(self._copy_tagged(job, tag, tagged, depth), tag)
+            for tag, tagged in await cosign_tags(job.source, manifest.digest)
+        ]
+        await _all(works)
+
+    async def _optional(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """`work`, whose failure fails the image unless the policy says referrers are optional
+        (a signature policy would reject a backup that lost its signature)."""
+        try:
+            await work
+        except RegistryError as exc:
+            if not self.options.referrers.optional:
+                logger.warning("referrer %s not copied: %s", what, exc)
+                raise
+            logger.warning("referrer %s not copied (optional): %s", what, exc)
+
+    async def _copy_referrer(
+        self, job: _Job, subject: str, entry: dict[str, Any], depth: int
+    ) -> None:
+        child = read_descriptor(entry, f"referrer of {subject}")
+        policy = self.options.referrers
+        if policy.artifact_types:
+            # Read the manifest itself: registries' listings differ (ggcr lists the config's
+            # media type as `artifactType`).
+            found = await job.source.get_manifest(child.digest, expected=child.digest)
+            if not policy.wants(artifact_type(found)):
+                return
+        await self._copy_child(job, child, depth + 1)
+        await self._tag_schema.add(job.target, subject, entry)
+
+    async def _copy_tagged(self, job: _Job, tag: str, manifest: Manifest, depth: int) -> None:
+        """A cosign `.sig`/`.att`/`.sbom` tag: its contents, then the tag (moved if it changed:
+        cosign rewrites it whenever it adds a signature)."""
+        if not self.options.referrers.wants(artifact_type(manifest)):
+            return
+        if await job.target.manifest_digest(tag) == manifest.digest:
+            return
+        await self._copy_contents(job, manifest, depth=depth + 1)
+        await job.target.put_manifest(tag, manifest)
+        job.tally.manifests_pushed += 1
+
+    async def _copy_child(self, job: _Job, child: Descriptor, depth: int) -> None:
         key = (job.target.authority, job.target.repository.path, child.digest)
-        pushed = await self._manifests.run(key, lambda: self._push_child(job, child))
+        pushed = await self._manifests.run(key, lambda: self._push_child(job, child, depth))
         job.tally.manifests_pushed += pushed
 
-    async def _push_child(self, job: _Job, child: Descriptor) -> int:
+    async def _push_child(self, job: _Job, child: Descriptor, depth: int) -> int:
         if await job.target.manifest_digest(child.digest) is not None:
             return 0
-        manifest = await job.source.get_manifest(child.digest, expected=child.digest)
+        manifest = await job.source.get_manifest(
+            child.digest, expected=child.digest, media_type=child.media_type
+        )
         if len(manifest.raw) != child.size:
             raise DigestMismatchError(
                 f"manifest {child.digest}: {len(manifest.raw)} bytes, index says {child.size}"
             )
-        await self._copy_contents(job, manifest)
+        await self._copy_contents(job, manifest, depth=depth)
         await job.target.put_manifest(child.digest, manifest)
         return 1
 

@@ -4,12 +4,19 @@ Pure (no I/O). Manifests are kept as the exact bytes the registry served and pus
 unchanged, so that digests survive the copy; parsing here only reads out what the copy
 needs (children of an index, config and layers of an image) and validates every digest
 before it ends up in a URL.
+
+Media types are open-ended (OCI artifacts, BuildKit attestations, the short-lived OCI
+artifact manifest, tools not yet written), so a manifest of a type we do not know is read by
+its shape: `manifests` makes it an index, `config`/`layers`/`blobs` an image-like manifest.
+Only what has no readable shape is refused (and Docker schema 1, a deprecated format whose
+signed bytes cannot be pushed back unchanged to a current registry).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +35,8 @@ __all__ = [
     "INDEX_MEDIA_TYPES",
     "MANIFEST_MEDIA_TYPES",
     "MAX_MANIFEST_SIZE",
+    "OCI_ARTIFACT_MANIFEST",
+    "OCI_EMPTY",
     "OCI_INDEX",
     "OCI_MANIFEST",
     "Descriptor",
@@ -35,9 +44,11 @@ __all__ = [
     "ImageIndex",
     "ImageManifest",
     "Manifest",
+    "accept_for",
     "check_digest",
     "digest_of",
     "parse_manifest",
+    "read_descriptor",
     "resolve_media_type",
 ]
 
@@ -45,12 +56,24 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+OCI_ARTIFACT_MANIFEST = "application/vnd.oci.artifact.manifest.v1+json"
+"""The artifact manifest of OCI 1.1's release candidates (`blobs`, no config), since dropped
+for image manifests with an `artifactType`; some registries still hold them."""
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+"""The `{}` config blob of an artifact that has no config."""
 
 INDEX_MEDIA_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 IMAGE_MEDIA_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
-MANIFEST_MEDIA_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST)
+MANIFEST_MEDIA_TYPES = (
+    OCI_INDEX,
+    DOCKER_MANIFEST_LIST,
+    OCI_MANIFEST,
+    DOCKER_MANIFEST,
+    OCI_ARTIFACT_MANIFEST,
+)
 ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
-"""Every manifest kind we copy, so a registry never down-converts (which changes digests)."""
+"""Every manifest kind we know, so a registry never down-converts (which changes digests).
+A child of another type is asked for with its own type added (`accept_for`)."""
 
 DOCKER_SCHEMA1_MEDIA_TYPES = frozenset(
     {
@@ -70,8 +93,24 @@ GENERIC_CONTENT_TYPES = frozenset(
     {"", "application/json", "text/plain", "application/octet-stream", "binary/octet-stream"}
 )
 
+_MEDIA_TYPE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+)
+
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 """Largest manifest we accept, as distribution does: a manifest is read into memory."""
+
+
+def accept_for(media_type: str | None) -> str:
+    """The Accept header for a manifest its parent describes as `media_type`: ours, plus that
+    type when it is one we do not list (some registries only serve types the client accepts)."""
+    if (
+        not media_type
+        or media_type in MANIFEST_MEDIA_TYPES
+        or not _MEDIA_TYPE.fullmatch(media_type)
+    ):
+        return ACCEPT  # a malformed one (untrusted JSON) never reaches a header
+    return f"{ACCEPT}, {media_type}"
 
 
 def check_digest(digest: object, *, what: str = "digest") -> str:
@@ -148,21 +187,28 @@ class Manifest:
 
 @dataclass(frozen=True)
 class ImageIndex:
-    """An OCI index or Docker manifest list: one child manifest per platform (or artifact)."""
+    """An OCI index or Docker manifest list: one child manifest per platform (or artifact),
+    or any manifest of another type that lists `manifests` (a nested index among them)."""
 
     manifests: tuple[Descriptor, ...]
+    subject: Descriptor | None = None
+    """The manifest this one refers to (OCI 1.1 referrers); never a dependency of the copy."""
 
 
 @dataclass(frozen=True)
 class ImageManifest:
-    """An OCI or Docker v2 image manifest: one config blob and the layers."""
+    """An OCI or Docker v2 image manifest (an OCI artifact is one too: an `artifactType`, an
+    empty config, layers of any type), or another type's `config` plus `layers` or `blobs`."""
 
-    config: Descriptor
+    config: Descriptor | None
+    """None only for the OCI artifact manifest and other types that have no config."""
     layers: tuple[Descriptor, ...]
+    subject: Descriptor | None = None
+    """The manifest this one refers to (OCI 1.1 referrers); never a dependency of the copy."""
 
     @property
     def blobs(self) -> tuple[Descriptor, ...]:
-        return (self.config, *self.layers)
+        return self.layers if self.config is None else (self.config, *self.layers)
 
 
 def _load(raw: bytes) -> dict[str, Any]:
@@ -195,7 +241,14 @@ def resolve_media_type(content_type: str | None, raw: bytes) -> str:
         return OCI_INDEX
     if "config" in document and "layers" in document:
         return OCI_MANIFEST
+    if "blobs" in document:
+        return OCI_ARTIFACT_MANIFEST
     raise UnsupportedMediaTypeError("manifest has no media type and an unknown shape")
+
+
+def read_descriptor(value: object, what: str) -> Descriptor:
+    """A descriptor from its JSON (untrusted), every field checked; `what` names it in errors."""
+    return _descriptor(value, what)
 
 
 def _descriptor(value: object, what: str) -> Descriptor:
@@ -218,20 +271,35 @@ def _descriptor(value: object, what: str) -> Descriptor:
     )
 
 
+def _descriptors(document: dict[str, Any], key: str) -> tuple[Descriptor, ...]:
+    values = document.get(key)
+    if not isinstance(values, list):
+        raise InvalidManifestError(f"manifest has no {key} list")
+    return tuple(_descriptor(value, f"{key}[{i}]") for i, value in enumerate(values))
+
+
+def _subject(document: dict[str, Any]) -> Descriptor | None:
+    subject = document.get("subject")
+    return None if subject is None else _descriptor(subject, "subject")
+
+
 def parse_manifest(raw: bytes, media_type: str) -> ImageIndex | ImageManifest:
-    """Read the children of an index, or the config and layers of an image manifest."""
+    """Read the children of an index, or the config and layers (or blobs) of a manifest;
+    a type we do not know by its shape (see the module docstring)."""
     document = _load(raw)
-    if media_type in INDEX_MEDIA_TYPES:
-        children = document.get("manifests")
-        if not isinstance(children, list):
-            raise InvalidManifestError("index has no manifests list")
-        return ImageIndex(tuple(_descriptor(c, f"manifests[{i}]") for i, c in enumerate(children)))
-    if media_type in IMAGE_MEDIA_TYPES:
-        layers = document.get("layers")
-        if not isinstance(layers, list):
-            raise InvalidManifestError("image manifest has no layers list")
+    known = media_type in INDEX_MEDIA_TYPES or media_type in IMAGE_MEDIA_TYPES
+    if media_type in INDEX_MEDIA_TYPES or (not known and "manifests" in document):
+        return ImageIndex(_descriptors(document, "manifests"), subject=_subject(document))
+    if media_type in IMAGE_MEDIA_TYPES or "config" in document:
         return ImageManifest(
             config=_descriptor(document.get("config"), "config"),
-            layers=tuple(_descriptor(layer, f"layers[{i}]") for i, layer in enumerate(layers)),
+            layers=_descriptors(document, "layers") if known or "layers" in document else (),
+            subject=_subject(document),
         )
-    raise UnsupportedMediaTypeError(f"unsupported manifest media type {media_type!r}")
+    if "layers" in document or "blobs" in document:
+        key = "layers" if "layers" in document else "blobs"
+        return ImageManifest(None, _descriptors(document, key), subject=_subject(document))
+    raise UnsupportedMediaTypeError(
+        f"manifest of media type {media_type!r} has neither manifests nor config, layers or "
+        "blobs: what it refers to is unknown, so it cannot be copied completely"
+    )

@@ -1,4 +1,4 @@
-"""How to reach registries: credentials, trust, plain-HTTP hosts and mirrors.
+"""How to reach registries (credentials, trust, plain-HTTP hosts, mirrors), and what to copy.
 
 The `oci` package cannot import `settings` (imports only go down), so the
 settings layer builds one of these from the environment and hands it down.
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-__all__ = ["Credentials", "RegistryOptions", "RequestListener"]
+__all__ = ["Credentials", "ReferrersPolicy", "RegistryOptions", "RequestListener"]
 
 DEFAULT_MAX_CONCURRENT_TRANSFERS = 4
 
@@ -31,6 +31,37 @@ class Credentials:
 RequestListener = Callable[[str, int | None], None]
 """Told of each request sent to a registry: the URL's host (`host[:port]`) and the response
 status, or None when no response came (refused, reset, timed out). See `oci.observing`."""
+
+
+@dataclass(frozen=True)
+class ReferrersPolicy:
+    """Which referrers travel with an image (`IMAGE_CLONER_REFERRERS`, `copy --referrers`).
+
+    `all` (the default), `none`, or a comma-separated list of artifact types; the item
+    `optional` added to any of them lets an image's backup succeed when a referrer fails."""
+
+    enabled: bool = True
+    artifact_types: frozenset[str] = frozenset()
+    """Empty: every type."""
+    optional: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> ReferrersPolicy:
+        items = {item.strip() for item in text.split(",") if item.strip()}
+        optional = "optional" in items
+        items.discard("optional")
+        if items in ({"all"}, set()):
+            return cls(optional=optional)
+        if items == {"none"}:
+            return cls(enabled=False)
+        if items & {"all", "none"}:
+            raise ValueError("`all` and `none` do not combine with artifact types")
+        if any("/" not in item for item in items):
+            raise ValueError("expected all, none, or artifact types like application/spdx+json")
+        return cls(artifact_types=frozenset(items), optional=optional)
+
+    def wants(self, kind: str) -> bool:
+        return self.enabled and (not self.artifact_types or kind in self.artifact_types)
 
 
 def _empty() -> Mapping[str, object]:
@@ -62,3 +93,6 @@ class RegistryOptions:
 
     request_listener: RequestListener | None = field(default=None, compare=False)
     """Called for every request sent (the controller's metrics); None: nobody listens."""
+
+    referrers: ReferrersPolicy = ReferrersPolicy()
+    """Which signatures, SBOMs and attestations travel with each image (`oci.referrers`)."""
