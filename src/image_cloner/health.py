@@ -40,6 +40,11 @@ class Health:
         """Record the outcome of the backup-registry check (start-up, or a later re-check)."""
         self._registry_ok = ok
 
+    @property
+    def registry_ok(self) -> bool:
+        """The last check of the backup registry passed (False before the first one)."""
+        return self._registry_ok is True
+
     def mark_watch_event(self, kind: str) -> None:
         """A watch stream for `kind` delivered an event, or a (re)list of `kind` succeeded."""
         if kind not in self._last_event:

@@ -45,9 +45,13 @@ __all__ = [
     "DEFAULT_METRICS_PORT",
     "DEFAULT_PULL_SECRET",
     "DEFAULT_ROLLOUT_TIMEOUT",
+    "DEFAULT_WEBHOOK_CERT_DIR",
+    "DEFAULT_WEBHOOK_PORT",
+    "MODES",
     "REWRITE_FORMS",
     "ConfigError",
     "LeaderElection",
+    "Mode",
     "RewriteForm",
     "Settings",
     "backup_location_from_env",
@@ -91,6 +95,18 @@ PULL_USER_FILE = "IMAGE_CLONER_PULL_USER_FILE"
 """File holding the pull login's user name; re-read on change, and pull Secrets follow."""
 PULL_PASS_FILE = "IMAGE_CLONER_PULL_PASS_FILE"
 """File holding the pull login's password; re-read on change, and pull Secrets follow."""
+
+# Admission mode (issue 12): a Pod webhook instead of, or next to, rewriting workloads.
+MODE = "IMAGE_CLONER_MODE"
+"""`workload` (the seed's: rewrite workloads), `admission` (rewrite new Pods only), `both`."""
+WEBHOOK_PORT = "IMAGE_CLONER_WEBHOOK_PORT"
+"""HTTPS port of the Pod admission webhook."""
+WEBHOOK_CERT_DIR = "IMAGE_CLONER_WEBHOOK_CERT_DIR"
+"""Directory with the webhook's `tls.crt` and `tls.key` (a mounted kubernetes.io/tls Secret)."""
+Mode = Literal["workload", "admission", "both"]
+MODES: tuple[Mode, ...] = ("workload", "admission", "both")
+DEFAULT_WEBHOOK_PORT = 8443
+DEFAULT_WEBHOOK_CERT_DIR = Path("/etc/image-cloner/webhook")
 
 LEADER_ELECTION = "IMAGE_CLONER_LEADER_ELECTION"
 LEASE_NAME = "IMAGE_CLONER_LEADER_ELECTION_LEASE"
@@ -236,6 +252,23 @@ class Settings:
     """`IMAGE_CLONER_ROLLOUT_TIMEOUT` (seconds, default 600): a rollout after our rewrite
     that is not complete this long after the rewrite is undone (`controller.rollback`)."""
 
+    # --- admission mode ---------------------------------------------------------
+    mode: Mode = "workload"
+    """`workload` rewrites workloads (the seed); `admission` serves the Pod webhook and
+    never patches a workload (it still backs their images up); `both` does both."""
+    webhook_port: int = DEFAULT_WEBHOOK_PORT
+    """HTTPS port of the Pod admission webhook (`IMAGE_CLONER_WEBHOOK_PORT`)."""
+    webhook_cert_dir: Path = DEFAULT_WEBHOOK_CERT_DIR
+    """Where the webhook's `tls.crt` and `tls.key` are mounted; re-read when they change."""
+
+    @property
+    def rewrites_workloads(self) -> bool:
+        return self.mode != "admission"
+
+    @property
+    def serves_webhook(self) -> bool:
+        return self.mode != "workload"
+
     @property
     def backup_credentials(self) -> Credentials | None:
         """The backup registry's (push) login as read at start."""
@@ -261,6 +294,7 @@ class Settings:
             env, PULL_USER, PULL_PASS, user_file=PULL_USER_FILE, pass_file=PULL_PASS_FILE
         )
         has_credentials = push_login is not None or pull_login is not None
+        mode, webhook_port, webhook_cert_dir = _admission(env)
         return cls(
             backup=backup,
             registry_options=options,
@@ -276,6 +310,9 @@ class Settings:
             push_login=push_login,
             pull_login=pull_login,
             leader_election=_leader_election(env, pod_namespace),
+            mode=mode,
+            webhook_port=webhook_port,
+            webhook_cert_dir=webhook_cert_dir,
             rewrite_form=_choice(env, REWRITE_FORM, REWRITE_FORMS, default="pinned"),
             read_pull_secrets=_boolean(env, READ_PULL_SECRETS, default=False),
             source_auth_file=_readable(env, SOURCE_AUTH_FILE),
@@ -573,6 +610,21 @@ def _seconds(env: Mapping[str, str], name: str, *, default: float) -> float:
             f" (e.g. 15 or 15s), got {value!r}"
         )
     return float(value.rstrip("s"))
+
+
+def _admission(env: Mapping[str, str]) -> tuple[Mode, int, Path]:
+    """The admission-mode block: mode, webhook port, serving certificate directory."""
+    mode = _choice(env, MODE, MODES, default="workload")
+    port = _integer(env, WEBHOOK_PORT, default=DEFAULT_WEBHOOK_PORT, top=65535)
+    cert_dir = Path(_get(env, WEBHOOK_CERT_DIR) or DEFAULT_WEBHOOK_CERT_DIR)
+    if mode != "workload":
+        # Refuse to start rather than serve a webhook the apiserver cannot talk to.
+        for name in ("tls.crt", "tls.key"):
+            if not (cert_dir / name).is_file():
+                raise ConfigError(
+                    f"{WEBHOOK_CERT_DIR}: no {name} in {cert_dir} (needed by {MODE}={mode})"
+                )
+    return mode, port, cert_dir
 
 
 def _log_format(env: Mapping[str, str]) -> LogFormat:

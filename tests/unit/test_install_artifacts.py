@@ -259,7 +259,12 @@ def assert_hardened_controller(
     resources = container["resources"]
     assert set(resources["requests"]) == {"cpu", "memory"}
     assert set(resources["limits"]) >= {"memory"}
-    assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    assert container["ports"][0] == {"name": "metrics", "containerPort": port, "protocol": "TCP"}
+    # Besides: at most the admission webhook's port (IMAGE_CLONER_WEBHOOK_PORT's default).
+    assert container["ports"][1:] in (
+        [],
+        [{"name": "webhook", "containerPort": 8443, "protocol": "TCP"}],
+    )
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     downward = {e["name"]: e.get("valueFrom") for e in container["env"]}

@@ -623,6 +623,33 @@ def test_leader_election_errors(env: dict[str, str], expected: str) -> None:
     assert expected in config_error({**BASE, **env})
 
 
+def test_admission_mode_needs_a_serving_certificate(tmp_path: Path) -> None:
+    defaults = settings()
+    assert defaults.mode == "workload"
+    assert defaults.rewrites_workloads
+    assert not defaults.serves_webhook
+    assert defaults.webhook_port == 8443
+    wanted = {
+        **BASE,
+        "IMAGE_CLONER_MODE": "admission",
+        "IMAGE_CLONER_WEBHOOK_CERT_DIR": str(tmp_path),
+    }
+    assert "no tls.crt in" in config_error(wanted)
+    (tmp_path / "tls.crt").write_text("cert")
+    (tmp_path / "tls.key").write_text("key")
+    admission = Settings.from_env({**wanted, "IMAGE_CLONER_WEBHOOK_PORT": "9443"})
+    assert admission.serves_webhook
+    assert not admission.rewrites_workloads
+    assert admission.webhook_port == 9443
+    assert admission.webhook_cert_dir == tmp_path
+    both = Settings.from_env({**wanted, "IMAGE_CLONER_MODE": "Both"})
+    assert both.serves_webhook
+    assert both.rewrites_workloads
+    assert "IMAGE_CLONER_MODE: expected workload or admission or both" in config_error(
+        {**BASE, "IMAGE_CLONER_MODE": "pods"}
+    )
+
+
 def test_rewrite_form_defaults_to_pinned_and_refuses_other_words() -> None:
     assert settings().rewrite_form == "pinned"
     assert settings(IMAGE_CLONER_REWRITE_FORM="TAG").rewrite_form == "tag"

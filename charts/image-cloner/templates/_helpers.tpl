@@ -86,3 +86,11 @@ the ServiceMonitor creates (the metrics Service's name) in the release namespace
 {{- printf "job=%q,namespace=%q" (printf "%s-metrics" (include "image-cloner.fullname" .)) .Release.Namespace }}
 {{- end }}
 {{- end }}
+
+{{/*
+The admission webhook: where its serving certificate is mounted, and which Secret holds it.
+*/}}
+{{- define "image-cloner.webhookMountPath" -}}/etc/image-cloner/webhook{{- end }}
+{{- define "image-cloner.webhookSecret" -}}
+{{- .Values.webhook.certSecret | default (printf "%s-webhook-tls" (include "image-cloner.fullname" .)) }}
+{{- end }}

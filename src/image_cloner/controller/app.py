@@ -33,8 +33,10 @@ from typing import Any
 
 import kopf
 
+from image_cloner.admission_index import BackupIndex
 from image_cloner.backoff import Backoff
 from image_cloner.controller.access import SourceAccess
+from image_cloner.controller.admission import AdmissionCopies, WebhookServer, serve_admission
 from image_cloner.controller.handlers import build_registry, operator_settings
 from image_cloner.controller.kube import Kube
 from image_cloner.controller.leader import LeaderElector, default_identity
@@ -78,6 +80,10 @@ CHECK_REPOSITORY = "image-cloner-check"
 
 RECHECK_BACKOFF = Backoff(base=5.0, cap=300.0)
 """Waits between checks of a backup registry that failed its check."""
+
+ADMISSION_RECHECK = 5.0
+"""Seconds between checks of a healthy backup registry while the webhook serves: it stops
+rewriting Pods to a registry that went down within about this long."""
 
 logger = logging.getLogger(CONTROLLER_LOGGER)
 
@@ -133,6 +139,7 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
             Copier(replace(options, request_listener=metrics.registry_request)) as copier,
             MetricsServer(metrics=metrics, health=health, port=settings.metrics_port),
         ):
+            index = BackupIndex()
             reconciler = Reconciler(
                 kube=kube,
                 copier=copier,
@@ -140,6 +147,15 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
                 metrics=metrics,
                 pull_secrets=pull_secrets,
                 access=_source_access(settings, kube, copier),
+                index=index,
+            )
+            webhook = _webhook(
+                settings,
+                kube=kube,
+                health=health,
+                reconciler=reconciler,
+                index=index,
+                pull_secrets=pull_secrets,
             )
             tracker = WatchTracker(queue=queue, health=health, kube=kube, settings=settings)
             operation = _Operation(
@@ -149,6 +165,7 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
                 queue=queue,
                 health=health,
                 elector=_elector(settings, kube, metrics),
+                webhook=webhook,
             )
             rotation = _Rotation(
                 logins=[login for login in (push, pull) if login is not None],
@@ -159,6 +176,32 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
             return await operation.run(reconciler, tracker, rotation)
     finally:
         await kube.close()
+
+
+def _webhook(
+    settings: Settings,
+    *,
+    kube: Kube,
+    health: Health,
+    reconciler: Reconciler,
+    index: BackupIndex,
+    pull_secrets: PullSecrets,
+) -> Coroutine[Any, Any, None] | None:
+    """The admission webhook and its copy queue, when the mode asks for them."""
+    if not settings.serves_webhook:
+        return None
+    copies = AdmissionCopies(
+        copies=reconciler.copies, index=index, settings=settings, pull_secrets=pull_secrets
+    )
+    server = WebhookServer(
+        settings=settings,
+        index=index,
+        health=health,
+        copies=copies,
+        kube=kube,
+        pull_secrets=pull_secrets,
+    )
+    return serve_admission(server, copies)
 
 
 def _live_options(settings: Settings, push: WatchedLogin | None) -> RegistryOptions:
@@ -230,8 +273,10 @@ class _Operation:
         queue: WorkQueue[WorkloadKey],
         health: Health,
         elector: LeaderElector | None,
+        webhook: Coroutine[Any, Any, None] | None = None,
     ) -> None:
         self._settings = settings
+        self._webhook = webhook
         self._kube = kube
         self._copier = copier
         self._queue = queue
@@ -263,6 +308,9 @@ class _Operation:
             asyncio.create_task(self._work(reconciler), name="queue"),
             asyncio.create_task(_after(self._kopf_ready, tracker.resync_forever()), name="resync"),
         ]
+        if self._webhook is not None:
+            # Every replica answers the webhook, leader or not: the Service spreads reviews.
+            self._background.append(asyncio.create_task(self._webhook, name="webhook"))
         await asyncio.sleep(0)  # let the queue start its workers
 
     async def _work(self, reconciler: Reconciler) -> None:
@@ -308,6 +356,7 @@ class _Operation:
             workers=WORKERS,
             metrics_port=settings.metrics_port,
             leader_election=self._elector.identity if self._elector else "off",
+            mode=settings.mode,
         )
 
     async def _stop(self, operator: asyncio.Task[None]) -> int:
@@ -372,14 +421,19 @@ async def _check_registry(
                 retry_in=delay,
             )
         else:
+            if not health.registry_ok:
+                log_event(
+                    logger,
+                    logging.INFO,
+                    "backup registry check passed: reachable, push allowed",
+                    registry=str(backup),
+                )
             health.set_registry_ok(True)
-            log_event(
-                logger,
-                logging.INFO,
-                "backup registry check passed: reachable, push allowed",
-                registry=str(backup),
-            )
+            failures = 0
             checked.set()
-            return
+            if not settings.serves_webhook:
+                return
+            # The webhook must stop pointing Pods at a registry that went down since.
+            delay = ADMISSION_RECHECK
         checked.set()
         await asyncio.sleep(delay)

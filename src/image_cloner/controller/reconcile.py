@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from image_cloner.admission_index import BackupIndex, copied_anonymously
 from image_cloner.controller.access import SourceAccess
 from image_cloner.controller.copies import ImageBackoff, ImageCopier, ImageCopies
 from image_cloner.controller.decisions import WorkloadLog
@@ -128,15 +129,19 @@ class Reconciler:
         image_backoff: ImageBackoff | None = None,
         pull_secrets: PullSecrets | None = None,
         access: SourceAccess | None = None,
+        index: BackupIndex | None = None,
     ) -> None:
+        """`index` learns every verified copy, for the admission webhook."""
         self._kube = kube
+        self._index = index
         self._settings = settings
         self._metrics = metrics
         if pull_secrets is None:
             push, pull = watched_logins(settings)
             pull_secrets = PullSecrets.for_settings(kube, settings, push=push, pull=pull)
         self._pull_secrets = pull_secrets
-        self._copies = ImageCopies(copier, metrics=metrics, backoff=image_backoff)
+        self.copies = ImageCopies(copier, metrics=metrics, backoff=image_backoff)
+        """The copies of images, shared with the admission webhook's queue."""
         self._access = access
         """Proves each workload's own access to its source images (controller.access);
         None only in unit tests whose fake registry has no access to prove."""
@@ -205,6 +210,10 @@ class Reconciler:
         rewrites = await self._copy_all(plan, log, obj)
         if not KINDS[key.kind].rewritable:
             await self._backed_up(key, obj, plan, log)
+            return True
+        if not self._settings.rewrites_workloads:
+            # Admission mode: Pods get the backup, the workload stays as its owner wrote it.
+            log.not_rewritten("admission mode: workloads are never rewritten")
             return True
         if decision.action is Action.COPY_ONLY:
             log.not_rewritten(
@@ -275,7 +284,7 @@ class Reconciler:
     async def _copy(self, pin: Pin, log: WorkloadLog, obj: JsonObject) -> CopyResult | _CopyFailed:
         """Copy one image; what failed and the retry delay when it failed."""
         source, target, name = pin.source, pin.target, pin.container.name
-        blocked = self._copies.blocked(source, target)
+        blocked = self.copies.blocked(source, target)
         if blocked is not None:
             # The same words as the failure itself, so repeated Events count up as one.
             left, reason = blocked
@@ -283,15 +292,21 @@ class Reconciler:
         log.cloning(str(pin.container.image), container=name, target=str(target))
         try:
             if self._access is not None:  # with the workload's own, proven, source login
-                result = await self._access.copy(self._copies, obj, source, target)
+                result = await self._access.copy(self.copies, obj, source, target)
             else:
-                result = await self._copies.copy(source, target)
+                result = await self.copies.copy(source, target)
         except RegistryError as e:
             log.clone_failed(pin.container.image, str(e), container=name, target=str(target))
-            retry = self._copies.blocked(source, target)
+            retry = self.copies.blocked(source, target)
             return _CopyFailed(f"{source} → {target}: {e}", retry[0] if retry else 0.0)
         if result.already_present:
             log.already_cloned(pin.container.image, container=name, target=str(target))
+        if self._index is not None:
+            # The admission webhook may now point Pods naming this image at the copy.
+            credentials = self._settings.registry_options.credentials
+            anonymous = copied_anonymously(source, credentials)
+            written = parse_reference(pin.container.image)
+            self._index.record(written, result.pinned, anonymous=anonymous)
         return result
 
     async def _ensure_pull_secret(self, key: WorkloadKey) -> str | None:
