@@ -15,6 +15,9 @@ import pytest
 
 from image_cloner.controller.kube import Kube
 from tests.support.controller import controller_kubeconfig
+from tests.support.pki import TestPKI
+from tests.support.proxy import RegistryProxy
+from tests.support.registries import RegistryKind, RunningRegistry
 from tests.support.testbed import Testbed, default_bin_dir, missing_binaries
 
 
@@ -69,3 +72,38 @@ async def kube(sa_kubeconfig: Path) -> AsyncIterator[Kube]:
         yield client
     finally:
         await client.close()
+
+
+# --- what most modules' controllers work with: one each per module -------------------
+
+
+@pytest.fixture(scope="module")
+def module_namespace(testbed: Testbed, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace for one test module's workloads, named after the module."""
+    module = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    name = f"{module.replace('_', '-')[:40]}-{uuid.uuid4().hex[:6]}"
+    testbed.create_namespace(name)
+    yield name
+    testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def backup(
+    *, tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI
+) -> Iterator[RunningRegistry]:
+    """The module's backup registry (htpasswd + TLS), its own: a module may stop it."""
+    registry = RunningRegistry(
+        tmp_path_factory.mktemp("backup"), kind=RegistryKind.HTPASSWD, pki=test_pki
+    )
+    with registry:
+        yield registry
+
+
+@pytest.fixture(scope="module")
+def upstream(
+    *, tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI, open_registry: RunningRegistry
+) -> Iterator[RegistryProxy]:
+    """The module's source registry, behind a proxy that counts requests and fails on demand."""
+    proxy = RegistryProxy(tmp_path_factory.mktemp("upstream"), open_registry, pki=test_pki)
+    with proxy:
+        yield proxy

@@ -17,7 +17,6 @@ import json
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from tests.support.images import ImageSeeder
 from tests.support.pki import TestPKI
 from tests.support.processes import free_port
 from tests.support.proxy import RegistryProxy
-from tests.support.registries import RegistryKind, RunningRegistry
+from tests.support.registries import RunningRegistry
 from tests.support.testbed import Testbed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,48 +51,14 @@ ADMISSION_TIMEOUT = 2.0
 
 
 @pytest.fixture(scope="module")
-def adm_namespace(testbed: Testbed) -> Iterator[str]:
-    name = f"adm-{uuid.uuid4().hex[:6]}"
-    testbed.create_namespace(name)
-    yield name
-    testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-@pytest.fixture(scope="module")
-def adm_backup(
-    tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI
-) -> Iterator[RunningRegistry]:
-    registry = RunningRegistry(
-        tmp_path_factory.mktemp("adm-backup"), kind=RegistryKind.HTPASSWD, pki=test_pki
-    )
-    registry.start()
-    try:
-        yield registry
-    finally:
-        registry.stop()
-
-
-@pytest.fixture(scope="module")
-def adm_upstream(
-    tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI, open_registry: RunningRegistry
-) -> Iterator[RegistryProxy]:
-    proxy = RegistryProxy(tmp_path_factory.mktemp("adm-upstream"), open_registry, pki=test_pki)
-    proxy.start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
-
-
-@pytest.fixture(scope="module")
 def webhook(
     *,
     tmp_path_factory: pytest.TempPathFactory,
     testbed: Testbed,
     sa_kubeconfig: Path,
-    adm_namespace: str,
-    adm_backup: RunningRegistry,
-    adm_upstream: RegistryProxy,
+    module_namespace: str,
+    backup: RunningRegistry,
+    upstream: RegistryProxy,
     test_pki: TestPKI,
 ) -> Iterator[ControllerProcess]:
     """The controller in admission mode, and the apiserver's webhook configuration for it."""
@@ -102,7 +67,7 @@ def webhook(
     shutil.copy(test_pki.server_cert, certs / "tls.crt")
     shutil.copy(test_pki.server_key, certs / "tls.key")
     port = free_port()
-    env = controller_env(adm_backup, adm_upstream, test_pki, namespace=adm_namespace)
+    env = controller_env(backup, upstream, test_pki, namespace=module_namespace)
     env |= {
         "IMAGE_CLONER_MODE": "admission",
         "IMAGE_CLONER_WEBHOOK_PORT": str(port),
@@ -111,8 +76,8 @@ def webhook(
     process = ControllerProcess(tmp_path_factory.mktemp("adm"), kubeconfig=sa_kubeconfig, env=env)
     process.start()
     process.wait_for_line("admission webhook serving", port=port)
-    name = f"image-cloner-{adm_namespace}"
-    apply(testbed, webhook_configuration(name, port, test_pki.ca_cert, adm_namespace))
+    name = f"image-cloner-{module_namespace}"
+    apply(testbed, webhook_configuration(name, port, test_pki.ca_cert, module_namespace))
     try:
         yield process
     finally:
@@ -229,16 +194,16 @@ class Admission:
 def adm(
     *,
     testbed: Testbed,
-    adm_namespace: str,
-    adm_backup: RunningRegistry,
+    module_namespace: str,
+    backup: RunningRegistry,
     open_registry: RunningRegistry,
     seed_image: ImageSeeder,
     webhook: ControllerProcess,
 ) -> Admission:
     return Admission(
         testbed=testbed,
-        namespace=adm_namespace,
-        backup=adm_backup,
+        namespace=module_namespace,
+        backup=backup,
         source=open_registry,
         seed=seed_image,
         controller=webhook,
@@ -347,7 +312,7 @@ def test_a_killed_webhook_admits_pods_unchanged_within_the_timeout(adm: Admissio
 
 
 def test_the_examples_and_the_chart_install_the_webhook_configuration(
-    testbed: Testbed, sa_kubeconfig: Path, adm_namespace: str, test_pki: TestPKI, tmp_path: Path
+    testbed: Testbed, sa_kubeconfig: Path, module_namespace: str, test_pki: TestPKI, tmp_path: Path
 ) -> None:
     # Server-side dry runs: the apiserver validates everything, and no webhook pointing at a
     # Service nobody serves on the test bed slows down the other tests' Pods.
@@ -361,7 +326,7 @@ def test_the_examples_and_the_chart_install_the_webhook_configuration(
             "adm",
             str(ROOT / "charts" / "image-cloner"),
             "--namespace",
-            adm_namespace,
+            module_namespace,
             "--set",
             "registry=localhost:5000",
             "--set",
@@ -384,4 +349,4 @@ def test_the_examples_and_the_chart_install_the_webhook_configuration(
     assert hook["timeoutSeconds"] == ADMISSION_TIMEOUT
     excluded = hook["namespaceSelector"]["matchExpressions"][0]
     assert excluded["operator"] == "NotIn"
-    assert set(excluded["values"]) == {"kube-system", adm_namespace}
+    assert set(excluded["values"]) == {"kube-system", module_namespace}

@@ -36,7 +36,7 @@ from tests.support.controller import ControllerProcess, wait_until
 from tests.support.images import ImageSeeder, ImageSpec, SyntheticImage
 from tests.support.pki import TestPKI
 from tests.support.proxy import RegistryProxy
-from tests.support.registries import RegistryKind, RunningRegistry
+from tests.support.registries import RunningRegistry
 from tests.support.testbed import Testbed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,34 +57,6 @@ ALLOWED_ANNOTATIONS = {
 
 
 # --- the world: registries, RBAC, the shared controller ------------------------------
-
-
-@pytest.fixture(scope="module")
-def backup(
-    *, tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI
-) -> Iterator[RunningRegistry]:
-    """The backup registry (htpasswd + TLS), ours alone: the outage test stops it."""
-    registry = RunningRegistry(
-        tmp_path_factory.mktemp("backup"), kind=RegistryKind.HTPASSWD, pki=test_pki
-    )
-    registry.start()
-    try:
-        yield registry
-    finally:
-        registry.stop()
-
-
-@pytest.fixture(scope="module")
-def upstream(
-    *, tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI, open_registry: RunningRegistry
-) -> Iterator[RegistryProxy]:
-    """The source registry, behind a proxy that counts requests and fails on demand."""
-    proxy = RegistryProxy(tmp_path_factory.mktemp("upstream"), open_registry, pki=test_pki)
-    proxy.start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
 
 
 @pytest.fixture(scope="module")

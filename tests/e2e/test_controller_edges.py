@@ -50,9 +50,8 @@ from tests.support.controller import (
 )
 from tests.support.testbed import Testbed
 
-# The same fixtures as test_controller.py; module-scoped, so this module gets its own.
-backup = base.backup
-upstream = base.upstream
+# The same fixtures as test_controller.py; module-scoped, so this module gets its own
+# (the registries come from the e2e conftest).
 controller = base.controller
 world = base.world
 

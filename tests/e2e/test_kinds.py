@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,42 +41,8 @@ from tests.support.controller import ControllerProcess, wait_until
 from tests.support.images import ImageSeeder
 from tests.support.pki import TestPKI
 from tests.support.proxy import RegistryProxy
-from tests.support.registries import RegistryKind, RunningRegistry
+from tests.support.registries import RunningRegistry
 from tests.support.testbed import Testbed
-
-
-@pytest.fixture(scope="module")
-def kinds_namespace(testbed: Testbed) -> Iterator[str]:
-    name = f"kinds-{uuid.uuid4().hex[:6]}"
-    testbed.create_namespace(name)
-    yield name
-    testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-@pytest.fixture(scope="module")
-def kinds_backup(
-    tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI
-) -> Iterator[RunningRegistry]:
-    registry = RunningRegistry(
-        tmp_path_factory.mktemp("kinds-backup"), kind=RegistryKind.HTPASSWD, pki=test_pki
-    )
-    registry.start()
-    try:
-        yield registry
-    finally:
-        registry.stop()
-
-
-@pytest.fixture(scope="module")
-def kinds_upstream(
-    tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI, open_registry: RunningRegistry
-) -> Iterator[RegistryProxy]:
-    proxy = RegistryProxy(tmp_path_factory.mktemp("kinds-upstream"), open_registry, pki=test_pki)
-    proxy.start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +50,12 @@ def solo(
     *,
     tmp_path_factory: pytest.TempPathFactory,
     sa_kubeconfig: Path,
-    kinds_namespace: str,
-    kinds_backup: RunningRegistry,
-    kinds_upstream: RegistryProxy,
+    module_namespace: str,
+    backup: RunningRegistry,
+    upstream: RegistryProxy,
     test_pki: TestPKI,
 ) -> Iterator[ControllerProcess]:
-    env = controller_env(kinds_backup, kinds_upstream, test_pki, namespace=kinds_namespace)
+    env = controller_env(backup, upstream, test_pki, namespace=module_namespace)
     process = ControllerProcess(
         tmp_path_factory.mktemp("kinds-controller"), kubeconfig=sa_kubeconfig, env=env
     )
@@ -140,16 +105,16 @@ class Kinds:
 def kinds(
     *,
     testbed: Testbed,
-    kinds_namespace: str,
-    kinds_backup: RunningRegistry,
+    module_namespace: str,
+    backup: RunningRegistry,
     open_registry: RunningRegistry,
     seed_image: ImageSeeder,
     solo: ControllerProcess,
 ) -> Kinds:
     return Kinds(
         testbed=testbed,
-        namespace=kinds_namespace,
-        backup=kinds_backup,
+        namespace=module_namespace,
+        backup=backup,
         source=open_registry,
         seed=seed_image,
         controller=solo,

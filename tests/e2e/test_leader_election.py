@@ -33,7 +33,7 @@ from tests.support.controller import (
 from tests.support.images import ImageSeeder, ImageSpec
 from tests.support.pki import TestPKI
 from tests.support.proxy import RegistryProxy
-from tests.support.registries import RegistryKind, RunningRegistry
+from tests.support.registries import RunningRegistry
 from tests.support.tcp_forwarder import TcpForwarder, kubeconfig_via
 from tests.support.testbed import Testbed
 
@@ -46,32 +46,11 @@ POLL = 0.3
 
 
 @pytest.fixture(scope="module")
-def backup(
-    *, tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI
-) -> Iterator[RunningRegistry]:
-    registry = RunningRegistry(
-        tmp_path_factory.mktemp("backup"), kind=RegistryKind.HTPASSWD, pki=test_pki
-    )
-    with registry:
-        yield registry
-
-
-@pytest.fixture(scope="module")
 def backup_proxy(
     *, tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI, backup: RunningRegistry
 ) -> Iterator[RegistryProxy]:
     """The backup registry as the controllers see it: every request counted."""
     proxy = RegistryProxy(tmp_path_factory.mktemp("backup-proxy"), backup, pki=test_pki)
-    with proxy:
-        yield proxy
-
-
-@pytest.fixture(scope="module")
-def upstream(
-    *, tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI, open_registry: RunningRegistry
-) -> Iterator[RegistryProxy]:
-    """The source registry, behind a proxy that can hold a blob back."""
-    proxy = RegistryProxy(tmp_path_factory.mktemp("upstream"), open_registry, pki=test_pki)
     with proxy:
         yield proxy
 

@@ -50,9 +50,8 @@ EXCLUDED = "excluded-*"
 KUBECTL_MANAGER = "kubectl-client-side-apply"
 """The field manager of a plain `kubectl apply`, as managedFields records it."""
 
-# The same registries as test_controller.py, module-scoped, so this module gets its own.
-backup = base.backup
-upstream = base.upstream
+# The same world as test_controller.py, module-scoped, so this module gets its own (the
+# registries come from the e2e conftest).
 world = base.world
 
 

@@ -52,10 +52,6 @@ from tests.support.proxy import RegistryProxy
 from tests.support.registries import RunningRegistry
 from tests.support.testbed import Testbed
 
-# The registries of test_controller.py; module-scoped, so this module gets its own.
-backup = base.backup
-upstream = base.upstream
-
 REFUSED = "RewriteRefused"
 
 

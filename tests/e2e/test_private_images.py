@@ -37,20 +37,6 @@ POLL = 0.3
 
 
 @pytest.fixture(scope="module")
-def backup(
-    tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI
-) -> Iterator[RunningRegistry]:
-    registry = RunningRegistry(
-        tmp_path_factory.mktemp("backup"), kind=RegistryKind.HTPASSWD, pki=test_pki
-    )
-    registry.start()
-    try:
-        yield registry
-    finally:
-        registry.stop()
-
-
-@pytest.fixture(scope="module")
 def private(
     tmp_path_factory: pytest.TempPathFactory, test_pki: TestPKI
 ) -> Iterator[RunningRegistry]:
