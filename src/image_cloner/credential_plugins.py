@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from image_cloner.backoff import Backoff
 from image_cloner.keyring import Keyring, urls_match
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
 from image_cloner.oci.options import Credentials
@@ -38,7 +39,10 @@ from image_cloner.source_credentials import SourceCredential, image_key
 
 __all__ = [
     "PLUGIN_TIMEOUT",
+    "RENEW_FLOOR",
     "CredentialPluginError",
+    "PluginAnswer",
+    "PluginLogin",
     "PluginProvider",
     "PluginSpec",
     "load_provider_config",
@@ -144,7 +148,9 @@ def load_provider_config(path: Path, *, bin_dir: Path) -> tuple[PluginSpec, ...]
 
 
 @dataclass(frozen=True)
-class _Answer:
+class PluginAnswer:
+    """A plugin's logins, and until when (monotonic clock) they may be used."""
+
     keyring: Keyring
     expires_at: float
 
@@ -167,8 +173,8 @@ class PluginProvider:
         self._specs = tuple(specs)
         self._clock = clock
         self._timeout = timeout
-        self._cache: dict[tuple[str, str], _Answer] = {}
-        self._runs: SingleFlight[_Answer | None] = SingleFlight()
+        self._cache: dict[tuple[str, str], PluginAnswer] = {}
+        self._runs: SingleFlight[PluginAnswer | None] = SingleFlight()
 
     def __repr__(self) -> str:
         return f"PluginProvider({[s.name for s in self._specs]})"
@@ -179,15 +185,21 @@ class PluginProvider:
         for spec in self._specs:
             if not spec.matches(image):
                 continue
-            answer = self._cached(spec, image)
-            if answer is None:
-                answer = await self._runs.run((spec.name, image), partial(self._ask, spec, image))
+            answer = await self.answer(spec, image)
             if answer is not None:
                 origin = f"credential provider {spec.name}"
                 found.extend(SourceCredential(c, origin) for c in answer.keyring.lookup(image))
         return found
 
-    def _cached(self, spec: PluginSpec, image: str) -> _Answer | None:
+    async def answer(self, spec: PluginSpec, image: str) -> PluginAnswer | None:
+        """`spec`'s answer for `image`: cached while it may be, else from a run; None
+        when the plugin failed (logged)."""
+        answer = self._cached(spec, image)
+        if answer is None:
+            answer = await self._runs.run((spec.name, image), partial(self._ask, spec, image))
+        return answer
+
+    def _cached(self, spec: PluginSpec, image: str) -> PluginAnswer | None:
         now = self._clock()
         for key in _cache_keys(spec.name, image):
             answer = self._cache.get(key)
@@ -197,7 +209,7 @@ class PluginProvider:
                 del self._cache[key]
         return None
 
-    async def _ask(self, spec: PluginSpec, image: str) -> _Answer | None:
+    async def _ask(self, spec: PluginSpec, image: str) -> PluginAnswer | None:
         try:
             document = await self._run(spec, image)
             answer, key_type = self._parse(spec, document)
@@ -243,7 +255,7 @@ class PluginProvider:
         except ValueError:
             raise CredentialPluginError("answer is not JSON") from None
 
-    def _parse(self, spec: PluginSpec, document: Any) -> tuple[_Answer, str]:
+    def _parse(self, spec: PluginSpec, document: Any) -> tuple[PluginAnswer, str]:
         if not isinstance(document, Mapping) or document.get("kind") != (
             "CredentialProviderResponse"
         ):
@@ -264,5 +276,86 @@ class PluginProvider:
                         Credentials(str(value.get("username", "")), str(value.get("password", ""))),
                     )
                 )
-        answer = _Answer(Keyring.of(entries), expires_at=self._clock() + seconds)
+        answer = PluginAnswer(Keyring.of(entries), expires_at=self._clock() + seconds)
         return answer, str(key_type)
+
+
+RENEW_FLOOR = 5.0
+"""Least seconds between runs for the backup login: an answer cached for less (or "0",
+not at all) would otherwise run the plugin at every request."""
+
+RENEW_RETRY = Backoff(base=5.0, cap=300.0)
+"""Waits between runs after a run that gave no login for the backup registry."""
+
+
+class PluginLogin:
+    """The backup registry's login from a plugin (`IMAGE_CLONER_BACKUP_CREDENTIAL_PROVIDER`),
+    run again when its answer's cache runs out, as the kubelet would.
+
+    Read like a `credentials.WatchedLogin`: `current` at each request, `version` counts
+    changes. A run that fails keeps the last login (it may still be accepted: ECR's
+    provider caches for half a token's life) and is retried with backoff; until a first
+    run succeeds there is no login, and the start-up check of the backup registry says so.
+    """
+
+    def __init__(
+        self,
+        provider: PluginProvider,
+        spec: PluginSpec,
+        image: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.what = f"push login from credential provider {spec.name}"
+        self._provider = provider
+        self._spec = spec
+        self._image = image
+        self._clock = clock
+        self._current: Credentials | None = None
+        self._version = 0
+        self._renew_at = 0.0
+        self._failures = 0
+
+    def __repr__(self) -> str:
+        return f"PluginLogin({self._spec.name}, {self._image}, v{self._version})"
+
+    @property
+    def current(self) -> Credentials | None:
+        return self._current
+
+    @property
+    def version(self) -> int:
+        """0 until the first login, then one more at every change."""
+        return self._version
+
+    async def renew(self) -> bool:
+        """Run the plugin (or take its cached answer) now; True when the login changed."""
+        answer = await self._provider.answer(self._spec, self._image)
+        found = answer.keyring.lookup(self._image) if answer is not None else []
+        now = self._clock()
+        if answer is None or not found:
+            if answer is not None:
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "credential provider gave no login for the backup registry",
+                    provider=self._spec.name,
+                    image=self._image,
+                )
+            self._failures += 1
+            self._renew_at = now + RENEW_RETRY.delay(self._failures)
+            return False
+        self._failures = 0
+        self._renew_at = max(answer.expires_at, now + RENEW_FLOOR)
+        if found[0] == self._current:
+            return False
+        self._current = found[0]
+        self._version += 1
+        return True
+
+    async def keep_renewed(self, on_change: Callable[[PluginLogin], Awaitable[None]]) -> None:
+        """Renew whenever the answer runs out, forever; report changes."""
+        while True:
+            await asyncio.sleep(max(0.0, self._renew_at - self._clock()))
+            if await self.renew():
+                await on_change(self)

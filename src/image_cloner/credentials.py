@@ -23,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
 from image_cloner.oci.options import Credentials
@@ -31,6 +32,7 @@ __all__ = [
     "POLL_INTERVAL",
     "BackupCredentials",
     "CredentialError",
+    "LiveLogin",
     "Login",
     "Secret",
     "WatchedLogin",
@@ -103,6 +105,26 @@ class Login:
     def read(self) -> Credentials:
         """Both halves as they are now; raises `CredentialError`."""
         return Credentials(self.username.read(), self.password.read())
+
+
+class LiveLogin(Protocol):
+    """A login read at each use, that may change while we run: `WatchedLogin` (files),
+    `credential_plugins.PluginLogin` (a credential provider plugin)."""
+
+    @property
+    def what(self) -> str:
+        """What it is for, in log lines."""
+        ...
+
+    @property
+    def current(self) -> Credentials | None:
+        """The login now; None while there is none yet."""
+        ...
+
+    @property
+    def version(self) -> int:
+        """Counts the changes seen."""
+        ...
 
 
 class WatchedLogin:
@@ -193,22 +215,26 @@ class BackupCredentials(Mapping[str, Credentials]):
     used from the next request on; its token cache is keyed by the login too.
     """
 
-    def __init__(self, others: Mapping[str, Credentials], *, host: str, login: WatchedLogin):
+    def __init__(self, others: Mapping[str, Credentials], *, host: str, login: LiveLogin):
         self._others = dict(others)
         self._host = host
         self._login = login
 
     def __getitem__(self, host: str) -> Credentials:
         if host == self._host:
-            return self._login.current
+            current = self._login.current
+            if current is None:  # a provider that has not answered yet: anonymous
+                raise KeyError(host)
+            return current
         return self._others[host]
 
     def __iter__(self) -> Iterator[str]:
-        yield self._host
+        if self._login.current is not None:
+            yield self._host
         yield from (host for host in self._others if host != self._host)
 
     def __len__(self) -> int:
-        return len(self._others.keys() | {self._host})
+        return sum(1 for _ in self)
 
     def __repr__(self) -> str:
         return f"BackupCredentials(hosts={sorted(self)})"

@@ -126,6 +126,9 @@ CREDENTIAL_PROVIDER_CONFIG = "IMAGE_CLONER_CREDENTIAL_PROVIDER_CONFIG"
 CREDENTIAL_PROVIDER_BIN_DIR = "IMAGE_CLONER_CREDENTIAL_PROVIDER_BIN_DIR"
 """Where the plugins are (the kubelet's --image-credential-provider-bin-dir); default: the
 config file's directory."""
+BACKUP_CREDENTIAL_PROVIDER = "IMAGE_CLONER_BACKUP_CREDENTIAL_PROVIDER"
+"""The `name` of a plugin of that config whose login is the backup registry's push login
+(an ECR token renewed before it expires), instead of `IMAGE_CLONER_USER`/`_PASS`."""
 
 ROLLOUT_TIMEOUT = "IMAGE_CLONER_ROLLOUT_TIMEOUT"
 DEFAULT_ROLLOUT_TIMEOUT = 600.0
@@ -233,6 +236,9 @@ class Settings:
     read_pull_secrets: bool = False
     source_auth_file: Path | None = None
     credential_plugins: tuple[PluginSpec, ...] = ()
+    backup_login_plugin: PluginSpec | None = None
+    """The plugin whose login pushes to the backup registry; its tokens are never written
+    into pull Secrets (nodes pull with their own provider, or a pull login is set)."""
 
     @property
     def pull_secret_uses_push_login(self) -> bool:
@@ -294,6 +300,7 @@ class Settings:
             env, PULL_USER, PULL_PASS, user_file=PULL_USER_FILE, pass_file=PULL_PASS_FILE
         )
         has_credentials = push_login is not None or pull_login is not None
+        plugins = _plugins(env)
         mode, webhook_port, webhook_cert_dir = _admission(env)
         return cls(
             backup=backup,
@@ -316,7 +323,8 @@ class Settings:
             rewrite_form=_choice(env, REWRITE_FORM, REWRITE_FORMS, default="pinned"),
             read_pull_secrets=_boolean(env, READ_PULL_SECRETS, default=False),
             source_auth_file=_readable(env, SOURCE_AUTH_FILE),
-            credential_plugins=_plugins(env),
+            credential_plugins=plugins,
+            backup_login_plugin=_backup_plugin(env, plugins, backup, push_login),
             rollout_timeout=_seconds(env, ROLLOUT_TIMEOUT, default=DEFAULT_ROLLOUT_TIMEOUT),
         )
 
@@ -657,3 +665,26 @@ def _plugins(env: Mapping[str, str]) -> tuple[PluginSpec, ...]:
         return load_provider_config(config, bin_dir=bin_dir)
     except CredentialPluginError as error:
         raise ConfigError(f"{CREDENTIAL_PROVIDER_CONFIG}: {error}") from None
+
+
+def _backup_plugin(
+    env: Mapping[str, str],
+    plugins: tuple[PluginSpec, ...],
+    backup: BackupLocation,
+    push_login: Login | None,
+) -> PluginSpec | None:
+    name = _get(env, BACKUP_CREDENTIAL_PROVIDER)
+    if name is None:
+        return None
+    if push_login is not None:
+        raise ConfigError(f"{BACKUP_CREDENTIAL_PROVIDER} and {USER}/{PASS} are both set: use one")
+    for spec in plugins:
+        if spec.name == name:
+            if not spec.matches(str(backup)):
+                raise ConfigError(
+                    f"{BACKUP_CREDENTIAL_PROVIDER}: provider {name!r} does not match the"
+                    f" backup registry {backup} (its matchImages: {', '.join(spec.match_images)})"
+                )
+            return spec
+    known = ", ".join(spec.name for spec in plugins) or f"none: {CREDENTIAL_PROVIDER_CONFIG} unset"
+    raise ConfigError(f"{BACKUP_CREDENTIAL_PROVIDER}: no provider {name!r} (configured: {known})")

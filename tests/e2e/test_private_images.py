@@ -61,22 +61,24 @@ class World:
     sa_kubeconfig: Path
     root: Path
 
-    def env(self, namespace: str, **extra: str) -> dict[str, str]:
+    def env(self, namespace: str, *, push_login: bool = True, **extra: str) -> dict[str, str]:
+        login = {"IMAGE_CLONER_USER": str(self.backup.username)}
+        login["IMAGE_CLONER_PASS"] = str(self.backup.password)
         return {
             "IMAGE_CLONER_REGISTRY": f"localhost:{self.backup.port}",
-            "IMAGE_CLONER_USER": str(self.backup.username),
-            "IMAGE_CLONER_PASS": str(self.backup.password),
+            **(login if push_login else {}),
             "IMAGE_CLONER_CA_FILE": str(self.pki.ca_cert),
             "IMAGE_CLONER_POD_NAMESPACE": CONTROLLER_NAMESPACE,
             "IMAGE_CLONER_NAMESPACE": namespace,
             **extra,
         }
 
-    def controller(self, namespace: str, **extra: str) -> ControllerProcess:
+    def controller(
+        self, namespace: str, *, push_login: bool = True, **extra: str
+    ) -> ControllerProcess:
         workdir = self.root / f"controller-{uuid.uuid4().hex[:6]}"
-        return ControllerProcess(
-            workdir, kubeconfig=self.sa_kubeconfig, env=self.env(namespace, **extra)
-        )
+        env = self.env(namespace, push_login=push_login, **extra)
+        return ControllerProcess(workdir, kubeconfig=self.sa_kubeconfig, env=env)
 
     def image(self, repository: str) -> str:
         """A fresh private image `<private>/<repository>-<suffix>:1`."""
@@ -316,6 +318,63 @@ def test_a_credential_provider_plugin_and_its_cache_duration(world: World, tmp_p
         # cacheKeyType Registry + cacheDuration 1h: one run served both images.
         assert len(calls(counter)) == 1
         assert str(world.private.password) not in controller.log_text()
+
+
+def test_the_backup_login_from_a_credential_provider_is_renewed_and_never_handed_out(
+    world: World, tmp_path: Path
+) -> None:
+    """ECR as the backup: the push login is a plugin's short-lived token, not a Secret."""
+    namespace = world.namespace()
+    backup_host = f"localhost:{world.backup.port}"
+    counter, login = tmp_path / "calls", tmp_path / "login"
+    login.write_text(f"{world.backup.username}\n{world.backup.password}\n")
+    write_plugin(tmp_path / "bin")
+    config = write_config(
+        tmp_path / "credential-providers.yaml",
+        match_images=[backup_host],
+        env={
+            "PLUGIN_CALLS": str(counter),
+            "PLUGIN_LOGIN_FILE": str(login),
+            "PLUGIN_CACHE_DURATION": "1s",  # renewed at the floor, every 5 s
+        },
+    )
+    # The source images are private too: the auth file serves them, the plugin only the backup.
+    entry = {"username": world.private.username, "password": world.private.password}
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps({"auths": {world.private.host: entry}}))
+    first, second = world.image("ecr-team/one"), world.image("ecr-team/two")
+    world.deploy(namespace, "one", first)
+    with world.controller(
+        namespace,
+        push_login=False,
+        IMAGE_CLONER_CREDENTIAL_PROVIDER_CONFIG=str(config),
+        IMAGE_CLONER_CREDENTIAL_PROVIDER_BIN_DIR=str(tmp_path / "bin"),
+        IMAGE_CLONER_BACKUP_CREDENTIAL_PROVIDER="test-credential-provider",
+        IMAGE_CLONER_SOURCE_AUTH_FILE=str(auth),
+    ) as controller:
+        world.wait_rewritten(namespace, "one", first)
+        wait_until(
+            lambda: len(calls(counter)) >= 3,
+            timeout=TIMEOUT,
+            what="the plugin run again as its answers run out",
+            interval=POLL,
+        )
+        world.deploy(namespace, "two", second)
+        world.wait_rewritten(namespace, "two", second)
+        assert set(calls(counter)) == {backup_host}  # asked for the backup only
+        # The token went to the backup registry only: no pull Secret holds it.
+        secret = world.testbed.kubectl(
+            "get", "secret", "image-cloner-pull", "-n", namespace, check=False
+        )
+        assert secret.returncode != 0
+        assert "NotFound" in secret.stderr
+        deployment = json.loads(
+            world.testbed.kubectl("get", "deployment", "one", "-n", namespace, "-o", "json").stdout
+        )
+        assert "imagePullSecrets" not in deployment["spec"]["template"]["spec"]
+        log = controller.log_text()
+        assert "push login from credential provider" in log
+        assert str(world.backup.password) not in log
 
 
 # --- the workload's own pull Secrets (opt-in) -----------------------------------------------

@@ -3,7 +3,8 @@
 `write_plugin` writes it as an executable with the venv's Python in its shebang, as a
 node's `ecr-credential-provider` would sit in the kubelet's bin dir. It answers every
 request with the login in its environment (`PLUGIN_USER`/`PLUGIN_PASSWORD`, keyed by
-`PLUGIN_KEY`, else the requested image's registry), the `cacheDuration` and
+`PLUGIN_KEY`, else the requested image's registry; or the two lines of `PLUGIN_LOGIN_FILE`,
+read at each run, to rotate it), the `cacheDuration` and
 `cacheKeyType` it is given, and appends the requested image to `PLUGIN_CALLS` per run.
 """
 
@@ -25,13 +26,18 @@ image = request["image"]
 with open(os.environ["PLUGIN_CALLS"], "a") as calls:
     calls.write(image + "\\n")
 key = os.environ.get("PLUGIN_KEY") or image.split("/")[0]
+if "PLUGIN_LOGIN_FILE" in os.environ:
+    with open(os.environ["PLUGIN_LOGIN_FILE"]) as login:
+        user, password = login.read().split("\\n")[:2]
+else:
+    user, password = os.environ["PLUGIN_USER"], os.environ["PLUGIN_PASSWORD"]
+if os.environ.get("PLUGIN_FAIL"):
+    sys.exit(1)
 response = {
     "apiVersion": request["apiVersion"],
     "kind": "CredentialProviderResponse",
     "cacheKeyType": os.environ.get("PLUGIN_CACHE_KEY_TYPE", "Registry"),
-    "auth": {
-        key: {"username": os.environ["PLUGIN_USER"], "password": os.environ["PLUGIN_PASSWORD"]}
-    },
+    "auth": {key: {"username": user, "password": password}},
 }
 if "PLUGIN_CACHE_DURATION" in os.environ:
     response["cacheDuration"] = os.environ["PLUGIN_CACHE_DURATION"]

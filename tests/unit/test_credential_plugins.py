@@ -6,16 +6,20 @@ the clock is ours, so cache expiry is proven without waiting.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from image_cloner.credential_plugins import (
+    RENEW_FLOOR,
     CredentialPluginError,
+    PluginLogin,
     PluginProvider,
     load_provider_config,
     parse_duration,
 )
+from image_cloner.credentials import BackupCredentials
 from image_cloner.oci.options import Credentials
 from image_cloner.oci.references import parse_reference
 from tests.support.credential_plugin import calls, write_config, write_plugin
@@ -133,3 +137,95 @@ def test_config_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("kind: Something\n")
     with pytest.raises(CredentialPluginError, match="not a CredentialProviderConfig"):
         load_provider_config(tmp_path / "bad.yaml", bin_dir=tmp_path)
+
+
+# --- the backup registry's push login from a plugin (PluginLogin) ----------------------
+
+
+def backup_login(
+    tmp_path: Path, clock: Clock, login_file: Path, **env: str
+) -> tuple[PluginLogin, Path]:
+    login_file.write_text("robot\ns3cret-1\n")
+    plugins, counter = provider(
+        tmp_path, clock, match=["backup.example.com"], PLUGIN_LOGIN_FILE=str(login_file), **env
+    )
+    spec = load_provider_config(tmp_path / "config.yaml", bin_dir=tmp_path / "bin")[0]
+    return PluginLogin(plugins, spec, "backup.example.com/mirror", clock=clock), counter
+
+
+async def test_the_backup_login_is_renewed_when_its_answer_runs_out(tmp_path: Path) -> None:
+    clock = Clock()
+    login_file = tmp_path / "login"
+    login, counter = backup_login(tmp_path, clock, login_file, PLUGIN_CACHE_DURATION="6h")
+    credentials = BackupCredentials({}, host="backup.example.com", login=login)
+    assert "backup.example.com" not in credentials  # no login before the first run: anonymous
+    assert await login.renew()
+    assert credentials["backup.example.com"] == Credentials("robot", "s3cret-1")
+    assert login.version == 1
+    # The token is rotated by the cloud; the cached answer is used until cacheDuration ends.
+    login_file.write_text("robot\ns3cret-2\n")
+    assert not await login.renew()
+    assert len(calls(counter)) == 1
+    clock.now += 6 * 3600 + 1
+    assert await login.renew()
+    assert credentials["backup.example.com"] == Credentials("robot", "s3cret-2")
+    assert (login.version, len(calls(counter))) == (2, 2)
+    # The same login again is no change (no needless rotation downstream).
+    clock.now += 6 * 3600 + 1
+    assert not await login.renew()
+    assert login.version == 2
+
+
+async def test_keep_renewed_runs_at_expiry_and_reports_each_change(tmp_path: Path) -> None:
+    login_file = tmp_path / "login"
+    # The real clock: cacheDuration 0 would run at every request; the floor spaces runs out.
+    plugins, counter = provider(
+        tmp_path,
+        Clock(),
+        match=["backup.example.com"],
+        PLUGIN_LOGIN_FILE=str(login_file),
+        PLUGIN_CACHE_DURATION="0",
+    )
+    login_file.write_text("robot\none\n")
+    spec = load_provider_config(tmp_path / "config.yaml", bin_dir=tmp_path / "bin")[0]
+    login = PluginLogin(plugins, spec, "backup.example.com")
+    seen: list[str] = []
+    changed = asyncio.Event()
+
+    async def on_change(which: PluginLogin) -> None:
+        assert which.current is not None
+        seen.append(which.current.password)
+        changed.set()
+
+    task = asyncio.create_task(login.keep_renewed(on_change))
+    try:
+        await asyncio.wait_for(changed.wait(), 5)  # the first run: at once
+        assert seen == ["one"]
+        assert len(calls(counter)) == 1
+        login_file.write_text("robot\ntwo\n")
+        changed.clear()
+        await asyncio.wait_for(changed.wait(), RENEW_FLOOR + 5)
+        assert seen == ["one", "two"]
+        assert len(calls(counter)) == 2  # not one run per loop turn: the floor held
+    finally:
+        task.cancel()
+
+
+async def test_a_failing_backup_plugin_keeps_the_last_login(tmp_path: Path) -> None:
+    clock = Clock()
+    login_file = tmp_path / "login"
+    login, counter = backup_login(tmp_path, clock, login_file, PLUGIN_CACHE_DURATION="1m")
+    assert await login.renew()
+    login_file.write_text("no second line")  # the plugin now crashes (ValueError)
+    clock.now += 61
+    assert not await login.renew()
+    assert login.current == Credentials("robot", "s3cret-1")
+    assert len(calls(counter)) == 2
+
+
+async def test_a_plugin_that_never_answers_leaves_no_login(tmp_path: Path) -> None:
+    clock = Clock()
+    login, _ = backup_login(tmp_path, clock, tmp_path / "login", PLUGIN_FAIL="1")
+    assert not await login.renew()
+    assert login.current is None
+    assert len(BackupCredentials({}, host="backup.example.com", login=login)) == 0

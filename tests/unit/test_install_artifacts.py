@@ -647,6 +647,35 @@ def test_chart_pull_login_with_the_push_login_as_variables(tmp_path: Path) -> No
     assert not [name for name in defaults if name.endswith("_FILE")]
 
 
+def test_chart_credential_providers_and_the_backup_login_from_one(tmp_path: Path) -> None:
+    docs = render(
+        tmp_path,
+        "sourceCredentials.credentialProviders.configMap=providers",
+        "sourceCredentials.credentialProviders.backupProvider=ecr-credential-provider",
+    )
+    config = one(docs, "ConfigMap", "image-cloner-config")["data"]
+    path = config["IMAGE_CLONER_CREDENTIAL_PROVIDER_CONFIG"]
+    assert path == "/etc/image-cloner/credential-providers/config.yaml"
+    assert config["IMAGE_CLONER_CREDENTIAL_PROVIDER_BIN_DIR"] == "/usr/local/bin"
+    assert config["IMAGE_CLONER_BACKUP_CREDENTIAL_PROVIDER"] == "ecr-credential-provider"
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "credential-providers"]
+    assert volume["configMap"] == {
+        "name": "providers",
+        "items": [{"key": "config.yaml", "path": "config.yaml"}],
+    }
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    assert path.startswith(mount["mountPath"] + "/")
+    assert mount["readOnly"]
+    # Not asked for: none of it (a backup provider without the config would fail at start).
+    plain = one(
+        render(tmp_path, "sourceCredentials.credentialProviders.backupProvider=x"),
+        "ConfigMap",
+        "image-cloner-config",
+    )["data"]
+    assert not [k for k in plain if "CREDENTIAL_PROVIDER" in k]
+
+
 def test_chart_passes_every_setting_through(tmp_path: Path) -> None:
     docs = render(
         tmp_path,

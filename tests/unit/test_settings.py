@@ -17,6 +17,7 @@ from image_cloner.settings import (
     parse_credentials,
     registry_options_from_env,
 )
+from tests.support.credential_plugin import write_config, write_plugin
 from tests.support.pki import make_pki
 
 PASSWORD = "s3cr3t-Pa55word"
@@ -707,3 +708,65 @@ def test_source_credential_files_are_checked_at_start(tmp_path: Path) -> None:
     error = config_error({**BASE, "IMAGE_CLONER_CREDENTIAL_PROVIDER_CONFIG": str(config)})
     assert error.startswith("IMAGE_CLONER_CREDENTIAL_PROVIDER_CONFIG:")
     assert "absent-plugin is not an executable file" in error
+
+
+def test_the_backup_login_from_a_credential_provider(tmp_path: Path) -> None:
+    write_plugin(tmp_path)
+    config = write_config(
+        tmp_path / "providers.yaml", match_images=["localhost:5000", "*.example.com"], env={}
+    )
+    plugin = {
+        "IMAGE_CLONER_CREDENTIAL_PROVIDER_CONFIG": str(config),
+        "IMAGE_CLONER_BACKUP_CREDENTIAL_PROVIDER": "test-credential-provider",
+    }
+    chosen = settings(**plugin)
+    assert chosen.backup_login_plugin is not None
+    assert chosen.backup_login_plugin.name == "test-credential-provider"
+    # Its tokens are never handed out: no pull Secret without a pull login...
+    assert (chosen.push_login, chosen.pull_secret_name) == (None, None)
+    assert not chosen.pull_secret_uses_push_login
+    # ...and with one, the pull Secret holds that.
+    pull = settings(**plugin, IMAGE_CLONER_PULL_USER="reader", IMAGE_CLONER_PULL_PASS="r")
+    assert pull.pull_secret_name == DEFAULT_PULL_SECRET
+    assert not pull.pull_secret_uses_push_login
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            LOGIN,
+            "IMAGE_CLONER_BACKUP_CREDENTIAL_PROVIDER and IMAGE_CLONER_USER/IMAGE_CLONER_PASS"
+            " are both set",
+        ),
+        (
+            {"IMAGE_CLONER_BACKUP_CREDENTIAL_PROVIDER": "ecr-credential-provider"},
+            "no provider 'ecr-credential-provider' (configured: test-credential-provider)",
+        ),
+        (
+            {"IMAGE_CLONER_REGISTRY": "backup.corp.test"},
+            "provider 'test-credential-provider' does not match the backup registry"
+            " backup.corp.test",
+        ),
+    ],
+)
+def test_backup_credential_provider_errors(
+    tmp_path: Path, extra: dict[str, str], expected: str
+) -> None:
+    write_plugin(tmp_path)
+    config = write_config(tmp_path / "providers.yaml", match_images=["localhost:5000"], env={})
+    env = {
+        **BASE,
+        "IMAGE_CLONER_CREDENTIAL_PROVIDER_CONFIG": str(config),
+        "IMAGE_CLONER_BACKUP_CREDENTIAL_PROVIDER": "test-credential-provider",
+        **extra,
+    }
+    assert expected in config_error(env)
+
+
+def test_a_backup_credential_provider_needs_the_provider_config() -> None:
+    error = config_error({**BASE, "IMAGE_CLONER_BACKUP_CREDENTIAL_PROVIDER": "ecr"})
+    assert error == (
+        "IMAGE_CLONER_BACKUP_CREDENTIAL_PROVIDER: no provider 'ecr'"
+        " (configured: none: IMAGE_CLONER_CREDENTIAL_PROVIDER_CONFIG unset)"
+    )

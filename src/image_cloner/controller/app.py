@@ -46,8 +46,8 @@ from image_cloner.controller.reconcile import Reconciler
 from image_cloner.controller.server import MetricsServer
 from image_cloner.controller.source_secrets import SecretReader
 from image_cloner.controller.watch import WatchTracker
-from image_cloner.credential_plugins import PluginProvider
-from image_cloner.credentials import BackupCredentials, WatchedLogin, watch_logins
+from image_cloner.credential_plugins import PluginLogin, PluginProvider
+from image_cloner.credentials import BackupCredentials, LiveLogin, WatchedLogin, watch_logins
 from image_cloner.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from image_cloner.health import Health
 from image_cloner.logs import (
@@ -132,7 +132,9 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
     push, pull = watched_logins(settings)
     pull_secrets = PullSecrets.for_settings(kube, settings, push=push, pull=pull)
     pull_secrets.report_login(metrics)
-    options = _live_options(settings, push)
+    plugins = PluginProvider(settings.credential_plugins) if settings.credential_plugins else None
+    from_plugin = await _plugin_login(settings, plugins, redactor)
+    options = _live_options(settings, push or from_plugin)
     metrics.observe_registries(registry_labels(options, backup_host=settings.backup.registry.host))
     try:
         async with (
@@ -146,7 +148,7 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
                 settings=settings,
                 metrics=metrics,
                 pull_secrets=pull_secrets,
-                access=_source_access(settings, kube, copier),
+                access=_source_access(settings, kube, copier, plugins),
                 index=index,
             )
             webhook = _webhook(
@@ -169,6 +171,7 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
             )
             rotation = _Rotation(
                 logins=[login for login in (push, pull) if login is not None],
+                from_plugin=from_plugin,
                 redactor=redactor,
                 pull_secrets=pull_secrets,
                 tracker=tracker,
@@ -204,7 +207,36 @@ def _webhook(
     return serve_admission(server, copies)
 
 
-def _live_options(settings: Settings, push: WatchedLogin | None) -> RegistryOptions:
+async def _plugin_login(
+    settings: Settings, plugins: PluginProvider | None, redactor: Redactor
+) -> PluginLogin | None:
+    """The push login from `IMAGE_CLONER_BACKUP_CREDENTIAL_PROVIDER`, run once before the
+    backup registry is checked; None when the login is not a plugin's."""
+    spec = settings.backup_login_plugin
+    if spec is None or plugins is None:
+        return None
+    login = PluginLogin(plugins, spec, str(settings.backup))
+    await login.renew()
+    if login.current is None:
+        log_event(
+            logger,
+            logging.ERROR,
+            "no push login yet: the credential provider gave none, it is run again with backoff",
+            provider=spec.name,
+        )
+    else:
+        redactor.add(login.current.password)
+        log_event(
+            logger,
+            logging.INFO,
+            "push login from credential provider",
+            provider=spec.name,
+            username=login.current.username,
+        )
+    return login
+
+
+def _live_options(settings: Settings, push: LiveLogin | None) -> RegistryOptions:
     """The registry options, with the backup host's login read from `push` at each request,
     and each copy's source login the one proven for its workload (`SourceLogins`)."""
     options = settings.registry_options
@@ -214,13 +246,15 @@ def _live_options(settings: Settings, push: WatchedLogin | None) -> RegistryOpti
     return dataclasses.replace(options, credentials=SourceLogins(credentials))
 
 
-def _source_access(settings: Settings, kube: Kube, copier: Copier) -> SourceAccess:
+def _source_access(
+    settings: Settings, kube: Kube, copier: Copier, plugins: PluginProvider | None
+) -> SourceAccess:
     """The credential chain of docs/private-images.md, in the kubelet's order."""
     controller_wide: list[CredentialProvider] = []
     if settings.source_auth_file is not None:
         controller_wide.append(AuthFile(settings.source_auth_file))
-    if settings.credential_plugins:
-        controller_wide.append(PluginProvider(settings.credential_plugins))
+    if plugins is not None:
+        controller_wide.append(plugins)
     secrets = SecretReader(kube) if settings.read_pull_secrets else None
     return SourceAccess(probe=copier, controller_wide=controller_wide, secrets=secrets)
 
@@ -232,20 +266,26 @@ class _Rotation:
         self,
         *,
         logins: list[WatchedLogin],
+        from_plugin: PluginLogin | None,
         redactor: Redactor,
         pull_secrets: PullSecrets,
         tracker: WatchTracker,
     ) -> None:
         self._logins = logins
+        self._from_plugin = from_plugin
         self._redactor = redactor
         self._pull_secrets = pull_secrets
         self._tracker = tracker
 
     async def run(self) -> None:
-        await watch_logins(self._logins, on_change=self._changed)
+        renewals = [watch_logins(self._logins, on_change=self._changed)]
+        if self._from_plugin is not None:
+            renewals.append(self._from_plugin.keep_renewed(self._changed))
+        await asyncio.gather(*renewals)
 
-    async def _changed(self, login: WatchedLogin) -> None:
-        self._redactor.add(login.current.password)
+    async def _changed(self, login: LiveLogin) -> None:
+        if login.current is not None:
+            self._redactor.add(login.current.password)
         if not self._pull_secrets.follows(login):
             return
         namespaces = self._pull_secrets.namespaces

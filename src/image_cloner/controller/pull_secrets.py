@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from image_cloner.controller.kube import KubeCalls
-from image_cloner.credentials import WatchedLogin
+from image_cloner.credentials import LiveLogin, WatchedLogin
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
 from image_cloner.metrics import Metrics
 from image_cloner.settings import PULL_PASS, PULL_USER, Settings
@@ -106,7 +106,7 @@ class PullSecrets:
         """Namespaces whose Secret we wrote or confirmed: where a rotation must reach."""
         return frozenset(self._confirmed)
 
-    def follows(self, login: WatchedLogin) -> bool:
+    def follows(self, login: LiveLogin) -> bool:
         """Whether a change of `login` changes what the pull Secrets should hold."""
         return self._name is not None and login is self._login
 
