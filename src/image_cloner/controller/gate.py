@@ -42,7 +42,6 @@ from image_cloner.controller.kube_errors import (
 )
 from image_cloner.controller.queue import Retry
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
-from image_cloner.oci.references import Reference
 from image_cloner.settings import Settings
 from image_cloner.singleflight import SingleFlight
 from image_cloner.workloads import (
@@ -110,10 +109,6 @@ class Gate:
             if names:
                 return await self._mark_reverted(key, obj, names, log)
         return decision
-
-    def excluded(self, image: Reference) -> policy.ImagePattern | None:
-        """The `IMAGE_CLONER_EXCLUDE_IMAGES` pattern `image` matches, if any."""
-        return next((p for p in self._settings.exclude_images if p.matches(image)), None)
 
     async def copied_only(self, obj: JsonObject, decision: policy.Decision) -> None:
         """The images of a copy-only workload are backed up: say why it stays as it is."""
