@@ -37,6 +37,7 @@ from image_cloner.admission_index import BackupIndex
 from image_cloner.backoff import Backoff
 from image_cloner.controller.access import SourceAccess
 from image_cloner.controller.admission import AdmissionCopies, WebhookServer, serve_admission
+from image_cloner.controller.census import WorkloadCensus
 from image_cloner.controller.handlers import build_registry, operator_settings
 from image_cloner.controller.kube import Kube
 from image_cloner.controller.leader import LeaderElector, default_identity
@@ -67,7 +68,7 @@ from image_cloner.settings import Settings
 from image_cloner.source_credentials import AuthFile, CredentialProvider, SourceLogins
 from image_cloner.workloads import WorkloadKey
 
-__all__ = ["run"]
+__all__ = ["live_options", "run", "source_access"]
 
 WORKERS = 4
 """Workloads reconciled at once; blob transfers are limited separately by the copier."""
@@ -129,10 +130,12 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
     metrics = Metrics(health=health)
     queue: WorkQueue[WorkloadKey] = WorkQueue(name="workloads")
     metrics.track_queue(lambda: queue.depth)
+    census = WorkloadCensus(settings)
+    metrics.track_workloads(census.counts)
     push, pull = watched_logins(settings)
     pull_secrets = PullSecrets.for_settings(kube, settings, push=push, pull=pull)
     pull_secrets.report_login(metrics)
-    options = _live_options(settings, push)
+    options = live_options(settings, push)
     metrics.observe_registries(registry_labels(options, backup_host=settings.backup.registry.host))
     try:
         async with (
@@ -146,8 +149,9 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
                 settings=settings,
                 metrics=metrics,
                 pull_secrets=pull_secrets,
-                access=_source_access(settings, kube, copier),
+                access=source_access(settings, kube, copier),
                 index=index,
+                census=census,
             )
             webhook = _webhook(
                 settings,
@@ -157,7 +161,9 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
                 index=index,
                 pull_secrets=pull_secrets,
             )
-            tracker = WatchTracker(queue=queue, health=health, kube=kube, settings=settings)
+            tracker = WatchTracker(
+                queue=queue, health=health, kube=kube, settings=settings, census=census
+            )
             operation = _Operation(
                 settings=settings,
                 kube=kube,
@@ -204,7 +210,7 @@ def _webhook(
     return serve_admission(server, copies)
 
 
-def _live_options(settings: Settings, push: WatchedLogin | None) -> RegistryOptions:
+def live_options(settings: Settings, push: WatchedLogin | None) -> RegistryOptions:
     """The registry options, with the backup host's login read from `push` at each request,
     and each copy's source login the one proven for its workload (`SourceLogins`)."""
     options = settings.registry_options
@@ -214,7 +220,7 @@ def _live_options(settings: Settings, push: WatchedLogin | None) -> RegistryOpti
     return dataclasses.replace(options, credentials=SourceLogins(credentials))
 
 
-def _source_access(settings: Settings, kube: Kube, copier: Copier) -> SourceAccess:
+def source_access(settings: Settings, kube: Kube, copier: Copier) -> SourceAccess:
     """The credential chain of docs/private-images.md, in the kubelet's order."""
     controller_wide: list[CredentialProvider] = []
     if settings.source_auth_file is not None:

@@ -34,6 +34,7 @@ from typing import Protocol
 from image_cloner.admission_index import BackupIndex, copied_anonymously
 from image_cloner.backups import Verdict
 from image_cloner.controller.access import SourceAccess
+from image_cloner.controller.census import WorkloadCensus
 from image_cloner.controller.copies import ImageBackoff, ImageCopier, ImageCopies
 from image_cloner.controller.decisions import WorkloadLog
 from image_cloner.controller.gate import Gate
@@ -122,9 +123,12 @@ class Reconciler:
         pull_secrets: PullSecrets | None = None,
         access: SourceAccess | None = None,
         index: BackupIndex | None = None,
+        census: WorkloadCensus | None = None,
     ) -> None:
-        """`index` learns every verified copy, for the admission webhook."""
+        """`index` learns every verified copy, for the admission webhook; `census` how
+        each pass ended, for the workloads gauge."""
         self._kube = kube
+        self._census = census
         self._index = index
         self._settings = settings
         self._metrics = metrics
@@ -161,13 +165,26 @@ class Reconciler:
                 return False
             try:
                 if await self._pass(key, obj, log):
+                    await self._counted(key, None)
                     return False
             except _Following:
+                await self._counted(key, None)
                 return True
             except _Failed as failure:
                 await self._report_failure(obj, failure, key)
+                await self._counted(key, failure.message)
                 raise Retry(failure.message, after=failure.after) from None
         raise Retry(f"{key} changed under every one of {MAX_CONFLICTS} patches")
+
+    async def _counted(self, key: WorkloadKey, failure: str | None) -> None:
+        """Tell the census how the pass ended (the namespace's annotations are cached)."""
+        if self._census is None:
+            return
+        try:
+            namespace = await self._gate.namespace_annotations(key.namespace)
+        except Retry:
+            namespace = None  # unreadable now: the census keeps what it knew
+        self._census.reconciled(key, namespace=namespace, failure=failure)
 
     async def _read(self, key: WorkloadKey) -> JsonObject | None:
         try:
