@@ -70,6 +70,8 @@ NAMESPACE_CACHE_TTL = 30.0
 """Seconds a namespace's annotations are reused: how long an opt-out on a namespace may
 take to be seen. Workload annotations are read fresh on every pass."""
 
+REVERTED_REASON = "rewrite reverted by another manager"
+
 logger = logging.getLogger(CONTROLLER_LOGGER)
 
 Annotations = Mapping[str, str]
@@ -108,6 +110,14 @@ class Gate:
             names = _reverted_containers(obj)
             if names:
                 return await self._mark_reverted(key, obj, names, log)
+        return decision
+
+    async def preview(self, key: WorkloadKey, obj: JsonObject) -> policy.Decision:
+        """What `check` would decide, without writing anything (for `image-cloner plan`):
+        no Event, and a reverted rewrite is copy-only without marking it."""
+        decision = self._decide(obj, await self.namespace_annotations(key.namespace))
+        if decision.action is policy.Action.REWRITE and _reverted_containers(obj):
+            return policy.Decision(policy.Action.COPY_ONLY, REVERTED_REASON)
         return decision
 
     async def copied_only(self, obj: JsonObject, decision: policy.Decision) -> None:
@@ -185,7 +195,7 @@ class Gate:
             workload=str(key),
             error=error,
         )
-        return policy.Decision(policy.Action.COPY_ONLY, "rewrite reverted by another manager")
+        return policy.Decision(policy.Action.COPY_ONLY, REVERTED_REASON)
 
     # --- plumbing ----------------------------------------------------------------------
 
