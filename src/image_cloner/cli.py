@@ -15,10 +15,10 @@ import getpass
 import os
 import shutil
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 from image_cloner import __version__
 from image_cloner.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_copy(commands)
     _add_revert(commands)
+    _add_views(commands)
     return parser
 
 
@@ -219,6 +220,91 @@ def _revert_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if rows:
             sys.stdout.write(render_table(rows, width=width, colour=tty))
         print(revert.summary(rows, dry_run=args.dry_run), flush=True)
+    return EXIT_FAILED if any(row.tone is Tone.PROBLEM for row in rows) else EXIT_OK
+
+
+# --- plan and status -------------------------------------------------------------------
+
+
+def _add_views(commands: argparse._SubParsersAction[_Parser]) -> None:
+    plan = commands.add_parser(
+        "plan",
+        help="what `run` would do to each workload now (read-only)",
+        description=(
+            "For each workload the controller would consider: the backup each image would "
+            "get (pinned), whether the backup exists, what a copy takes, or why it is "
+            "skipped. Same configuration as `run`; copies, patches and posts nothing. "
+            "Exit status 1 when a workload would fail."
+        ),
+    )
+    status = commands.add_parser(
+        "status",
+        help="protected, unprotected, failing and excluded workloads, and why",
+        description=(
+            "Each workload's state as the image_cloner_workloads gauge counts it, its "
+            "last Event of the controller, and per backup image its digest, platforms, "
+            "size and when it was written. Exit status 1 when one is unprotected or failing."
+        ),
+    )
+    for parser, handler in ((plan, _plan_command), (status, _status_command)):
+        parser.add_argument("--namespace", "-n", help="only this namespace (default: all)")
+        parser.add_argument("--output", "-o", choices=("table", "json"), default="table")
+        parser.add_argument(
+            "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)"
+        )
+        parser.set_defaults(command=handler)
+
+
+def _plan_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from image_cloner.controller import plan
+
+    return _view("plan", args, env, plan.plan_with, plan.summary)
+
+
+def _status_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from image_cloner.controller import status
+
+    return _view("status", args, env, status.status_with, status.summary)
+
+
+def _view(
+    name: str,
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    rows_of: Callable[..., Coroutine[Any, Any, list[Any]]],
+    summary: Callable[[list[Any]], str],
+) -> int:
+    """A read-only command's run: its rows as a table or JSON; 1 when a row is a problem."""
+    # Imported here: the Kubernetes client is heavy, and `copy` does not need it.
+    from image_cloner.controller import operations
+    from image_cloner.controller.kube_errors import KubeApiError
+    from image_cloner.report import Tone, render_json, render_table
+
+    try:
+        settings = Settings.from_env(env)
+        namespace = args.namespace or settings.namespace
+        if settings.namespace is not None and namespace != settings.namespace:
+            raise ConfigError(
+                f"--namespace {namespace}: the controller watches only "
+                f"{settings.namespace} (IMAGE_CLONER_NAMESPACE)"
+            )
+        operations.check_kubeconfig(args.kubeconfig)
+        scope = operations.Scope(namespace=namespace)
+        rows = asyncio.run(rows_of(args.kubeconfig, settings, scope))
+    except ConfigError as error:
+        _fail(f"{PROG} {name}: {error}")
+        return EXIT_BAD_INPUT
+    except (KubeApiError, RegistryError) as error:
+        _fail(f"{PROG} {name}: {error}")
+        return EXIT_FAILED
+    if args.output == "json":
+        sys.stdout.write(render_json(rows))
+    else:
+        tty = sys.stdout.isatty()
+        width = shutil.get_terminal_size().columns if tty else 80
+        if rows:
+            sys.stdout.write(render_table(rows, width=width, colour=tty))
+        print(summary(rows), flush=True)
     return EXIT_FAILED if any(row.tone is Tone.PROBLEM for row in rows) else EXIT_OK
 
 

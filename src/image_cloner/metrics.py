@@ -36,6 +36,7 @@ from image_cloner.oci.errors import (
 )
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import InvalidReference, Registry
+from image_cloner.protection import State
 from image_cloner.workloads import KINDS
 
 __all__ = ["FailureReason", "Metrics", "NotRewrittenReason", "SkipReason", "registry_labels"]
@@ -154,6 +155,34 @@ class _WatchAgeCollector(Collector):
             "1 when /readyz passes (backup registry checked, every watch current), else 0.",
             value=0.0 if self._health.problems() else 1.0,
         )
+
+
+class _WorkloadsCollector(Collector):
+    # Counted at scrape time from `controller.census`: always the current state.
+    def __init__(
+        self, kinds: tuple[str, ...], counts: Callable[[], Mapping[tuple[str, State], int]]
+    ) -> None:
+        self._kinds = kinds
+        self._counts = counts
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "image_cloner_workloads",
+            "Workloads by state (protected, unprotected, failing, excluded; see image-cloner"
+            " status), owned objects counted through their owner.",
+            labels=["kind", "state"],
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        counts = self._counts()
+        for kind in self._kinds:
+            for state in State:
+                family.add_metric([kind, state.value], float(counts.get((kind, state), 0)))
+        yield family
 
 
 class Metrics:
@@ -331,6 +360,11 @@ class Metrics:
         self._requests.labels(label, _code_class(status)).inc()
         if status is None or status == 429 or status >= 500:
             self._request_errors.labels(label).inc()
+
+    def track_workloads(self, counts: Callable[[], Mapping[tuple[str, State], int]]) -> None:
+        """Report `counts()` ((kind, state) → workloads) as `image_cloner_workloads` at each
+        scrape; every kind and state is a series, zeros included."""
+        self.registry.register(_WorkloadsCollector(tuple(self._kinds), counts))
 
     def track_queue(self, depth: Callable[[], float]) -> None:
         """Report `depth()` (e.g. `lambda: queue.depth`) as the queue depth at each scrape."""

@@ -43,6 +43,7 @@ __all__ = [
     "ImagePattern",
     "decide",
     "images_manager",
+    "opted_out",
     "parse_image_patterns",
     "reverted",
 ]
@@ -105,6 +106,11 @@ def decide(
     if owner is not None and not rewrite_owned:
         return Decision(Action.COPY_ONLY, f"managed by {owner}", warning)
     return Decision(Action.REWRITE, warning=warning)
+
+
+def opted_out(annotations: Mapping[str, str]) -> bool:
+    """Whether these annotations (a namespace's) opt out by `SKIP_ANNOTATION` (rule 3)."""
+    return _skip_value(annotations, "")[0] is True
 
 
 def _skip_value(annotations: Obj, where: str) -> tuple[bool | None, str | None]:

@@ -1,6 +1,6 @@
 """What the operator commands print: one row per object, as a table for people or JSON for scripts.
 
-`revert` now, `plan` and `status` later, all answer "what happened to which workload", so
+`revert`, `plan` and `status` all answer "what happened to which workload", so
 they share one row shape and one way to print it. The table fits an 80-column terminal
 (the detail column wraps instead of running off the edge), and is coloured only when it
 goes to a terminal. The JSON is a list of objects with fixed keys (see `Row.as_json`),
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Change", "Row", "Tone", "render_json", "render_table"]
+__all__ = ["Change", "Row", "Tone", "render_json", "render_table", "size_text"]
 
 MIN_DETAIL = 24
 """Narrowest detail column; the workload column is shortened before the detail gets less."""
@@ -49,6 +49,8 @@ class Change:
     container: str
     before: str
     after: str
+    facts: tuple[tuple[str, Any], ...] = ()
+    """More keys of this image for `-o json` (`plan`: the backup's digest, platforms, bytes)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,9 +66,12 @@ class Row:
     detail: str = ""
     """Why, in words; empty when the outcome says it all."""
     changes: tuple[Change, ...] = ()
+    facts: tuple[tuple[str, Any], ...] = ()
+    """More keys for `-o json`, fixed per command (`status`: `last_event`)."""
 
     def as_json(self) -> dict[str, Any]:
-        """The row for `-o json`: kind, namespace, name, outcome, detail, images."""
+        """The row for `-o json`: kind, namespace, name, outcome, detail, images, and the
+        command's own `facts`."""
         return {
             "kind": self.kind,
             "namespace": self.namespace,
@@ -74,8 +79,10 @@ class Row:
             "outcome": self.outcome,
             "detail": self.detail,
             "images": [
-                {"container": c.container, "from": c.before, "to": c.after} for c in self.changes
+                {"container": c.container, "from": c.before, "to": c.after, **dict(c.facts)}
+                for c in self.changes
             ],
+            **dict(self.facts),
         }
 
 
@@ -119,3 +126,15 @@ def _shorten(text: str, width: int) -> str:
         return text
     head = (width - 1) // 2
     return text[:head] + _ELLIPSIS + text[len(text) - (width - 1 - head) :]
+
+
+def size_text(size: int) -> str:
+    """Bytes for people: `512 B`, `4.1 MB` (powers of 1000, as registries' UIs count)."""
+    if size < 1000:
+        return f"{size} B"
+    scaled = float(size)
+    for unit in ("kB", "MB", "GB"):
+        scaled /= 1000
+        if scaled < 1000 or unit == "GB":
+            return f"{scaled:.1f} {unit}"
+    raise AssertionError("unreachable")

@@ -37,6 +37,7 @@ from image_cloner.admission_index import BackupIndex
 from image_cloner.backoff import Backoff
 from image_cloner.controller.access import SourceAccess
 from image_cloner.controller.admission import AdmissionCopies, WebhookServer, serve_admission
+from image_cloner.controller.census import WorkloadCensus
 from image_cloner.controller.handlers import build_registry, operator_settings
 from image_cloner.controller.kube import Kube
 from image_cloner.controller.leader import LeaderElector, default_identity
@@ -67,7 +68,7 @@ from image_cloner.settings import Settings
 from image_cloner.source_credentials import AuthFile, CredentialProvider, SourceLogins
 from image_cloner.workloads import WorkloadKey
 
-__all__ = ["run"]
+__all__ = ["live_options", "run", "source_access"]
 
 WORKERS = 4
 """Workloads reconciled at once; blob transfers are limited separately by the copier."""
@@ -129,12 +130,14 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
     metrics = Metrics(health=health)
     queue: WorkQueue[WorkloadKey] = WorkQueue(name="workloads")
     metrics.track_queue(lambda: queue.depth)
+    census = WorkloadCensus(settings)
+    metrics.track_workloads(census.counts)
     push, pull = watched_logins(settings)
     pull_secrets = PullSecrets.for_settings(kube, settings, push=push, pull=pull)
     pull_secrets.report_login(metrics)
     plugins = PluginProvider(settings.credential_plugins) if settings.credential_plugins else None
-    from_plugin = await _plugin_login(settings, plugins, redactor)
-    options = _live_options(settings, push or from_plugin)
+    from_plugin = await plugin_login(settings, plugins, redactor)
+    options = live_options(settings, push or from_plugin)
     metrics.observe_registries(registry_labels(options, backup_host=settings.backup.registry.host))
     try:
         async with (
@@ -148,8 +151,9 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
                 settings=settings,
                 metrics=metrics,
                 pull_secrets=pull_secrets,
-                access=_source_access(settings, kube, copier, plugins),
+                access=source_access(settings, kube, copier, plugins),
                 index=index,
+                census=census,
             )
             webhook = _webhook(
                 settings,
@@ -159,7 +163,9 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
                 index=index,
                 pull_secrets=pull_secrets,
             )
-            tracker = WatchTracker(queue=queue, health=health, kube=kube, settings=settings)
+            tracker = WatchTracker(
+                queue=queue, health=health, kube=kube, settings=settings, census=census
+            )
             operation = _Operation(
                 settings=settings,
                 kube=kube,
@@ -207,8 +213,8 @@ def _webhook(
     return serve_admission(server, copies)
 
 
-async def _plugin_login(
-    settings: Settings, plugins: PluginProvider | None, redactor: Redactor
+async def plugin_login(
+    settings: Settings, plugins: PluginProvider | None, redactor: Redactor | None = None
 ) -> PluginLogin | None:
     """The push login from `IMAGE_CLONER_BACKUP_CREDENTIAL_PROVIDER`, run once before the
     backup registry is checked; None when the login is not a plugin's."""
@@ -225,7 +231,8 @@ async def _plugin_login(
             provider=spec.name,
         )
     else:
-        redactor.add(login.current.password)
+        if redactor is not None:
+            redactor.add(login.current.password)
         log_event(
             logger,
             logging.INFO,
@@ -236,7 +243,7 @@ async def _plugin_login(
     return login
 
 
-def _live_options(settings: Settings, push: LiveLogin | None) -> RegistryOptions:
+def live_options(settings: Settings, push: LiveLogin | None) -> RegistryOptions:
     """The registry options, with the backup host's login read from `push` at each request,
     and each copy's source login the one proven for its workload (`SourceLogins`)."""
     options = settings.registry_options
@@ -246,7 +253,7 @@ def _live_options(settings: Settings, push: LiveLogin | None) -> RegistryOptions
     return dataclasses.replace(options, credentials=SourceLogins(credentials))
 
 
-def _source_access(
+def source_access(
     settings: Settings, kube: Kube, copier: Copier, plugins: PluginProvider | None
 ) -> SourceAccess:
     """The credential chain of docs/private-images.md, in the kubelet's order."""

@@ -42,7 +42,6 @@ from image_cloner.controller.kube_errors import (
 )
 from image_cloner.controller.queue import Retry
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
-from image_cloner.oci.references import Reference
 from image_cloner.settings import Settings
 from image_cloner.singleflight import SingleFlight
 from image_cloner.workloads import (
@@ -70,6 +69,8 @@ REWRITE_SKIPPED = "RewriteSkipped"
 NAMESPACE_CACHE_TTL = 30.0
 """Seconds a namespace's annotations are reused: how long an opt-out on a namespace may
 take to be seen. Workload annotations are read fresh on every pass."""
+
+REVERTED_REASON = "rewrite reverted by another manager"
 
 logger = logging.getLogger(CONTROLLER_LOGGER)
 
@@ -111,9 +112,13 @@ class Gate:
                 return await self._mark_reverted(key, obj, names, log)
         return decision
 
-    def excluded(self, image: Reference) -> policy.ImagePattern | None:
-        """The `IMAGE_CLONER_EXCLUDE_IMAGES` pattern `image` matches, if any."""
-        return next((p for p in self._settings.exclude_images if p.matches(image)), None)
+    async def preview(self, key: WorkloadKey, obj: JsonObject) -> policy.Decision:
+        """What `check` would decide, without writing anything (for `image-cloner plan`):
+        no Event, and a reverted rewrite is copy-only without marking it."""
+        decision = self._decide(obj, await self.namespace_annotations(key.namespace))
+        if decision.action is policy.Action.REWRITE and _reverted_containers(obj):
+            return policy.Decision(policy.Action.COPY_ONLY, REVERTED_REASON)
+        return decision
 
     async def copied_only(self, obj: JsonObject, decision: policy.Decision) -> None:
         """The images of a copy-only workload are backed up: say why it stays as it is."""
@@ -190,7 +195,7 @@ class Gate:
             workload=str(key),
             error=error,
         )
-        return policy.Decision(policy.Action.COPY_ONLY, "rewrite reverted by another manager")
+        return policy.Decision(policy.Action.COPY_ONLY, REVERTED_REASON)
 
     # --- plumbing ----------------------------------------------------------------------
 

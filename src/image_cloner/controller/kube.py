@@ -218,6 +218,12 @@ class Kube:
 
     # --- events ---------------------------------------------------------------
 
+    async def list_events(self, namespace: str) -> list[JsonObject]:
+        """The core/v1 Events of one namespace (what `status` reads the last Event from)."""
+        listing = await self._call("GET", f"/api/v1/namespaces/{namespace}/events")
+        items: list[JsonObject] = listing.get("items") or []
+        return items
+
     async def post_event(
         self,
         obj: Mapping[str, Any],

@@ -1,6 +1,6 @@
 """What the operator commands share: which workloads they act on, read through our client.
 
-`revert` (and `plan` and `status` after it) run on a person's machine with that person's
+`revert`, `plan` and `status` run on a person's machine with that person's
 kubeconfig, not as the controller's ServiceAccount, and act on a scope given on the
 command line: every workload of every kind in `workloads.KINDS` (in one namespace or all
 of them), or named ones (`deployment/web`). This module turns that scope into the objects

@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from image_cloner.admission_index import BackupIndex, copied_anonymously
+from image_cloner.backups import Verdict
 from image_cloner.controller.access import SourceAccess
+from image_cloner.controller.census import WorkloadCensus
 from image_cloner.controller.copies import ImageBackoff, ImageCopier, ImageCopies
 from image_cloner.controller.decisions import WorkloadLog
 from image_cloner.controller.gate import Gate
@@ -42,23 +44,14 @@ from image_cloner.controller.pinning import Pin, Pinned, Pinning, PinningFailed,
 from image_cloner.controller.pull_secrets import PullSecrets, watched_logins
 from image_cloner.controller.queue import Retry
 from image_cloner.controller.rollback import RECHECK, Followed, Rollback
+from image_cloner.controller.steps import Limit, Step, WorkloadStep, next_step
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
-from image_cloner.mapping import is_backup, target_for
 from image_cloner.metrics import FailureReason, Metrics, NotRewrittenReason, SkipReason
 from image_cloner.oci.copying import CopyResult
 from image_cloner.oci.errors import RegistryError
-from image_cloner.oci.references import InvalidReference, Reference, parse_reference
-from image_cloner.policy import Action
+from image_cloner.oci.references import parse_reference
 from image_cloner.settings import Settings
-from image_cloner.workloads import (
-    KINDS,
-    ContainerImage,
-    PatchError,
-    WorkloadKey,
-    build_patch,
-    images_of,
-    is_ready,
-)
+from image_cloner.workloads import KINDS, PatchError, WorkloadKey, build_patch
 
 __all__ = [
     "CLONE_FAILED",
@@ -130,9 +123,12 @@ class Reconciler:
         pull_secrets: PullSecrets | None = None,
         access: SourceAccess | None = None,
         index: BackupIndex | None = None,
+        census: WorkloadCensus | None = None,
     ) -> None:
-        """`index` learns every verified copy, for the admission webhook."""
+        """`index` learns every verified copy, for the admission webhook; `census` how
+        each pass ended, for the workloads gauge."""
         self._kube = kube
+        self._census = census
         self._index = index
         self._settings = settings
         self._metrics = metrics
@@ -169,13 +165,26 @@ class Reconciler:
                 return False
             try:
                 if await self._pass(key, obj, log):
+                    await self._counted(key, None)
                     return False
             except _Following:
+                await self._counted(key, None)
                 return True
             except _Failed as failure:
                 await self._report_failure(obj, failure, key)
+                await self._counted(key, failure.message)
                 raise Retry(failure.message, after=failure.after) from None
         raise Retry(f"{key} changed under every one of {MAX_CONFLICTS} patches")
+
+    async def _counted(self, key: WorkloadKey, failure: str | None) -> None:
+        """Tell the census how the pass ended (the namespace's annotations are cached)."""
+        if self._census is None:
+            return
+        try:
+            namespace = await self._gate.namespace_annotations(key.namespace)
+        except Retry:
+            namespace = None  # unreadable now: the census keeps what it knew
+        self._census.reconciled(key, namespace=namespace, failure=failure)
 
     async def _read(self, key: WorkloadKey) -> JsonObject | None:
         try:
@@ -189,38 +198,43 @@ class Reconciler:
     async def _pass(self, key: WorkloadKey, obj: JsonObject, log: WorkloadLog) -> bool:
         """One read-decide-act pass; False when a patch met a concurrent change."""
         decision = await self._gate.check(key, obj, log)
-        if decision is None or decision.action is Action.SKIP:
-            return decision is not None
-        readiness = is_ready(obj)
-        if not readiness.ready:
+        if decision is None:
+            return False
+        # What to do is decided in one place, which `image-cloner plan` prints too.
+        step = next_step(obj, decision=decision, settings=self._settings)
+        if step.step is Step.SKIP:
+            return True
+        if step.step is Step.WAIT:
             # A rollout onto our backups is followed, and undone if it fails: controller.rollback.
             followed = await self._rollback.follow(key, obj)
             if followed is Followed.CHANGED:
                 return False
-            log.not_ready(readiness.reason)
+            log.not_ready(step.reason)
             if followed is Followed.WAITING:
                 raise _Following
             # Not an error: the watch event that completes the rollout brings the key back.
             return True
         log.inspecting()
-        plan = await self._plan(obj, log)
+        plan = await self._plan(obj, step, log)
         if not plan:
             await self._keep_pull_secret(key, obj)
             return True
         rewrites = await self._copy_all(plan, log, obj)
-        if not KINDS[key.kind].rewritable:
+        if step.limit is Limit.IMMUTABLE:
             await self._backed_up(key, obj, plan, log)
-            return True
-        if not self._settings.rewrites_workloads:
+        elif step.limit is Limit.ADMISSION:
             # Admission mode: Pods get the backup, the workload stays as its owner wrote it.
             log.not_rewritten("admission mode: workloads are never rewritten")
-            return True
-        if decision.action is Action.COPY_ONLY:
-            log.not_rewritten(
-                decision.reason, resource_version=obj["metadata"].get("resourceVersion")
-            )
+        elif step.limit is Limit.POLICY:
+            log.not_rewritten(step.reason, resource_version=obj["metadata"].get("resourceVersion"))
             await self._gate.copied_only(obj, decision)
-            return True
+        else:
+            return await self._rewrite_now(key, obj, rewrites, log)
+        return True
+
+    async def _rewrite_now(
+        self, key: WorkloadKey, obj: JsonObject, rewrites: Sequence[Pinned], log: WorkloadLog
+    ) -> bool:
         pull_secret = await self._ensure_pull_secret(key)
         try:
             await self._rewrite(key, obj, rewrites, log, pull_secret=pull_secret)
@@ -237,26 +251,23 @@ class Reconciler:
             return False
         return True
 
-    async def _plan(self, obj: JsonObject, log: WorkloadLog) -> list[Pin]:
-        wanted: list[tuple[ContainerImage, Reference, Reference]] = []
-        for container in images_of(obj):
+    async def _plan(self, obj: JsonObject, step: WorkloadStep, log: WorkloadLog) -> list[Pin]:
+        """Each image's log line and metric, then the pins of those to copy (or `_Failed`)."""
+        for image in step.images:
+            container = image.container
             log.checking_container(container.image, container=container.name)
-            try:
-                source = parse_reference(container.image)
-                if (pattern := self._gate.excluded(source)) is not None:
-                    log.excluded(container.image, str(pattern), container=container.name)
-                    self._metrics.image_skipped(SkipReason.EXCLUDED)
-                    continue
-                if is_backup(source, self._settings.backup):
-                    log.already_cloned(container.image, container=container.name)
-                    self._metrics.image_skipped(SkipReason.ALREADY_BACKUP)
-                    continue
-                target = target_for(source, self._settings.backup)
-            except InvalidReference as e:
+            if image.verdict is Verdict.EXCLUDED:
+                log.excluded(container.image, image.why, container=container.name)
+                self._metrics.image_skipped(SkipReason.EXCLUDED)
+            elif image.verdict is Verdict.BACKUP:
+                log.already_cloned(container.image, container=container.name)
+                self._metrics.image_skipped(SkipReason.ALREADY_BACKUP)
+            elif image.verdict is Verdict.INVALID:
                 self._metrics.image_failed(FailureReason.INVALID_REFERENCE)
-                log.clone_failed(container.image, str(e), container=container.name)
-                raise _Failed(f"container {container.name}: {e}") from None
-            wanted.append((container, source, target))
+                log.clone_failed(container.image, image.why, container=container.name)
+        if step.step is Step.FAIL:
+            raise _Failed(step.reason)
+        wanted = [image.wanted for image in step.copies]
         if not wanted:
             return []
         try:

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from image_cloner.controller.census import WorkloadCensus
 from image_cloner.controller.decisions import WorkloadLog
 from image_cloner.controller.kube import KubeCalls
 from image_cloner.controller.kube_errors import KubeApiError
@@ -47,11 +48,14 @@ class WatchTracker:
         health: Health,
         kube: KubeCalls,
         settings: Settings,
+        census: WorkloadCensus | None = None,
     ) -> None:
+        """`census`, when given, learns every workload the watch and the listings show."""
         self._queue = queue
         self._health = health
         self._kube = kube
         self._settings = settings
+        self._census = census
         self._seen: dict[WorkloadKey, str] = {}
 
     def __len__(self) -> int:
@@ -67,10 +71,15 @@ class WatchTracker:
         meta = body.get("metadata") or {}
         key = WorkloadKey(kind.kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
         if event_type == "DELETED":
-            self._seen.pop(key, None)
+            self._forget(key)
             return
         self._seen[key] = str(meta.get("resourceVersion", ""))
         self._consider(kind, key, body)
+
+    def _forget(self, key: WorkloadKey) -> None:
+        self._seen.pop(key, None)
+        if self._census is not None:
+            self._census.forget(key)
 
     def requeue(self, where: Callable[[WorkloadKey], bool]) -> int:
         """Queue every tracked workload `where` picks (a rotated pull login reaches their
@@ -82,6 +91,8 @@ class WatchTracker:
         return len(keys)
 
     def _consider(self, kind: WorkloadKind, key: WorkloadKey, body: Mapping[str, Any]) -> None:
+        if self._census is not None:
+            self._census.seen(key, body)
         if key.namespace in self._settings.ignored_namespaces:
             return
         if kind.owned_by(body) is not None:
@@ -136,7 +147,7 @@ class WatchTracker:
         scope = self._settings.namespace
         for key in known:
             if scope is None or key.namespace == scope:
-                self._seen.pop(key, None)
+                self._forget(key)
         if behind:
             log_event(
                 logger,

@@ -46,6 +46,7 @@ from image_cloner.oci.references import Reference, Repository
 from image_cloner.oci.referrers import TagSchema, artifact_type, cosign_tags, find_referrers
 from image_cloner.oci.retries import RetryPolicy, shared_budget
 from image_cloner.oci.slots import TransferSlots
+from image_cloner.oci.summary import ImageSummary, summarize
 from image_cloner.oci.tags import TagOutcome
 from image_cloner.oci.transport import Transport
 from image_cloner.oci.uploads import REFUSED_MOUNT_STATUSES, UploadHabits, upload
@@ -246,6 +247,11 @@ class Copier:
                 self._indexes.popitem(last=False)
         self._indexes.move_to_end(ref.digest)
         return found
+
+    async def summarize(self, ref: Reference) -> ImageSummary:
+        """Digest, platforms and bytes of `ref` where it is (`oci.summary`), read as a copy
+        would read it (mirrors first)."""
+        return await summarize(self._client(ref.repository, pull=True), ref)
 
     async def has_manifest(self, ref: Reference) -> bool:
         """Whether `ref`'s registry holds `ref` (one HEAD, by digest if it has one)."""
