@@ -19,6 +19,10 @@ The order is what makes a copy safe to interrupt and cheap to repeat:
    kept under its digest and `CopyResult.tag` says the tag was KEPT, and at what
    (the rule lives in `oci.tags`).
 
+An image already in the target can have its referrers brought up to date on their own
+(`sync_referrers`: what was attached upstream since the copy; the controller's
+`controller.referrer_resync` decides when).
+
 Blob transfers, child manifests and whole images are single-flight within the process:
 concurrent copies that need the same thing await one shared task.
 """
