@@ -39,7 +39,14 @@ from image_cloner.oci.references import InvalidReference, Registry
 from image_cloner.protection import State
 from image_cloner.workloads import KINDS
 
-__all__ = ["FailureReason", "Metrics", "NotRewrittenReason", "SkipReason", "registry_labels"]
+__all__ = [
+    "FailureReason",
+    "Metrics",
+    "NotRewrittenReason",
+    "ResyncOutcome",
+    "SkipReason",
+    "registry_labels",
+]
 
 COPY_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 RECONCILE_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800)
@@ -66,6 +73,16 @@ class NotRewrittenReason(StrEnum):
 
     IMMUTABLE_TEMPLATE = "immutable_template"
     """Its pod template cannot be changed (Job, bare Pod)."""
+
+
+class ResyncOutcome(StrEnum):
+    """How re-examining a backed-up image for new referrers ended (`controller.referrer_resync`)."""
+
+    CURRENT = "current"
+    """The backup had every referrer the source has."""
+    COPIED = "copied"
+    """Referrers attached upstream since the copy were copied."""
+    FAILED = "failed"
 
 
 class FailureReason(StrEnum):
@@ -283,6 +300,12 @@ class Metrics:
             ["registry"],
             registry=self.registry,
         )
+        self._resyncs = Counter(
+            "image_cloner_referrer_resyncs",
+            "Re-examinations of backed-up images for signatures attached upstream since.",
+            ["outcome"],
+            registry=self.registry,
+        )
         self._registry_labels: Mapping[str, str] = {}
         # Every series exists from the first scrape, so rate() and alerts see zeros.
         for skip in SkipReason:
@@ -299,6 +322,8 @@ class Metrics:
             self._reconcile_errors.labels(kind)
             self._reconcile_duration.labels(kind)
         self._request_errors.labels(OTHER_REGISTRY)
+        for outcome in ResyncOutcome:
+            self._resyncs.labels(outcome.value)
         self.registry.register(_WatchAgeCollector(health))
 
     def image_copied(self, *, bytes_copied: int, seconds: float) -> None:
@@ -311,6 +336,9 @@ class Metrics:
 
     def image_failed(self, reason: FailureReason) -> None:
         self._failed.labels(FailureReason(reason).value).inc()
+
+    def referrers_resynced(self, outcome: ResyncOutcome) -> None:
+        self._resyncs.labels(ResyncOutcome(outcome).value).inc()
 
     def workload_rewritten(self, kind: str) -> None:
         if kind not in self._kinds:

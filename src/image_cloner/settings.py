@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_LEASE_NAME",
     "DEFAULT_METRICS_PORT",
     "DEFAULT_PULL_SECRET",
+    "DEFAULT_REFERRERS_RESYNC",
     "DEFAULT_ROLLOUT_TIMEOUT",
     "DEFAULT_WEBHOOK_CERT_DIR",
     "DEFAULT_WEBHOOK_PORT",
@@ -132,6 +133,8 @@ BACKUP_CREDENTIAL_PROVIDER = "IMAGE_CLONER_BACKUP_CREDENTIAL_PROVIDER"
 
 ROLLOUT_TIMEOUT = "IMAGE_CLONER_ROLLOUT_TIMEOUT"
 DEFAULT_ROLLOUT_TIMEOUT = 600.0
+REFERRERS_RESYNC = "IMAGE_CLONER_REFERRERS_RESYNC"
+DEFAULT_REFERRERS_RESYNC = 3600.0
 
 DEFAULT_IGNORED_NAMESPACES = frozenset({"kube-system"})
 DEFAULT_PULL_SECRET = "image-cloner-pull"
@@ -258,6 +261,11 @@ class Settings:
     """`IMAGE_CLONER_ROLLOUT_TIMEOUT` (seconds, default 600): a rollout after our rewrite
     that is not complete this long after the rewrite is undone (`controller.rollback`)."""
 
+    referrers_resync: float | None = DEFAULT_REFERRERS_RESYNC
+    """`IMAGE_CLONER_REFERRERS_RESYNC` (seconds, default 3600; `never`): how often an image
+    already backed up is examined again for signatures attached upstream since its copy
+    (`controller.referrer_resync`); None never."""
+
     # --- admission mode ---------------------------------------------------------
     mode: Mode = "workload"
     """`workload` rewrites workloads (the seed); `admission` serves the Pod webhook and
@@ -326,6 +334,7 @@ class Settings:
             credential_plugins=plugins,
             backup_login_plugin=_backup_plugin(env, plugins, backup, push_login),
             rollout_timeout=_seconds(env, ROLLOUT_TIMEOUT, default=DEFAULT_ROLLOUT_TIMEOUT),
+            referrers_resync=_resync(env, options),
         )
 
 
@@ -618,6 +627,13 @@ def _seconds(env: Mapping[str, str], name: str, *, default: float) -> float:
             f" (e.g. 15 or 15s), got {value!r}"
         )
     return float(value.rstrip("s"))
+
+
+def _resync(env: Mapping[str, str], options: RegistryOptions) -> float | None:
+    """`IMAGE_CLONER_REFERRERS_RESYNC`: seconds, or `never` (implied by referrers `none`)."""
+    if _get(env, REFERRERS_RESYNC) == "never" or not options.referrers.enabled:
+        return None
+    return _seconds(env, REFERRERS_RESYNC, default=DEFAULT_REFERRERS_RESYNC)
 
 
 def _admission(env: Mapping[str, str]) -> tuple[Mode, int, Path]:

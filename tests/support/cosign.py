@@ -4,8 +4,9 @@ Each `Cosign` has its own HOME and DOCKER_CONFIG (no machine credentials or sigs
 in) and a key pair made with `cosign generate-key-pair` under a test password. Everything runs
 offline: signatures are made with that key and never uploaded to a transparency log
 (`--tlog-upload=false`), and verification skips the log (`--insecure-ignore-tlog`). Plain-HTTP
-loopback registries need `--allow-insecure-registry --allow-http-registry`. Blocking, as the
-other support wrappers.
+loopback registries need `--allow-insecure-registry --allow-http-registry`; TLS ones get the
+test CA (`--registry-cacert`) and, with a login, `--registry-username`/`--registry-password`.
+Blocking, as the other support wrappers.
 """
 
 from __future__ import annotations
@@ -80,8 +81,14 @@ class Cosign:
     @staticmethod
     def _flags(registry: RegistryEndpoint) -> list[str]:
         if registry.ca_file is None:
-            return ["--allow-insecure-registry", "--allow-http-registry"]
-        return []
+            flags = ["--allow-insecure-registry", "--allow-http-registry"]
+        else:
+            flags = ["--registry-cacert", str(registry.ca_file)]
+        if registry.username is not None and registry.password is not None:
+            # The test registry's login; CosignError never repeats the arguments past two.
+            flags += ["--registry-username", registry.username]
+            flags += ["--registry-password", registry.password]
+        return flags
 
     def _run(self, *args: str, cwd: Path | None = None) -> bytes:
         env = {

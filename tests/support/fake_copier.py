@@ -39,6 +39,8 @@ class FakeCopier:
         self.gone: set[str] = set()
         self.backup_tags: dict[str, str] = {}
         """Backup tag references (familiar) that already hold other digests."""
+        self.synced: list[tuple[str, str]] = []
+        """(source, backup) pairs whose referrers were synced again."""
         self.gate: asyncio.Event | None = None
         """When set, copies wait for it: lets several workloads ask at the same time."""
 
@@ -51,6 +53,10 @@ class FakeCopier:
 
     async def has_manifest(self, ref: Reference) -> bool:
         return ref.digest not in self.gone
+
+    async def sync_referrers(self, source: Reference, target: Reference) -> int:
+        self.synced.append((str(source), str(target)))
+        return 0
 
     async def copy_image(self, source: Reference, target: Reference) -> CopyResult:
         if self.gate is not None:

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from image_cloner import settings as settings_module
+from image_cloner.oci.options import ReferrersPolicy
 from image_cloner.settings import Settings
 from image_cloner.workloads import KINDS
 from tests.support.testbed import default_bin_dir
@@ -735,6 +736,27 @@ def test_chart_passes_every_setting_through(tmp_path: Path) -> None:
     assert settings.registry_options.max_concurrent_transfers == 8
     assert [str(p) for p in settings.exclude_images] == ["registry.corp.example/*", "bitnami/*"]
     assert settings.rewrite_owned is True
+
+
+def test_chart_carries_the_referrers_settings(tmp_path: Path) -> None:
+    data = one(render(tmp_path), "ConfigMap")["data"]
+    assert (data["IMAGE_CLONER_REFERRERS"], data["IMAGE_CLONER_REFERRERS_RESYNC"]) == (
+        "all",
+        "3600",
+    )
+    defaults = Settings.from_env(pod_env(render(tmp_path)))
+    assert defaults.registry_options.referrers == ReferrersPolicy()
+    assert defaults.referrers_resync == 3600
+
+    docs = render(tmp_path, "referrers=application/spdx+json\\,optional", "referrersResync=never")
+    data = one(docs, "ConfigMap")["data"]
+    assert data["IMAGE_CLONER_REFERRERS"] == "application/spdx+json,optional"
+    assert data["IMAGE_CLONER_REFERRERS_RESYNC"] == "never"
+    settings = Settings.from_env(pod_env(docs))
+    assert settings.registry_options.referrers == ReferrersPolicy(
+        artifact_types=frozenset({"application/spdx+json"}), optional=True
+    )
+    assert settings.referrers_resync is None
 
 
 def test_chart_service_monitor_only_when_enabled(tmp_path: Path) -> None:

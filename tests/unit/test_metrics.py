@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from image_cloner.controller.server import MetricsServer
 from image_cloner.health import Health
-from image_cloner.metrics import FailureReason, Metrics, SkipReason
+from image_cloner.metrics import FailureReason, Metrics, ResyncOutcome, SkipReason
 from image_cloner.oci.errors import (
     AuthenticationError,
     DigestMismatchError,
@@ -167,9 +167,10 @@ async def test_labels_come_only_from_fixed_sets(
         name for name, _ in ours
     }
     label_names = {label for _, labels in ours for label, _ in labels}
-    assert label_names == {"reason", "kind", "le", "registry"}
+    assert label_names == {"reason", "kind", "le", "registry", "outcome"}
     values = {value for _, labels in ours for label, value in labels if label != "le"}
-    assert values == {r.value for r in SkipReason} | {r.value for r in FailureReason} | {
+    fixed = {r.value for r in SkipReason} | {r.value for r in FailureReason}
+    assert values == fixed | {r.value for r in ResyncOutcome} | {
         "Deployment",
         "DaemonSet",
         "other",  # the registry label of every host the configuration does not name

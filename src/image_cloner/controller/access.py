@@ -19,9 +19,9 @@ tried (Secrets by namespace/name, never content) and what setting would add a so
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from image_cloner.controller.copies import ImageCopies
 from image_cloner.controller.kube import JsonObject
@@ -65,6 +65,7 @@ class SourceProbe(Protocol):
 
 
 _ProofKey = tuple[str, str, Credentials | None]
+T = TypeVar("T")
 
 
 class SourceAccess:
@@ -103,10 +104,16 @@ class SourceAccess:
         self, copies: ImageCopies, obj: JsonObject, source: Reference, target: Reference
     ) -> CopyResult:
         """Copy `source` to `target` for the workload `obj`, once its access is proven."""
+        return await self.reading(obj, source, partial(copies.copy, source, target))
+
+    async def reading(
+        self, obj: JsonObject, source: Reference, work: Callable[[], Awaitable[T]]
+    ) -> T:
+        """`work` (which reads `source`) with the login the workload `obj` proved for it."""
         namespace = str(obj["metadata"]["namespace"])
         login = await self.prove(obj, namespace, source)
         with SourceLogins.using(source.repository.registry.host, login):
-            return await copies.copy(source, target)
+            return await work()
 
     async def prove(self, obj: JsonObject, namespace: str, source: Reference) -> Credentials | None:
         """The login (None: anonymous) the source accepts for `source` in `namespace`;

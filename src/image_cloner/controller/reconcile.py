@@ -43,6 +43,11 @@ from image_cloner.controller.kube_errors import KubeApiError, NotFound, changed_
 from image_cloner.controller.pinning import Pin, Pinned, Pinning, PinningFailed, SourceReader
 from image_cloner.controller.pull_secrets import PullSecrets, watched_logins
 from image_cloner.controller.queue import Retry
+from image_cloner.controller.referrer_resync import (
+    ReferrerResync,
+    ReferrerSyncer,
+    rewritten_backups,
+)
 from image_cloner.controller.rollback import RECHECK, Followed, Rollback
 from image_cloner.controller.steps import Limit, Step, WorkloadStep, next_step
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
@@ -75,8 +80,8 @@ MAX_CONFLICTS = 5
 logger = logging.getLogger(CONTROLLER_LOGGER)
 
 
-class ReconcileCopier(ImageCopier, SourceReader, Protocol):
-    """What the reconciler needs of `oci.copying.Copier`: copies and source reads."""
+class ReconcileCopier(ImageCopier, SourceReader, ReferrerSyncer, Protocol):
+    """What the reconciler needs of `oci.copying.Copier`: copies, source reads, referrers."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,10 @@ class Reconciler:
         self._access = access
         """Proves each workload's own access to its source images (controller.access);
         None only in unit tests whose fake registry has no access to prove."""
+        self._referrers = ReferrerResync(
+            copier, interval=settings.referrers_resync, metrics=metrics, access=access
+        )
+        """New signatures on images already backed up (`controller.referrer_resync`)."""
         self._gate = Gate(kube=kube, settings=settings)
         self._rollback = Rollback(kube=kube, settings=settings, pull_secret=pull_secrets.name)
         self._pinning = Pinning(
@@ -215,6 +224,8 @@ class Reconciler:
             # Not an error: the watch event that completes the rollout brings the key back.
             return True
         log.inspecting()
+        for source, backup in rewritten_backups(obj, step.images):
+            await self._referrers.met(obj, source, backup)
         plan = await self._plan(obj, step, log)
         if not plan:
             await self._keep_pull_secret(key, obj)
@@ -310,8 +321,12 @@ class Reconciler:
             log.clone_failed(pin.container.image, str(e), container=name, target=str(target))
             retry = self.copies.blocked(source, target)
             return _CopyFailed(f"{source} → {target}: {e}", retry[0] if retry else 0.0)
+        copied_from = source.with_digest(result.digest)
         if result.already_present:
             log.already_cloned(pin.container.image, container=name, target=str(target))
+            await self._referrers.met(obj, copied_from, result.pinned)
+        else:
+            self._referrers.copied(copied_from, result.pinned)
         if self._index is not None:
             # The admission webhook may now point Pods naming this image at the copy.
             credentials = self._settings.registry_options.credentials

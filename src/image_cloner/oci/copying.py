@@ -19,6 +19,10 @@ The order is what makes a copy safe to interrupt and cheap to repeat:
    kept under its digest and `CopyResult.tag` says the tag was KEPT, and at what
    (the rule lives in `oci.tags`).
 
+An image already in the target can have its referrers brought up to date on their own
+(`sync_referrers`: what was attached upstream since the copy; the controller's
+`controller.referrer_resync` decides when).
+
 Blob transfers, child manifests and whole images are single-flight within the process:
 concurrent copies that need the same thing await one shared task.
 """
@@ -322,20 +326,41 @@ class Copier:
             blobs = {blob.digest: blob for blob in parsed.blobs}
             await _all(self._copy_blob(job, blob) for blob in blobs.values())
         if self.options.referrers.enabled:
-            await self._copy_referrers(job, manifest, depth)
+            await self._copy_referrers(job, manifest.digest, depth)
 
-    async def _copy_referrers(self, job: _Job, manifest: Manifest, depth: int) -> None:
-        """What refers to `manifest` (signatures, SBOMs, attestations: `oci.referrers`),
+    async def sync_referrers(self, source: Reference, target: Reference) -> int:
+        """Copy what refers to the image `source` names by digest, and to each of its
+        platforms, that `target` (the same digest, already copied) lacks: signatures and
+        attestations attached upstream after the copy. Returns the manifests pushed;
+        `RegistryError` as `copy_image`. The cost is in `controller.referrer_resync`."""
+        assert source.digest is not None, "referrers are synced for a digest"
+        assert source.digest == target.digest, "a backup holds the source's digest"
+        job = _Job(
+            self._client(source.repository, pull=True),
+            self._client(target.repository, pull=False),
+            _Tally(),
+            None,
+        )
+        if self.options.referrers.enabled:
+            platforms = await self.children(source)
+            await _all(
+                self._copy_referrers(job, digest, depth)
+                for digest, depth in [(source.digest, 0), *((p, 1) for p in platforms)]
+            )
+        return job.tally.manifests_pushed
+
+    async def _copy_referrers(self, job: _Job, digest: str, depth: int) -> None:
+        """What refers to `digest` (signatures, SBOMs, attestations: `oci.referrers`),
         each with its own referrers, at most `MAX_NESTING` deep; before any tag is pushed."""
         if depth >= MAX_NESTING:
-            logger.info("referrers of %s not followed: %d deep", manifest.digest, depth)
+            logger.info("referrers of %s not followed: %d deep", digest, depth)
             return
         works = [
-            self._optional(self._copy_referrer(job, manifest.digest, entry, depth), entry["digest"])
-            for entry in await find_referrers(job.source, manifest.digest)
+            self._optional(self._copy_referrer(job, digest, entry, depth), entry["digest"])
+            for entry in await find_referrers(job.source, digest)
         ] + [
             self._optional(self._copy_tagged(job, tag, tagged, depth), tag)
-            for tag, tagged in await cosign_tags(job.source, manifest.digest)
+            for tag, tagged in await cosign_tags(job.source, digest)
         ]
         await _all(works)
 
