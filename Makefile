@@ -23,7 +23,7 @@ help:
 	@echo "make demo          the controller end to end on local registries and the test bed"
 	@echo "make demo-keep     the same, left running to explore (make demo-down stops it)"
 	@echo "make test          lint + unit + integration + e2e tests (does all set-up)"
-	@echo "make bench         copy benchmarks side by side with skopeo"
+	@echo "make bench         copy benchmarks side by side with skopeo, crane and regctl"
 	@echo "make cluster-up    start the local Kubernetes test bed (.testbed/kubeconfig)"
 	@echo "make cluster-down  stop it and remove its state"
 
@@ -96,7 +96,7 @@ demo-keep: setup testbed
 demo-down: venv
 	scripts/demo.sh --down
 
-bench: setup
+bench: setup testbed
 	$(PY) bench/copy_bench.py
 
 clean:

@@ -1,11 +1,13 @@
-"""Benchmark `image-cloner copy` against `skopeo copy --all --preserve-digests` (`make bench`).
+"""Benchmark `image-cloner copy` against skopeo, crane and regctl side by side (`make bench`).
 
 Real registries on loopback (source: open HTTP; destination: htpasswd + TLS from a test CA),
-a synthetic image of random data seeded with skopeo, and both tools run as the processes a
-user would run. Three figures:
+a synthetic image of random data seeded with skopeo, and every tool run as the process a
+user would run (`skopeo copy --all --preserve-digests`, `crane copy`, `regctl image copy`:
+each copies every platform and keeps the digests). Three figures:
 
 1. Full copy of a 2-platform x 8-layer image (~110 MB), several rounds, each tool into an
-   empty destination: wall time, CPU time and peak RSS, medians and image-cloner/skopeo ratios.
+   empty destination: wall time, CPU time and peak RSS, medians, and image-cloner's ratios to
+   each peer and to the best peer of each figure.
 2. The same with one big layer (1 GiB by default): peak RSS next to figure 1's shows that
    streaming keeps memory independent of layer size; wall and CPU time show throughput.
 3. HTTP requests to "copy" an image the destination already has, counted by proxies.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -32,6 +35,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests.support import skopeo  # noqa: E402
+from tests.support.binaries import tool as testbed_tool  # noqa: E402
 from tests.support.images import MIB, ImageKind, ImageSpec, SyntheticImage  # noqa: E402
 from tests.support.registries import REGISTRY_BINARY  # noqa: E402
 
@@ -125,7 +129,7 @@ def _run(lab: Lab, spec: ImageSpec, big_spec: ImageSpec, *, rounds: int) -> Resu
 
 
 def _schedule(rounds: int) -> Iterator[tuple[int, Tool]]:
-    """(round, tool) pairs; who goes first alternates, so neither always gets warmer caches."""
+    """(round, tool) pairs; the order reverses every round, so no tool always goes first."""
     for number in range(1, rounds + 1):
         yield from ((number, tool) for tool in (Tool if number % 2 else reversed(Tool)))
 
@@ -148,14 +152,17 @@ def _machine() -> dict[str, str]:
         "cpus": str(os.cpu_count()),
         "python": platform.python_version(),
         "skopeo": _version(["skopeo", "--version"]),
+        "crane": _version([str(testbed_tool("crane")), "version"]),
+        "regctl": _version([str(testbed_tool("regctl")), "version"]),
         "docker-registry": _version([REGISTRY_BINARY, "--version"]),
         "load average at start": _load(),
     }
 
 
 def _version(argv: list[str]) -> str:
-    out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout.split()
-    return next((word.lstrip("v") for word in out if word[:1].isdigit() or word[:2] == "v2"), "?")
+    out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+    found = re.search(r"\bv?(\d+\.\d+[\w.+-]*)", out)
+    return found.group(1) if found else "?"
 
 
 def _load() -> str:

@@ -1,10 +1,12 @@
-"""The benchmark's lab: loopback registries, synthetic images, and the two copy commands.
+"""The benchmark's lab: loopback registries, synthetic images, and the four copy commands.
 
 Everything comes from the test support (`tests.support`), so the benchmark runs against the
 same real registries and images as the integration tests. Every measured copy goes into a
 destination registry of its own, started empty on a new port: no tool finds blobs left by an
-earlier round, and skopeo's machine-wide blob-info cache (which remembers where it pushed
-blobs, to mount them later) knows nothing about that registry.
+earlier round. Each peer runs with a configuration of its own, made for that one copy (its
+logins and trust for the two registries, nothing of the machine's), and skopeo with an empty
+blob-info cache: that machine-wide cache remembers where blobs were pushed, to mount them
+later, and a new registry may get the port of an earlier one (`_skopeo_without_cache`).
 """
 
 from __future__ import annotations
@@ -21,22 +23,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support import skopeo
+from tests.support.binaries import tool
+from tests.support.crane import Crane
 from tests.support.images import ImageFactory, ImageSpec, SyntheticImage, push_image
 from tests.support.pki import make_pki
 from tests.support.processes import Service
 from tests.support.proxy import RegistryProxy
+from tests.support.regctl import Regctl
 from tests.support.registries import RegistryEndpoint, RegistryKind, RunningRegistry
 
 from bench.measure import Measurement, run_measured
 
-__all__ = ["Lab", "RequestCount", "Tool"]
+__all__ = ["PEERS", "Lab", "RequestCount", "Tool"]
 
 IMAGE_CLONER = Path(sys.executable).parent / "image-cloner"
+SKOPEO_SYSTEM_CACHE = Path("/var/lib/containers/cache")
+"""Where skopeo run as root keeps its blob-info cache (containers/image: no flag moves it)."""
 
 
 class Tool(enum.StrEnum):
     IMAGE_CLONER = "image-cloner"
     SKOPEO = "skopeo"
+    CRANE = "crane"
+    REGCTL = "regctl"
+
+
+PEERS = (Tool.SKOPEO, Tool.CRANE, Tool.REGCTL)
+"""The tools image-cloner is measured against."""
 
 
 @dataclass(frozen=True)
@@ -120,23 +133,37 @@ class Lab(Service):
         """Copy `name` (every platform, digests kept) with `tool`; measure the process."""
         self._count += 1
         log = self.logs / f"{self._count:03d}-{tool}.log"
-        argv = self.argv(tool, source, destination, name)
-        return run_measured(argv, env=self.env, log=log, timeout=self.timeout)
+        home = self.root / "homes" / f"{self._count:03d}-{tool}"
+        argv, env = self.command(tool, source, destination, name, home=home)
+        return run_measured(argv, env=env, log=log, timeout=self.timeout)
 
     def start_up(self, tool: Tool) -> Measurement:
         """`TOOL --version`: what starting the program costs before it copies anything."""
         self._count += 1
         log = self.logs / f"{self._count:03d}-{tool}-version.log"
-        program = str(IMAGE_CLONER) if tool is Tool.IMAGE_CLONER else skopeo.SKOPEO
-        return run_measured([program, "--version"], env=self.env, log=log, timeout=self.timeout)
+        argv = {
+            Tool.IMAGE_CLONER: [str(IMAGE_CLONER), "--version"],
+            Tool.SKOPEO: [skopeo.SKOPEO, "--version"],
+            Tool.CRANE: [str(_binary(Tool.CRANE)), "version"],
+            Tool.REGCTL: [str(_binary(Tool.REGCTL)), "version"],
+        }[tool]
+        return run_measured(argv, env=self.env, log=log, timeout=self.timeout)
 
-    @staticmethod
-    def argv(
-        tool: Tool, source: RegistryEndpoint, destination: RegistryEndpoint, name: str
-    ) -> list[str]:
-        """The command line a user would type, with the credentials and trust it needs."""
+    def command(
+        self,
+        tool: Tool,
+        source: RegistryEndpoint,
+        destination: RegistryEndpoint,
+        name: str,
+        *,
+        home: Path,
+    ) -> tuple[list[str], dict[str, str]]:
+        """The command line a user would type, with the credentials and trust it needs, and
+        its environment; the tool's configuration is written under `home` (not measured)."""
+        home.mkdir(parents=True, exist_ok=True)
+        src, dst = source.ref(name), destination.ref(name)
         if tool is Tool.SKOPEO:
-            return [
+            argv = [
                 skopeo.SKOPEO,
                 "--insecure-policy",
                 "copy",
@@ -148,6 +175,21 @@ class Lab(Service):
                 skopeo.docker_ref(source, name),
                 skopeo.docker_ref(destination, name),
             ]
+            return _skopeo_without_cache(argv, self.env, home)
+        if tool is Tool.CRANE:
+            # `crane copy` copies an index as it is (every platform, digests kept); loopback
+            # hosts may answer plain HTTP (the source), TLS is verified with the test CA.
+            crane = Crane(home)
+            crane.login(source)
+            crane.login(destination)
+            env = {**self.env, **crane.env(destination.ca_file or source.ca_file)}
+            return [str(crane.binary), "copy", src, dst], env
+        if tool is Tool.REGCTL:
+            # `regctl image copy` copies every platform of an index, digests kept.
+            regctl = Regctl(home)
+            regctl.configure(source)
+            regctl.configure(destination)
+            return [str(regctl.binary), "image", "copy", src, dst], {**self.env, **regctl.env}
         argv = [str(IMAGE_CLONER), "copy", "--quiet"]
         if source.username is not None:
             argv.append(f"--src-creds={source.username}:{source.password}")
@@ -156,7 +198,7 @@ class Lab(Service):
         ca_file = destination.ca_file or source.ca_file
         if ca_file is not None:
             argv.append(f"--ca-file={ca_file}")
-        return [*argv, source.ref(name), destination.ref(name)]
+        return [*argv, src, dst], self.env
 
     @staticmethod
     def verify(destination: RegistryEndpoint, name: str, image: SyntheticImage) -> None:
@@ -177,6 +219,27 @@ class Lab(Service):
                 destination=len(sent),
                 destination_kinds=dict(kinds),
             )
+
+
+def _binary(peer: Tool) -> Path:
+    return tool(str(peer))
+
+
+def _skopeo_without_cache(
+    argv: list[str], env: dict[str, str], home: Path
+) -> tuple[list[str], dict[str, str]]:
+    """skopeo with an empty blob-info cache of its own.
+
+    Unprivileged, skopeo keeps it under `$XDG_DATA_HOME`; as root always in
+    `SKOPEO_SYSTEM_CACHE`, shared by every skopeo on the machine, so root's skopeo runs in a
+    mount namespace of its own with an empty tmpfs there (`unshare`, a few ms of the figures).
+    """
+    if os.geteuid() != 0:
+        return argv, {**env, "XDG_DATA_HOME": str(home)}
+    SKOPEO_SYSTEM_CACHE.mkdir(parents=True, exist_ok=True)
+    script = f'mount -t tmpfs bench-skopeo-cache {SKOPEO_SYSTEM_CACHE} && exec "$@"'
+    wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+    return [*wrapper, *argv], env
 
 
 def _what(path: str) -> str:

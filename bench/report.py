@@ -1,6 +1,7 @@
 """The benchmark's figures: collected in one dataclass, printed as tables, saved as JSON.
 
-Ratios are always image-cloner / skopeo, so below 1.00x means image-cloner used less.
+Ratios are always image-cloner / a peer (skopeo, crane, regctl), so below 1.00x means
+image-cloner used less; "best" is, for each figure on its own, the peer with the lowest median.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.lab import RequestCount, Tool
+from bench.lab import PEERS, RequestCount, Tool
 from bench.measure import Measurement, median
 
-__all__ = ["Results", "ratios", "render", "save_json"]
+__all__ = ["FIGURES", "Results", "ratios", "render", "save_json", "versus_best"]
 
 Rounds = dict[Tool, list[Measurement]]
+FIGURES = ("wall", "cpu", "max_rss")
 
 
 @dataclass
@@ -46,14 +48,29 @@ class Results:
         return big / self.median(Tool.IMAGE_CLONER).max_rss_bytes
 
 
-def ratios(rounds: Rounds) -> dict[str, float]:
-    """image-cloner / skopeo of each median figure."""
-    ours, theirs = median(rounds[Tool.IMAGE_CLONER]), median(rounds[Tool.SKOPEO])
-    return {
-        "wall": ours.wall_s / theirs.wall_s,
-        "cpu": ours.cpu_s / theirs.cpu_s,
-        "max_rss": ours.max_rss_bytes / theirs.max_rss_bytes,
-    }
+def _figures(m: Measurement) -> dict[str, float]:
+    return {"wall": m.wall_s, "cpu": m.cpu_s, "max_rss": float(m.max_rss_bytes)}
+
+
+def ratios(rounds: Rounds) -> dict[str, dict[str, float]]:
+    """image-cloner / each peer, of each median figure: {peer: {figure: ratio}}."""
+    ours = _figures(median(rounds[Tool.IMAGE_CLONER]))
+    result = {}
+    for peer in PEERS:
+        theirs = _figures(median(rounds[peer]))
+        result[str(peer)] = {f: ours[f] / theirs[f] for f in FIGURES}
+    return result
+
+
+def versus_best(rounds: Rounds) -> dict[str, dict[str, Any]]:
+    """For each figure, the peer with the lowest median and image-cloner / that median."""
+    ours = _figures(median(rounds[Tool.IMAGE_CLONER]))
+    medians = {peer: _figures(median(rounds[peer])) for peer in PEERS}
+    result: dict[str, dict[str, Any]] = {}
+    for figure in FIGURES:
+        best = min(PEERS, key=lambda peer: medians[peer][figure])
+        result[figure] = {"peer": str(best), "ratio": ours[figure] / medians[best][figure]}
+    return result
 
 
 def render(results: Results) -> str:
@@ -69,8 +86,9 @@ def render(results: Results) -> str:
         *_table(results.rounds),
         *(_measured("start-up", tool, median(results.start_up[tool])) for tool in Tool),
         "wall time without start-up (median copy - median start-up): "
-        f"image-cloner {net[Tool.IMAGE_CLONER]:.2f} s, skopeo {net[Tool.SKOPEO]:.2f} s, "
-        f"ratio {net[Tool.IMAGE_CLONER] / net[Tool.SKOPEO]:.2f}x",
+        + ", ".join(f"{tool} {net[tool]:.2f} s" for tool in Tool)
+        + "; image-cloner / "
+        + ", ".join(f"{peer} {net[Tool.IMAGE_CLONER] / net[peer]:.2f}x" for peer in PEERS),
         "",
         f"2. Big layer: {results.big_image}",
         *_table(results.big),
@@ -98,10 +116,12 @@ def save_json(results: Results, path: Path) -> None:
         "median": _medians_json(results.rounds),
         "start_up": _medians_json(results.start_up),
         "ratios": ratios(results.rounds),
+        "versus_best": versus_best(results.rounds),
         "without_start_up": {str(tool): results.without_start_up(tool) for tool in Tool},
         "big_rounds": _rounds_json(results.big),
         "big": _medians_json(results.big),
         "big_ratios": ratios(results.big),
+        "big_versus_best": versus_best(results.big),
         "rss_big_vs_small": results.rss_big_vs_small,
         "requests": {
             str(tool): {
@@ -116,14 +136,16 @@ def save_json(results: Results, path: Path) -> None:
 
 
 def _table(rounds: Rounds) -> list[str]:
-    """Every round of both tools, their medians and the ratios of the medians."""
+    """Every round of every tool, their medians and image-cloner's ratios to each peer."""
     lines = [_row("", "tool", "wall s", "CPU s", "peak RSS MiB")]
     for number in range(len(rounds[Tool.IMAGE_CLONER])):
         lines += [_measured(f"round {number + 1}", tool, rounds[tool][number]) for tool in Tool]
     lines += [_measured("median", tool, median(rounds[tool])) for tool in Tool]
-    r = ratios(rounds)
+    for peer, r in ratios(rounds).items():
+        lines.append(_row("ratio", f"ic/{peer}", *(f"{r[f]:.2f}x" for f in FIGURES)))
+    best = versus_best(rounds)
     lines.append(
-        _row("ratio", "ic/skopeo", f"{r['wall']:.2f}x", f"{r['cpu']:.2f}x", f"{r['max_rss']:.2f}x")
+        _row("ratio", "ic/best", *(f"{best[f]['ratio']:.2f}x {best[f]['peer']}" for f in FIGURES))
     )
     return lines
 
@@ -141,4 +163,4 @@ def _measured(label: str, tool: Tool, m: Measurement) -> str:
 
 
 def _row(label: str, tool: str, wall: str, cpu: str, rss: str) -> str:
-    return f"{label:<10} {tool:<13} {wall:>8} {cpu:>8} {rss:>13}"
+    return f"{label:<10} {tool:<13} {wall:>14} {cpu:>14} {rss:>16}"

@@ -5,38 +5,30 @@ was unreachable, or lied; or DST's tag holds other bits and was kept: never move
 `--force`), 2 bad input or configuration, 130 interrupted. Failures print
 one line on stderr; the result (the destination reference with its digest) is the only
 thing printed on stdout.
+
+Each subcommand imports what it needs when it runs, nothing of it is imported here:
+`--help` and `--version` then cost an interpreter start and argparse, and `copy` loads
+aiohttp but no Kubernetes client, kopf, prometheus_client or rich (checked by
+tests/unit/test_cli_imports.py; figures in docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import getpass
 import os
-import shutil
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from image_cloner.report import Row
 
 from image_cloner import __version__
-from image_cloner.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from image_cloner.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, fail
 from image_cloner.logs import LOG_FORMATS, LOG_LEVELS
-from image_cloner.mapping import is_backup, parse_backup_location, target_for
-from image_cloner.oci.copying import Copier, CopyResult, TagOutcome
-from image_cloner.oci.errors import RegistryError
-from image_cloner.oci.options import Credentials, RegistryOptions
-from image_cloner.oci.references import InvalidReference, Reference, parse_reference
-from image_cloner.settings import (
-    REGISTRY,
-    ConfigError,
-    Settings,
-    parse_credentials,
-    registry_options_from_env,
-)
 
-__all__ = ["build_parser", "main"]
+__all__ = ["PROG", "build_parser", "main"]
 
 PROG = "image-cloner"
 
@@ -91,12 +83,13 @@ def _add_run(commands: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _run_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from image_cloner.settings import ConfigError, Settings
+
     try:
         settings = Settings.from_env(env)
     except ConfigError as error:
-        _fail(f"{PROG} run: {error}")
+        fail(f"{PROG} run: {error}")
         return EXIT_BAD_INPUT
-    # Imported here: kopf and the Kubernetes client are heavy, and `copy` needs neither.
     from image_cloner.controller import app
 
     return app.run(
@@ -110,7 +103,7 @@ def _add_copy(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="copy one image (every platform, digests unchanged) to another registry",
         description=(
             "Copy SRC to DST byte for byte, every platform. DST defaults to SRC's place "
-            f"in the backup registry ${REGISTRY}. Prints DST with its digest."
+            "in the backup registry $IMAGE_CLONER_REGISTRY. Prints DST with its digest."
         ),
     )
     copy.add_argument("source", metavar="SRC", help="image to copy, e.g. nginx:1.21.4-alpine")
@@ -145,18 +138,24 @@ def _add_copy(commands: argparse._SubParsersAction[_Parser]) -> None:
     copy.set_defaults(command=_copy_command)
 
 
+def _copy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from image_cloner import copy_command
+
+    return copy_command.run(args, env, prog=PROG)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
     except UsageError as error:
-        _fail(str(error))
+        fail(str(error))
         return EXIT_BAD_INPUT
     command: Command = args.command
     try:
         return command(args, os.environ)
     except KeyboardInterrupt:
-        _fail(f"{PROG}: interrupted")
+        fail(f"{PROG}: interrupted")
         return EXIT_INTERRUPTED
 
 
@@ -172,7 +171,7 @@ def _add_revert(commands: argparse._SubParsersAction[_Parser]) -> None:
             "annotation and the pull Secret reference, and delete the pull Secret where no "
             "workload uses it. Workloads changed since the rewrite are left alone and "
             "reported (exit status 1). Stop the controller first, or it rewrites them again. "
-            f"Reads ${REGISTRY} (what a backup image is) and $IMAGE_CLONER_PULL_SECRET."
+            "Reads $IMAGE_CLONER_REGISTRY (what a backup image is) and $IMAGE_CLONER_PULL_SECRET."
         ),
     )
     revert.add_argument(
@@ -189,11 +188,15 @@ def _add_revert(commands: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _revert_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    # Imported here: the Kubernetes client is heavy, and `copy` does not need it.
+    import asyncio
+
     from image_cloner.controller import operations, revert
     from image_cloner.controller.kube_errors import KubeApiError
-    from image_cloner.report import Tone, render_json, render_table
-    from image_cloner.settings import backup_location_from_env, pull_secret_name_from_env
+    from image_cloner.settings import (
+        ConfigError,
+        backup_location_from_env,
+        pull_secret_name_from_env,
+    )
 
     try:
         if bool(args.targets) == args.all:
@@ -207,19 +210,29 @@ def _revert_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         )
         rows = asyncio.run(work)
     except ConfigError as error:
-        _fail(f"{PROG} revert: {error}")
+        fail(f"{PROG} revert: {error}")
         return EXIT_BAD_INPUT
     except KubeApiError as error:
-        _fail(f"{PROG} revert: {error}")
+        fail(f"{PROG} revert: {error}")
         return EXIT_FAILED
-    if args.output == "json":
+    return _print_rows(rows, args.output, revert.summary(rows, dry_run=args.dry_run))
+
+
+def _print_rows(rows: Sequence[Row], output: str, summary: str) -> int:
+    """Rows as JSON, or as a table (colour on a terminal only) and a summary line; the exit
+    status: 1 when a row is a problem."""
+    import shutil
+
+    from image_cloner.report import Tone, render_json, render_table
+
+    if output == "json":
         sys.stdout.write(render_json(rows))
     else:
         tty = sys.stdout.isatty()
         width = shutil.get_terminal_size().columns if tty else 80
         if rows:
             sys.stdout.write(render_table(rows, width=width, colour=tty))
-        print(revert.summary(rows, dry_run=args.dry_run), flush=True)
+        print(summary, flush=True)
     return EXIT_FAILED if any(row.tone is Tone.PROBLEM for row in rows) else EXIT_OK
 
 
@@ -275,10 +288,12 @@ def _view(
     summary: Callable[[list[Any]], str],
 ) -> int:
     """A read-only command's run: its rows as a table or JSON; 1 when a row is a problem."""
-    # Imported here: the Kubernetes client is heavy, and `copy` does not need it.
+    import asyncio
+
     from image_cloner.controller import operations
     from image_cloner.controller.kube_errors import KubeApiError
-    from image_cloner.report import Tone, render_json, render_table
+    from image_cloner.oci.errors import RegistryError
+    from image_cloner.settings import ConfigError, Settings
 
     try:
         settings = Settings.from_env(env)
@@ -292,140 +307,9 @@ def _view(
         scope = operations.Scope(namespace=namespace)
         rows = asyncio.run(rows_of(args.kubeconfig, settings, scope))
     except ConfigError as error:
-        _fail(f"{PROG} {name}: {error}")
+        fail(f"{PROG} {name}: {error}")
         return EXIT_BAD_INPUT
     except (KubeApiError, RegistryError) as error:
-        _fail(f"{PROG} {name}: {error}")
+        fail(f"{PROG} {name}: {error}")
         return EXIT_FAILED
-    if args.output == "json":
-        sys.stdout.write(render_json(rows))
-    else:
-        tty = sys.stdout.isatty()
-        width = shutil.get_terminal_size().columns if tty else 80
-        if rows:
-            sys.stdout.write(render_table(rows, width=width, colour=tty))
-        print(summary(rows), flush=True)
-    return EXIT_FAILED if any(row.tone is Tone.PROBLEM for row in rows) else EXIT_OK
-
-
-# --- copy ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CopyPlan:
-    source: Reference
-    target: Reference
-    options: RegistryOptions
-
-
-def _copy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    try:
-        plan = plan_copy(args, env)
-    except (ValueError, UsageError) as error:  # InvalidReference and ConfigError are ValueErrors
-        _fail(f"{PROG} copy: {error}")
-        return EXIT_BAD_INPUT
-    show_progress = not args.quiet and sys.stderr.isatty()
-    try:
-        result = asyncio.run(_copy(plan, force=args.force, show_progress=show_progress))
-    except RegistryError as error:
-        _fail(f"{PROG} copy: {plan.source} → {plan.target}: {error}")
-        return EXIT_FAILED
-    if result.tag is TagOutcome.KEPT:
-        # A backup tag is never moved to other bits silently (docs/copy.md).
-        _fail(
-            f"{PROG} copy: {plan.source} → {plan.target}: {plan.target} holds"
-            f" {result.tag_digest}, not {result.digest}; nothing was overwritten"
-            f" (the copy is stored as {result.pinned.name}; --force moves the tag)"
-        )
-        return EXIT_FAILED
-    print(result.pinned.name, flush=True)
-    return EXIT_OK
-
-
-def plan_copy(args: argparse.Namespace, env: Mapping[str, str]) -> CopyPlan:
-    """References and registry options from the arguments and environment.
-
-    Raises `InvalidReference` / `ConfigError` (both `ValueError`) on bad input.
-    """
-    source = parse_reference(args.source)
-    backup_text = env.get(REGISTRY, "").strip()
-    backup = None
-    if backup_text:
-        try:
-            backup = parse_backup_location(backup_text)
-        except InvalidReference as error:
-            raise ConfigError(f"{REGISTRY}: {error}") from None
-    if args.target is not None:
-        target = parse_reference(args.target)
-    elif backup is None:
-        raise ConfigError(f"give DST, or set {REGISTRY} to the backup registry")
-    elif is_backup(source, backup):
-        raise ConfigError(f"{source} is already in the backup registry {backup}; give DST")
-    else:
-        target = target_for(source, backup)
-    extra = _flag_credentials(args, source, target)
-    options = registry_options_from_env(
-        env,
-        # IMAGE_CLONER_USER/PASS belong to the backup registry; without one, to DST's host.
-        backup_host=backup.registry.host if backup is not None else target.repository.registry.host,
-        extra_credentials=extra,
-        extra_insecure_hosts=args.insecure,
-        ca_file=args.ca_file,
-        referrers=args.referrers,
-    )
-    return CopyPlan(source, target, options)
-
-
-def _flag_credentials(
-    args: argparse.Namespace, source: Reference, target: Reference
-) -> dict[str, Credentials]:
-    credentials: dict[str, Credentials] = {}
-    src_host = source.repository.registry.host
-    dst_host = target.repository.registry.host
-    if args.src_creds is not None:
-        credentials[src_host] = _credentials(args.src_creds, what="--src-creds")
-    if args.dest_creds is not None:
-        dest = _credentials(args.dest_creds, what="--dest-creds")
-        if credentials.get(dst_host, dest) != dest:
-            raise ConfigError(
-                f"--src-creds and --dest-creds differ but SRC and DST share the host {dst_host}"
-            )
-        credentials[dst_host] = dest
-    return credentials
-
-
-def _credentials(text: str, *, what: str) -> Credentials:
-    """`USER:PASS`; a bare `USER` asks for the password on the terminal, as skopeo does."""
-    if ":" not in text and text and sys.stdin.isatty():
-        return Credentials(text, getpass.getpass(f"Password for {text}: "))
-    return parse_credentials(text, what=what)
-
-
-async def _copy(plan: CopyPlan, *, force: bool, show_progress: bool) -> CopyResult:
-    async with Copier(plan.options) as copier:
-        if not show_progress:
-            return await copier.copy_image(plan.source, plan.target, force=force, move_tag=force)
-        # Imported only for a terminal: rich costs start-up time every piped copy would pay.
-        from rich.console import Console
-
-        from image_cloner.progress import CopyProgress
-
-        console = Console(stderr=True)
-        with CopyProgress(console, f"{plan.source} → {plan.target}") as progress:
-            result = await copier.copy_image(
-                plan.source, plan.target, force=force, move_tag=force, progress=progress
-            )
-        if result.already_present:
-            if result.tag is not TagOutcome.KEPT:  # else the failure line says it all
-                console.print(f"already there: {plan.target}", highlight=False)
-        else:
-            console.print(
-                f"copied {plan.source} → {plan.target}: blobs {progress.summary()}, "
-                f"{result.manifests_pushed} manifests pushed",
-                highlight=False,
-            )
-        return result
-
-
-def _fail(message: str, stream: TextIO | None = None) -> None:
-    print(message.replace("\n", " "), file=stream or sys.stderr, flush=True)
+    return _print_rows(rows, args.output, summary(rows))

@@ -18,10 +18,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from image_cloner.credential_plugins import CredentialPluginError, PluginSpec, load_provider_config
 from image_cloner.credentials import CredentialError, Login, Secret
 from image_cloner.logs import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
 from image_cloner.mapping import BackupLocation, parse_backup_location
@@ -33,6 +32,10 @@ from image_cloner.oci.options import (
 )
 from image_cloner.oci.references import InvalidReference, Registry
 from image_cloner.policy import ImagePattern, parse_image_patterns
+
+if TYPE_CHECKING:
+    # Imported where a provider config is read: its YAML parser is no part of `copy`.
+    from image_cloner.credential_plugins import PluginSpec
 
 T = TypeVar("T", bound=str)
 
@@ -676,6 +679,8 @@ def _plugins(env: Mapping[str, str]) -> tuple[PluginSpec, ...]:
     config = _readable(env, CREDENTIAL_PROVIDER_CONFIG)
     if config is None:
         return ()
+    from image_cloner.credential_plugins import CredentialPluginError, load_provider_config
+
     bin_dir = Path(_get(env, CREDENTIAL_PROVIDER_BIN_DIR) or config.parent)
     try:
         return load_provider_config(config, bin_dir=bin_dir)

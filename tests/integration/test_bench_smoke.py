@@ -1,8 +1,9 @@
 """The benchmark harness runs end to end and produces every figure (`--quick`, tiny sizes).
 
 No timing is asserted: how fast a copy is on a shared machine is a measurement, not a test
-result. What must hold is that the harness runs both tools against real registries, that
-every figure it prints exists and makes sense, and that it exits 0.
+result. What must hold is that the harness runs every tool (image-cloner, skopeo, crane,
+regctl) against real registries, that every figure it prints exists and makes sense, and that
+it exits 0.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TOOLS = ("image-cloner", "skopeo")
+PEERS = ("skopeo", "crane", "regctl")
+TOOLS = ("image-cloner", *PEERS)
+FIGURES = {"wall", "cpu", "max_rss"}
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +52,32 @@ def _positive(measurement: dict[str, Any]) -> None:
     assert measurement["max_rss_bytes"] > 0
 
 
-def test_every_round_measures_both_tools(bench_run: tuple[str, dict[str, Any]]) -> None:
+def test_every_round_measures_every_tool(bench_run: tuple[str, dict[str, Any]]) -> None:
     _, figures = bench_run
     for tool in TOOLS:
-        assert len(figures["rounds"][tool]) == 2
-        for measurement in figures["rounds"][tool]:
-            _positive(measurement)
+        for rounds in ("rounds", "big_rounds"):
+            assert len(figures[rounds][tool]) == 2
+            for measurement in figures[rounds][tool]:
+                _positive(measurement)
         _positive(figures["median"][tool])
         assert figures["start_up"][tool]["wall_s"] > 0
-    assert set(figures["ratios"]) == {"wall", "cpu", "max_rss"}
-    assert all(ratio > 0 for ratio in figures["ratios"].values())
+
+
+def test_ratios_to_each_peer_and_to_the_best(bench_run: tuple[str, dict[str, Any]]) -> None:
+    _, figures = bench_run
+    for key in ("ratios", "big_ratios"):
+        assert set(figures[key]) == set(PEERS)
+        for peer in PEERS:
+            assert set(figures[key][peer]) == FIGURES
+            assert all(ratio > 0 for ratio in figures[key][peer].values())
+    for key, medians in (("versus_best", "median"), ("big_versus_best", "big")):
+        assert set(figures[key]) == FIGURES
+        wall = figures[key]["wall"]
+        # The best peer's wall time is the lowest of the three, and the ratio is against it.
+        fastest = min(PEERS, key=lambda peer: figures[medians][peer]["wall_s"])
+        assert wall["peer"] == fastest
+        ours = figures[medians]["image-cloner"]["wall_s"]
+        assert wall["ratio"] == pytest.approx(ours / figures[medians][fastest]["wall_s"])
 
 
 def test_peak_rss_is_the_commands_own(bench_run: tuple[str, dict[str, Any]]) -> None:
@@ -81,11 +100,13 @@ def test_already_backed_up_image_costs_one_request_each_side(
     # The bench names no digest: the HEAD of the source tag says which digest counts, so a
     # backup tag left behind by a moved source tag is not taken for "already there".
     assert ours["source"] == 1
-    assert figures["requests"]["skopeo"]["destination"] >= 1
+    for peer in PEERS:
+        assert figures["requests"][peer]["destination"] >= 1
 
 
 def test_prints_the_tables(bench_run: tuple[str, dict[str, Any]]) -> None:
     stdout, _ = bench_run
-    assert "ic/skopeo" in stdout
+    for peer in (*PEERS, "best"):
+        assert f"ic/{peer}" in stdout
     assert "with the big layer" in stdout
     assert "already backed up" in stdout

@@ -57,13 +57,9 @@ class Crane:
 
     def run(self, registry: RegistryEndpoint, *args: str) -> bytes:
         """`crane ARGS` set up for `registry` (login, CA or --insecure); stdout."""
-        self._login(registry)
-        env = {**os.environ, "DOCKER_CONFIG": str(self.home)}
-        flags: list[str] = []
-        if registry.ca_file is not None:
-            env["SSL_CERT_FILE"] = str(registry.ca_file)
-        else:
-            flags.append("--insecure")
+        self.login(registry)
+        env = self.env(registry.ca_file)
+        flags = [] if registry.ca_file is not None else ["--insecure"]
         result = subprocess.run(
             [str(self.binary), *args, *flags],
             env=env,
@@ -75,7 +71,15 @@ class Crane:
             raise CraneError(args, result.returncode, result.stderr.decode(errors="replace"))
         return result.stdout
 
-    def _login(self, registry: RegistryEndpoint) -> None:
+    def env(self, ca_file: Path | None) -> dict[str, str]:
+        """The environment crane runs in: this config directory, and `ca_file` trusted."""
+        env = {**os.environ, "DOCKER_CONFIG": str(self.home)}
+        if ca_file is not None:
+            env["SSL_CERT_FILE"] = str(ca_file)
+        return env
+
+    def login(self, registry: RegistryEndpoint) -> None:
+        """Write `registry`'s credentials (if it has any) into the config, once."""
         if registry.username is None or registry.password is None or registry.host in self._auths:
             return
         token = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()

@@ -41,6 +41,8 @@ class Seen:
     method: str
     path: str
     query: str = ""
+    client_port: int = 0
+    """The client's port: one per connection, so the distinct ones count connections."""
 
 
 class FakeRegistry:
@@ -106,7 +108,9 @@ class FakeRegistry:
 
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        self.requests.append(Seen(request.method, request.path, request.query_string))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        port = peer[1] if peer else 0
+        self.requests.append(Seen(request.method, request.path, request.query_string, port))
         response: web.StreamResponse = await handler(request)
         return response
 

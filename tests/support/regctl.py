@@ -50,10 +50,21 @@ class Regctl:
 
     def run(self, registry: RegistryEndpoint, *args: str, stdin: bytes | None = None) -> bytes:
         """`regctl ARGS` with `registry` configured first; stdout."""
-        self._configure(registry)
+        self.configure(registry)
         return self._regctl(*args, stdin=stdin)
 
-    def _configure(self, registry: RegistryEndpoint) -> None:
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment regctl runs in: this config and HOME, no Docker logins."""
+        return {
+            **os.environ,
+            "HOME": str(self.home),
+            "REGCTL_CONFIG": str(self.home / "config.json"),
+            "DOCKER_CONFIG": str(self.home / "docker"),
+        }
+
+    def configure(self, registry: RegistryEndpoint) -> None:
+        """`regctl registry set` (TLS mode, CA) and `registry login` for `registry`, once."""
         if registry.host in self._configured:
             return
         if registry.ca_file is None:
@@ -73,15 +84,9 @@ class Regctl:
         self._configured.add(registry.host)
 
     def _regctl(self, *args: str, stdin: bytes | None = None) -> bytes:
-        env = {
-            **os.environ,
-            "HOME": str(self.home),
-            "REGCTL_CONFIG": str(self.home / "config.json"),
-            "DOCKER_CONFIG": str(self.home / "docker"),
-        }
         result = subprocess.run(
             [str(self.binary), *args],
-            env=env,
+            env=self.env,
             input=stdin,
             stdin=None if stdin is not None else subprocess.DEVNULL,
             capture_output=True,

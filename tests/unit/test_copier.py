@@ -216,3 +216,20 @@ async def test_a_tag_pushed_by_someone_else_during_the_copy_is_not_overwritten(
     assert (result.tag, result.tag_digest) == (TagOutcome.KEPT, digest(theirs[0]))
     assert racing.manifests[("backup/app", "1")] == theirs
     assert racing.manifests[("backup/app", image.index)] == source.manifests[("src/app", "1")]
+
+
+async def test_connections_to_a_host_are_bounded_and_reused(
+    source: FakeRegistry, target: FakeRegistry
+) -> None:
+    """A HEAD for each of 24 blobs goes out at once; they share a bounded set of connections
+    (each TLS handshake costs CPU) instead of opening one each."""
+    layers = [source.add_blob("src/many", b"layer %d" % n, media_type=LAYER) for n in range(24)]
+    config = source.add_blob("src/many", b"{}", media_type=CONFIG)
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": layers}
+    source.add_manifest("src/many", "1", manifest)
+    options = RegistryOptions(max_concurrent_transfers=2)
+    async with Copier(options) as copier:
+        await copier.copy_image(ref(source, "src/many:1"), ref(target, "backup/many:1"))
+    assert len(target.seen("HEAD", "/blobs/")) == 25
+    connections = {seen.client_port for seen in target.requests}
+    assert 1 < len(connections) <= 2 * 2 + 1

@@ -15,7 +15,9 @@ in registry terms. Decisions (see docs/copy.md):
   keeps failing has its circuit opened. Streamed uploads cannot be replayed, so the caller
   retries those as a whole, inside `with_retries`.
 
-How many transfers run at once is the copy engine's business (`oci.slots`), not this one's.
+How many transfers run at once is the copy engine's business (`oci.slots`), not this one's;
+the connections to one host are bounded to what that many transfers need
+(`CONNECTIONS_PER_TRANSFER`), so they are reused rather than opened for each request.
 """
 
 from __future__ import annotations
@@ -56,6 +58,13 @@ READ_TIMEOUT = 300.0
 """Seconds without a byte before a read fails; registries may hash a large blob before answering."""
 MAX_BODY = 4 * 1024 * 1024
 STREAM_BUFFER = 1024 * 1024
+CONNECTIONS_PER_TRANSFER = 2
+"""A blob transfer between two repositories of one host holds two connections to it (GET
+and PATCH). Connections per host are bounded by `max_concurrent_transfers` times this, plus
+one: every transfer can then hold both, and a check still finds a connection, so a transfer
+waiting for its second never waits for another transfer to end. Unbounded, a copy's first
+requests (a HEAD for each blob of each platform, all at once) each opened a connection with
+its own TLS handshake: 18 for a 2 x 8-layer image, where 9 are reused."""
 """Read buffer of streamed blob downloads: big enough for throughput, small enough to stay flat."""
 
 
@@ -100,13 +109,19 @@ class Transport:
         )
         self._middlewares = (*middlewares, *observer)
         self._sleep = sleep
-        self._ssl = ssl_context(options)
+        # Without a CA bundle, aiohttp's own verified context (`True`) is the system's trust
+        # store as ours would be, already loaded when aiohttp was imported: loading the store
+        # costs ~30 ms of CPU, a tenth of a small image's copy (docs/benchmarks.md).
+        self._ssl: ssl.SSLContext | bool = (
+            ssl_context(options) if options.ca_file is not None else True
+        )
+        self.connections_per_host = CONNECTIONS_PER_TRANSFER * options.max_concurrent_transfers + 1
         self._schemes: dict[str, str] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self._ssl),
+            connector=aiohttp.TCPConnector(ssl=self._ssl, limit_per_host=self.connections_per_host),
             timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT),
             middlewares=self._middlewares,
             auto_decompress=False,

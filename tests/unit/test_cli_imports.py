@@ -1,0 +1,84 @@
+"""What each `image-cloner` command imports: the start-up cost a user pays on every command.
+
+Each case runs the command line in a fresh interpreter (`python -c`, as the `image-cloner`
+script does: `from image_cloner.cli import main`) and reads `sys.modules` when `main`
+returns. Module sets are asserted, never times: how long an import takes on a shared
+machine is a measurement (docs/benchmarks.md), which modules load is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from tests.support.fake_registry import FakeRegistry
+from tests.unit.test_copier import seed_index
+
+# What `main(argv)` loaded: printed as JSON on the last line of stdout.
+PROBE = """
+import json, sys
+from image_cloner.cli import main
+try:
+    status = main(sys.argv[1:])
+except SystemExit as exit:  # --help and --version exit from argparse
+    status = exit.code
+print()
+print(json.dumps({"status": status, "modules": sorted(sys.modules)}))
+"""
+
+HEAVY = ("aiohttp", "yaml", "asyncio", "ssl", "multidict", "yarl")
+"""What parsing a command line has no use for (aiohttp alone was 0.4 s of `--version`)."""
+NOT_FOR_COPY = ("kopf", "kubernetes_asyncio", "prometheus_client", "rich", "yaml")
+"""The controller's and the terminal display's libraries; `copy --quiet` uses none."""
+
+
+async def _run(*argv: str) -> tuple[int, set[str]]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        PROBE,
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    found = json.loads(out.decode().strip().splitlines()[-1])
+    return found["status"], set(found["modules"])
+
+
+def _loaded(modules: set[str], packages: tuple[str, ...]) -> set[str]:
+    return {m for m in modules if m.split(".")[0] in packages}
+
+
+async def test_version_and_help_import_no_library() -> None:
+    for argv in (["--version"], ["--help"], ["copy", "--help"], ["run", "--help"]):
+        status, modules = await _run(*argv)
+        assert status == 0, argv
+        assert not _loaded(modules, HEAVY), argv
+        assert not _loaded(modules, NOT_FOR_COPY), argv
+        ours = {m for m in modules if m.startswith("image_cloner")}
+        assert ours == {
+            "image_cloner",
+            "image_cloner.cli",
+            "image_cloner.exits",
+            "image_cloner.logs",
+        }
+
+
+async def test_a_copy_imports_the_registry_client_and_nothing_of_the_controller() -> None:
+    async with FakeRegistry() as source, FakeRegistry() as target:
+        seed_index(source, "src/app", "1")
+        status, modules = await _run(
+            "copy", "--quiet", f"{source.host}/src/app:1", f"{target.host}/backup/app:1"
+        )
+        pushed = target.seen("PUT", "/manifests/1")
+    assert status == 0
+    assert pushed, "the copy really ran"
+    assert "aiohttp" in modules
+    assert "image_cloner.oci.copying" in modules
+    assert not _loaded(modules, NOT_FOR_COPY)
+    assert not {m for m in modules if m.startswith("image_cloner.controller")}
+    assert "image_cloner.metrics" not in modules
