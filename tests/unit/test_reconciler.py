@@ -167,6 +167,28 @@ async def test_an_image_two_workloads_share_is_copied_once(
         assert containers(kube.get("Deployment", "demo", name)) == wanted
 
 
+async def test_a_slow_copy_frees_the_worker_and_the_workload_is_patched_once_it_is_done(
+    kube: FakeKube, copier: FakeCopier, reconciler: Reconciler
+) -> None:
+    kube.add(deployment("web", {"app": "nginx:1"}))
+    copier.gate = asyncio.Event()
+
+    with pytest.raises(Retry) as caught:
+        await reconciler(WEB)  # returns after COPY_PATIENCE; the copy goes on
+
+    (copy,) = caught.value.until
+    assert not copy.done()
+    assert (kube.patches, kube.events) == ([], []), "nothing written before the copy is done"
+    copier.gate.set()
+    await copy
+    await reconciler(WEB)  # what the queue does when the copy is done
+    assert copier.copied == [(pinned("nginx:1"), f"{BACKUP}/{pinned('nginx:1')}")]
+    assert len(kube.patches) == 1
+    assert containers(kube.get("Deployment", "demo", "web")) == {
+        "app": f"{BACKUP}/{pinned('nginx:1')}"
+    }
+
+
 # --- the other kinds ----------------------------------------------------------------
 
 

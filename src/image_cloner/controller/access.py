@@ -18,6 +18,7 @@ tried (Secrets by namespace/name, never content) and what setting would add a so
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -107,6 +108,16 @@ class SourceAccess:
         login = await self.prove(obj, namespace, source)
         with SourceLogins.using(source.repository.registry.host, login):
             return await copies.copy(source, target)
+
+    async def start(
+        self, copies: ImageCopies, obj: JsonObject, source: Reference, target: Reference
+    ) -> CopyResult | asyncio.Task[CopyResult]:
+        """`copies.start` for the workload `obj`, once its access is proven: even a copy
+        verified earlier (for another namespace) is only handed to a workload that may pull."""
+        namespace = str(obj["metadata"]["namespace"])
+        login = await self.prove(obj, namespace, source)
+        with SourceLogins.using(source.repository.registry.host, login):
+            return copies.start(source, target)
 
     async def prove(self, obj: JsonObject, namespace: str, source: Reference) -> Credentials | None:
         """The login (None: anonymous) the source accepts for `source` in `namespace`;

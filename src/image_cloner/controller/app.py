@@ -316,8 +316,12 @@ class _Operation:
     async def _work(self, reconciler: Reconciler) -> None:
         """The queue's workers: always, or only while this replica holds the Lease."""
 
-        def work() -> Coroutine[Any, Any, None]:
-            return self._queue.run(reconciler, workers=WORKERS)
+        async def work() -> None:
+            try:
+                await self._queue.run(reconciler, workers=WORKERS)
+            finally:
+                # Copies run for the queue's workloads: only while this replica works.
+                await reconciler.copies.stop()
 
         await (work() if self._elector is None else self._elector.run(work))
 
