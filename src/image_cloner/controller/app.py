@@ -69,8 +69,10 @@ from image_cloner.workloads import WorkloadKey
 
 __all__ = ["run"]
 
-WORKERS = 4
-"""Workloads reconciled at once; blob transfers are limited separately by the copier."""
+WORKERS = 16
+"""Workloads reconciled at once. A pass mostly waits for the apiserver (about six requests)
+and never for a copy (`reconcile.COPY_PATIENCE`), so more workers hide more latency; blob
+transfers are limited separately by the copier."""
 
 SHUTDOWN_GRACE = 20.0
 """Seconds in-flight reconciles get to finish on shutdown (a pod gets 30 by default)."""
