@@ -109,6 +109,11 @@ class Testbed(Service):
             raise TestbedError(f"no test bed running in {self.directory}")
         return str(self._state["server"])
 
+    @property
+    def pids(self) -> dict[str, int]:
+        """Component name → process id (bench/scale_bench reads their CPU time in /proc)."""
+        return dict(self._group.pids)
+
     # --- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
