@@ -10,12 +10,12 @@ import asyncio
 
 import pytest
 
-from image_cloner.controller.copies import IMAGES_AT_ONCE, VERIFIED_FOR, ImageCopies
+from image_cloner.controller.copies import VERIFIED_FOR, ImageCopies
 from image_cloner.health import Health
 from image_cloner.metrics import Metrics
 from image_cloner.oci.copying import CopyResult, TagOutcome
 from image_cloner.oci.errors import NotFoundError
-from image_cloner.oci.references import Reference, parse_reference
+from image_cloner.oci.references import parse_reference
 from tests.support.fake_copier import FakeCopier, pinned
 
 BACKUP = "backup.example:5000"
@@ -114,33 +114,3 @@ async def test_start_hands_out_a_verified_copy_at_once(
     assert isinstance(again, CopyResult)
     assert again.already_present
     assert copier.copied == [refs("nginx:1")]
-
-
-class CountingCopier(FakeCopier):
-    """Counts the copies under way at once (each waits for the gate)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.running = self.most = 0
-
-    async def copy_image(self, source: Reference, target: Reference) -> CopyResult:
-        self.running += 1
-        self.most = max(self.most, self.running)
-        try:
-            return await super().copy_image(source, target)
-        finally:
-            self.running -= 1
-
-
-async def test_a_few_images_are_copied_at_a_time_the_others_wait_their_turn() -> None:
-    copier = CountingCopier()
-    copier.gate = asyncio.Event()
-    copies = ImageCopies(copier, metrics=Metrics(health=Health()))
-    images = [f"app{n}:1" for n in range(IMAGES_AT_ONCE + 2)]
-    tasks = [copies.start(*map(parse_reference, refs(image))) for image in images]
-    await asyncio.sleep(0.01)
-    assert copier.running == IMAGES_AT_ONCE
-    copier.gate.set()
-    await asyncio.gather(*(t for t in tasks if isinstance(t, asyncio.Task)))
-    assert copier.most == IMAGES_AT_ONCE
-    assert len(copier.copied) == len(images)

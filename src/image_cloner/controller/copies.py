@@ -18,10 +18,7 @@ how long a new workload could be pointed at it, and the rollout that follows a r
 `start` runs a copy in the background (its task shared by every workload waiting for it),
 so that a reconcile worker does not wait out a large copy: the workload is queued again
 when the task is done (`queue.Retry.until`). `stop` cancels what still runs, when this
-replica stops working (shutdown, or a lost Lease): only the leader copies. At most
-`IMAGES_AT_ONCE` images are copied at a time, the others wait their turn in order: thirty
-copies sharing the copier's transfer slots would all finish late together, while a few at
-a time finish early one after another, and their workloads are rewritten meanwhile.
+replica stops working (shutdown, or a lost Lease): only the leader copies.
 """
 
 from __future__ import annotations
@@ -40,7 +37,6 @@ from image_cloner.oci.references import Reference
 from image_cloner.singleflight import SingleFlight
 
 __all__ = [
-    "IMAGES_AT_ONCE",
     "IMAGE_BACKOFF",
     "VERIFIED_FOR",
     "VERIFIED_MAX",
@@ -58,9 +54,6 @@ VERIFIED_FOR = 600.0
 
 VERIFIED_MAX = 8192
 """Verified copies remembered at most (a few hundred bytes each)."""
-
-IMAGES_AT_ONCE = 4
-"""Images copied at the same time (their blobs share `IMAGE_CLONER_MAX_CONCURRENT_TRANSFERS`)."""
 
 ImageKey = tuple[str, str]
 """(source name, target name): one copy job."""
@@ -136,7 +129,6 @@ class ImageCopies:
         self._flights: SingleFlight[CopyResult] = SingleFlight()
         self._verified: OrderedDict[ImageKey, tuple[float, CopyResult]] = OrderedDict()
         self._background: dict[ImageKey, asyncio.Task[CopyResult]] = {}
-        self._turns = asyncio.Semaphore(IMAGES_AT_ONCE)
 
     def blocked(self, source: Reference, target: Reference) -> tuple[float, str] | None:
         """(seconds left, last failure) while this copy is backing off, else None."""
@@ -193,10 +185,6 @@ class ImageCopies:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _attempt(self, key: ImageKey, source: Reference, target: Reference) -> CopyResult:
-        async with self._turns:
-            return await self._copy_now(key, source, target)
-
-    async def _copy_now(self, key: ImageKey, source: Reference, target: Reference) -> CopyResult:
         started = time.monotonic()
         try:
             with self._metrics.copying():
