@@ -100,15 +100,6 @@ class SourceAccess:
             providers.append(ServiceAccountSecrets(self._secrets, account, notes))
         return CredentialChain((*providers, *self._controller_wide))
 
-    async def copy(
-        self, copies: ImageCopies, obj: JsonObject, source: Reference, target: Reference
-    ) -> CopyResult:
-        """Copy `source` to `target` for the workload `obj`, once its access is proven."""
-        namespace = str(obj["metadata"]["namespace"])
-        login = await self.prove(obj, namespace, source)
-        with SourceLogins.using(source.repository.registry.host, login):
-            return await copies.copy(source, target)
-
     async def start(
         self, copies: ImageCopies, obj: JsonObject, source: Reference, target: Reference
     ) -> CopyResult | asyncio.Task[CopyResult]:
