@@ -16,7 +16,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEBS := docker-registry skopeo apache2-utils openssl ca-certificates
 
-.PHONY: help setup debs venv lock lint unit integration e2e test demo demo-keep demo-down bench \
+.PHONY: help setup debs venv lock lint unit integration e2e test demo demo-keep demo-down bench bench-scale \
         testbed cluster-up cluster-down clean
 
 help:
@@ -24,6 +24,7 @@ help:
 	@echo "make demo-keep     the same, left running to explore (make demo-down stops it)"
 	@echo "make test          lint + unit + integration + e2e tests (does all set-up)"
 	@echo "make bench         copy benchmarks side by side with skopeo, crane and regctl"
+	@echo "make bench-scale   the controller on 1000 Deployments of the test bed (SCALE_ARGS=...)"
 	@echo "make cluster-up    start the local Kubernetes test bed (.testbed/kubeconfig)"
 	@echo "make cluster-down  stop it and remove its state"
 
@@ -98,6 +99,11 @@ demo-down: venv
 
 bench: setup testbed
 	$(PY) bench/copy_bench.py
+
+# e.g. make bench-scale SCALE_ARGS="--workloads 3000 --idle 600 --json scale.json"
+SCALE_ARGS ?=
+bench-scale: setup testbed
+	$(PY) bench/scale_bench.py $(SCALE_ARGS)
 
 clean:
 	rm -rf .venv .tools .stamps .testbed .mypy_cache .ruff_cache .pytest_cache

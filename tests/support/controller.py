@@ -41,7 +41,8 @@ T = TypeVar("T")
 class ControllerProcess(ServiceProcess):
     """`image-cloner run --log-format json --log-level debug` with `env` on a free metrics port.
 
-    `log_format="text"` runs it with the human format instead (then only `log_text()` reads it).
+    `log_format="text"` runs it with the human format instead (then only `log_text()` reads it);
+    `log_level="info"` as a user runs it (bench/scale_bench: debug lines cost CPU at scale).
     """
 
     def __init__(
@@ -51,10 +52,12 @@ class ControllerProcess(ServiceProcess):
         kubeconfig: Path,
         env: Mapping[str, str],
         log_format: str = "json",
+        log_level: str = "debug",
     ) -> None:
         self.workdir = workdir
         self.kubeconfig = kubeconfig
         self.log_format = log_format
+        self.log_level = log_level
         self.metrics_port = free_port()
         self.env = {**env, "IMAGE_CLONER_METRICS_PORT": str(self.metrics_port)}
         self.log_file = workdir / "controller.log"
@@ -74,7 +77,7 @@ class ControllerProcess(ServiceProcess):
             "run",
             f"--kubeconfig={self.kubeconfig}",
             f"--log-format={self.log_format}",
-            "--log-level=debug",
+            f"--log-level={self.log_level}",
         ]
         self._launch(
             command,
@@ -84,6 +87,11 @@ class ControllerProcess(ServiceProcess):
             cwd=REPO_ROOT,
             timeout=START_TIMEOUT,
         )
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while it runs (to read its CPU time and peak RSS in /proc)."""
+        return self._process.pid if self.running and self._process is not None else None
 
     def stop(self) -> int | None:
         """SIGTERM (SIGKILL if it hangs); returns its exit status (None if it was not running)."""

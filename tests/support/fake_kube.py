@@ -127,6 +127,15 @@ class FakeKube:
             if k == kind.kind and (namespace is None or ns == namespace)
         ]
 
+    async def workload_versions(
+        self, kind: WorkloadKind, *, namespace: str | None
+    ) -> dict[tuple[str, str], str]:
+        return {
+            (ns, name): str(obj["metadata"].get("resourceVersion", ""))
+            for (k, ns, name), obj in self.objects.items()
+            if k == kind.kind and (namespace is None or ns == namespace)
+        }
+
     async def patch_workload(
         self, kind: WorkloadKind, namespace: str, name: str, patch: Sequence[Mapping[str, Any]]
     ) -> JsonObject:

@@ -63,11 +63,23 @@ class Testbed(Service):
     __test__ = False
 
     def __init__(
-        self, directory: Path, *, bin_dir: Path | None = None, die_with_parent: bool = False
+        self,
+        directory: Path,
+        *,
+        bin_dir: Path | None = None,
+        die_with_parent: bool = False,
+        api_qps: int | None = None,
     ) -> None:
         """With `die_with_parent`, the kernel kills the components when this process dies, even
-        by SIGKILL (a killed pytest must not leave a control plane running)."""
+        by SIGKILL (a killed pytest must not leave a control plane running). `api_qps` lifts
+        the controller-manager's and scheduler's client rate limit (20 and 50 requests per
+        second by default): a thousand rollouts at 20 per second take minutes."""
         self.directory = directory.resolve()
+        self._qps = (
+            []
+            if api_qps is None
+            else [f"--kube-api-qps={api_qps}", f"--kube-api-burst={api_qps * 2}"]
+        )
         # util-linux's setpriv sets PR_SET_PDEATHSIG, which survives its exec of the component.
         self._launcher = ["setpriv", "--pdeathsig=KILL"] if die_with_parent else []
         self.bin_dir = (bin_dir or default_bin_dir()).resolve()
@@ -96,6 +108,11 @@ class Testbed(Service):
         if "server" not in self._state:
             raise TestbedError(f"no test bed running in {self.directory}")
         return str(self._state["server"])
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Component name → process id (bench/scale_bench reads their CPU time in /proc)."""
+        return dict(self._group.pids)
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -178,7 +195,13 @@ class Testbed(Service):
         )
         self._wait("kube-apiserver /readyz", self._apiserver_ready)
         admin = f"--kubeconfig={self.kubeconfig}"
-        common = (admin, "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0")
+        common = (
+            admin,
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            "--secure-port=0",
+            *self._qps,
+        )
         self._spawn(
             "kube-controller-manager",
             *common,
@@ -209,6 +232,22 @@ class Testbed(Service):
             "the default ServiceAccount", lambda: self._has_serviceaccount("default", "default")
         )
         self._wait("Ready fake nodes", self._nodes_ready)
+
+    def add_nodes(self, count: int, *, pods: int = int(NODE_CAPACITY["pods"])) -> list[str]:
+        """Add `count` more fake nodes, each taking `pods` pods; wait until they are Ready.
+
+        Two nodes of 110 pods hold a test's workloads; a fleet of thousands (bench/scale_bench)
+        needs more room, and fewer big nodes cost KWOK fewer heartbeats than many small ones.
+        """
+        have = json.loads(self.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+        first = len(have)
+        names = [f"kwok-node-{n}" for n in range(first, first + count)]
+        capacity = {**NODE_CAPACITY, "pods": str(pods)}
+        nodes = [_node_manifest(name, capacity=capacity) for name in names]
+        document = {"apiVersion": "v1", "kind": "List", "items": nodes}
+        self.kubectl("apply", "-f", "-", input=json.dumps(document))
+        self._wait("Ready fake nodes", lambda: self._nodes_ready(first + count))
+        return names
 
     # --- using the cluster ---------------------------------------------------
 
@@ -292,10 +331,10 @@ class Testbed(Service):
         result = self.kubectl("get", "serviceaccount", name, "-n", namespace, check=False)
         return result.returncode == 0
 
-    def _nodes_ready(self) -> bool:
+    def _nodes_ready(self, count: int = len(NODE_NAMES)) -> bool:
         jsonpath = '{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}'
         out = self.kubectl("get", "nodes", "-o", f"jsonpath={jsonpath}").stdout.split()
-        return len(out) >= len(NODE_NAMES) and all(status == "True" for status in out)
+        return len(out) >= count and all(status == "True" for status in out)
 
     def _remove_state(self, *, keep_logs: bool) -> None:
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -322,7 +361,7 @@ def _etcd_healthy(url: str) -> bool:
         return False
 
 
-def _node_manifest(name: str) -> dict[str, Any]:
+def _node_manifest(name: str, *, capacity: dict[str, str] = NODE_CAPACITY) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -336,7 +375,7 @@ def _node_manifest(name: str) -> dict[str, Any]:
                 "type": "kwok",
             },
         },
-        "status": {"capacity": NODE_CAPACITY, "allocatable": NODE_CAPACITY},
+        "status": {"capacity": capacity, "allocatable": capacity},
     }
 
 

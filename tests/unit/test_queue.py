@@ -290,6 +290,30 @@ async def test_run_rejects_bad_worker_counts_and_a_second_run(queue: WorkQueue[s
         await queue.run(worker)
 
 
+async def test_a_key_waiting_for_its_work_frees_the_worker_and_comes_back_when_done(
+    queue: WorkQueue[str],
+) -> None:
+    copies = [asyncio.get_running_loop().create_future() for _ in range(2)]
+    seen: list[str] = []
+
+    async def worker(key: str) -> None:
+        seen.append(key)
+        if key == "big" and not all(c.done() for c in copies):
+            raise Retry("copying", until=copies)
+
+    queue.add("big")
+    start(queue, worker)  # one worker: "small" gets it while "big" waits for its copies
+    await until(lambda: seen == ["big"])
+    queue.add("small")
+    await until(lambda: seen == ["big", "small"])
+    copies[0].set_result(None)
+    await asyncio.sleep(0.01)
+    assert seen == ["big", "small"], "back only when all of its work is done"
+    copies[1].set_result(None)
+    await until(lambda: seen == ["big", "small", "big"])
+    assert queue.num_requeues("big") == 0, "waiting is no failure: no backoff"
+
+
 def test_backoff_doubles_up_to_the_cap_per_key() -> None:
     backoff: KeyedBackoff[str] = KeyedBackoff(Backoff(base=1, cap=8))
     assert [backoff.when("a") for _ in range(5)] == [1, 2, 4, 8, 8]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from image_cloner.controller.queue import Retry
+from image_cloner.controller.queue import Retry, WorkQueue
 from image_cloner.controller.reconcile import (
     CLONE_FAILED,
     IMAGES_BACKED_UP,
@@ -165,6 +165,61 @@ async def test_an_image_two_workloads_share_is_copied_once(
     for name in ("web", "api"):
         wanted = {"app": f"{BACKUP}/{pinned('nginx:1')}"}
         assert containers(kube.get("Deployment", "demo", name)) == wanted
+
+
+async def test_a_slow_copy_frees_the_worker_and_the_workload_is_patched_once_it_is_done(
+    kube: FakeKube, copier: FakeCopier, reconciler: Reconciler
+) -> None:
+    kube.add(deployment("web", {"app": "nginx:1"}))
+    copier.gate = asyncio.Event()
+
+    with pytest.raises(Retry) as caught:
+        await reconciler(WEB)  # returns after COPY_PATIENCE; the copy goes on
+
+    (copy,) = caught.value.until
+    assert not copy.done()
+    assert (kube.patches, kube.events) == ([], []), "nothing written before the copy is done"
+    copier.gate.set()
+    await copy
+    await reconciler(WEB)  # what the queue does when the copy is done
+    assert copier.copied == [(pinned("nginx:1"), f"{BACKUP}/{pinned('nginx:1')}")]
+    assert len(kube.patches) == 1
+    assert containers(kube.get("Deployment", "demo", "web")) == {
+        "app": f"{BACKUP}/{pinned('nginx:1')}"
+    }
+
+
+async def test_a_pending_copy_does_not_hold_the_only_worker(
+    kube: FakeKube, copier: FakeCopier, reconciler: Reconciler
+) -> None:
+    big = WorkloadKey("Deployment", "demo", "big")
+    kube.add(deployment("big", {"app": "big:1"}))
+    kube.add(deployment("web", {"app": f"{BACKUP}/{pinned('nginx:1')}"}))  # nothing to do
+    copier.gate = asyncio.Event()
+    queue: WorkQueue[WorkloadKey] = WorkQueue()
+    done: list[str] = []
+
+    async def worker(key: WorkloadKey) -> None:
+        await reconciler(key)
+        done.append(key.name)
+
+    queue.add(big)
+    run = asyncio.create_task(queue.run(worker, workers=1))
+    queue.add(WEB)
+    async with asyncio.timeout(5):
+        while "web" not in done:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert kube.patches == [], "big waits for its copy, off the worker"
+    copier.gate.set()
+    async with asyncio.timeout(5):
+        while "big" not in done:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert len(kube.patches) == 1
+    assert containers(kube.get("Deployment", "demo", "big")) == {
+        "app": f"{BACKUP}/{pinned('big:1')}"
+    }
+    await queue.shutdown(grace=1)
+    await run
 
 
 # --- the other kinds ----------------------------------------------------------------

@@ -18,6 +18,7 @@ tried (Secrets by namespace/name, never content) and what setting would add a so
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -100,11 +101,15 @@ class SourceAccess:
             providers.append(ServiceAccountSecrets(self._secrets, account, notes))
         return CredentialChain((*providers, *self._controller_wide))
 
-    async def copy(
+    async def start(
         self, copies: ImageCopies, obj: JsonObject, source: Reference, target: Reference
-    ) -> CopyResult:
-        """Copy `source` to `target` for the workload `obj`, once its access is proven."""
-        return await self.reading(obj, source, partial(copies.copy, source, target))
+    ) -> CopyResult | asyncio.Task[CopyResult]:
+        """`copies.start` for the workload `obj`, once its access is proven: even a copy
+        verified earlier (for another namespace) is only handed to a workload that may pull."""
+        namespace = str(obj["metadata"]["namespace"])
+        login = await self.prove(obj, namespace, source)
+        with SourceLogins.using(source.repository.registry.host, login):
+            return copies.start(source, target)
 
     async def reading(
         self, obj: JsonObject, source: Reference, work: Callable[[], Awaitable[T]]

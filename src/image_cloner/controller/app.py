@@ -70,8 +70,10 @@ from image_cloner.workloads import WorkloadKey
 
 __all__ = ["live_options", "run", "source_access"]
 
-WORKERS = 4
-"""Workloads reconciled at once; blob transfers are limited separately by the copier."""
+WORKERS = 16
+"""Workloads reconciled at once. A pass mostly waits for the apiserver (about six requests)
+and never for a copy (`reconcile.COPY_PATIENCE`), so more workers hide more latency; blob
+transfers are limited separately by the copier."""
 
 SHUTDOWN_GRACE = 20.0
 """Seconds in-flight reconciles get to finish on shutdown (a pod gets 30 by default)."""
@@ -363,8 +365,12 @@ class _Operation:
     async def _work(self, reconciler: Reconciler) -> None:
         """The queue's workers: always, or only while this replica holds the Lease."""
 
-        def work() -> Coroutine[Any, Any, None]:
-            return self._queue.run(reconciler, workers=WORKERS)
+        async def work() -> None:
+            try:
+                await self._queue.run(reconciler, workers=WORKERS)
+            finally:
+                # Copies run for the queue's workloads: only while this replica works.
+                await reconciler.copies.stop()
 
         await (work() if self._elector is None else self._elector.run(work))
 

@@ -5,25 +5,55 @@ a start. `ImageCopies` makes sure that an image is copied by one attempt however
 workloads wait for it (single-flight), that the attempt is counted once in the metrics,
 and that an image that keeps failing waits out its backoff (`ImageBackoff`) instead of
 being retried by every workload that uses it.
+
+A copy pinned to a digest that succeeded is remembered as verified for `VERIFIED_FOR`
+seconds (at most `VERIFIED_MAX` of them, least recently used out first): the next workload
+running the same digest gets that result without a request to the backup registry (a
+thousand workloads on thirty images would otherwise cost a thousand HEADs). Only pinned
+copies: a digest names the same bytes for ever, while a tag may move. What can make a
+remembered copy untrue is someone deleting it from the backup registry; the period bounds
+how long a new workload could be pointed at it, and the rollout that follows a rewrite
+(`controller.rollback`) undoes one whose pods cannot pull it.
+
+`start` runs a copy in the background (its task shared by every workload waiting for it),
+so that a reconcile worker does not wait out a large copy: the workload is queued again
+when the task is done (`queue.Retry.until`). `stop` cancels what still runs, when this
+replica stops working (shutdown, or a lost Lease): only the leader copies.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
 from image_cloner.backoff import Backoff, KeyedBackoff
 from image_cloner.metrics import FailureReason, Metrics, SkipReason
-from image_cloner.oci.copying import CopyResult
+from image_cloner.oci.copying import CopyResult, TagOutcome
 from image_cloner.oci.errors import RegistryError
 from image_cloner.oci.references import Reference
 from image_cloner.singleflight import SingleFlight
 
-__all__ = ["IMAGE_BACKOFF", "ImageBackoff", "ImageCopier", "ImageCopies", "ImageKey"]
+__all__ = [
+    "IMAGE_BACKOFF",
+    "VERIFIED_FOR",
+    "VERIFIED_MAX",
+    "ImageBackoff",
+    "ImageCopier",
+    "ImageCopies",
+    "ImageKey",
+]
 
 IMAGE_BACKOFF = Backoff(base=5.0, cap=600.0)
 """A failing image is tried again after 5 s, 10 s, 20 s, ... at most every 10 minutes."""
+
+VERIFIED_FOR = 600.0
+"""Seconds a verified copy of a digest is trusted without asking the backup registry again."""
+
+VERIFIED_MAX = 8192
+"""Verified copies remembered at most (a few hundred bytes each)."""
 
 ImageKey = tuple[str, str]
 """(source name, target name): one copy job."""
@@ -85,21 +115,74 @@ class ImageCopies:
     """The controller's copies: one attempt per image at a time, metrics, per-image backoff."""
 
     def __init__(
-        self, copier: ImageCopier, *, metrics: Metrics, backoff: ImageBackoff | None = None
+        self,
+        copier: ImageCopier,
+        *,
+        metrics: Metrics,
+        backoff: ImageBackoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._copier = copier
         self._metrics = metrics
         self.backoff = backoff or ImageBackoff()
+        self._clock = clock
         self._flights: SingleFlight[CopyResult] = SingleFlight()
+        self._verified: OrderedDict[ImageKey, tuple[float, CopyResult]] = OrderedDict()
+        self._background: dict[ImageKey, asyncio.Task[CopyResult]] = {}
 
     def blocked(self, source: Reference, target: Reference) -> tuple[float, str] | None:
         """(seconds left, last failure) while this copy is backing off, else None."""
         return self.backoff.blocked((source.name, target.name))
 
+    def verified(self, source: Reference, target: Reference) -> CopyResult | None:
+        """The result of this pinned copy if it succeeded lately, as "already present"."""
+        key = (source.name, target.name)
+        entry = self._verified.get(key)
+        if entry is None:
+            return None
+        if self._clock() - entry[0] >= VERIFIED_FOR:
+            del self._verified[key]
+            return None
+        self._verified.move_to_end(key)
+        self._metrics.image_skipped(SkipReason.ALREADY_PRESENT)
+        return entry[1]
+
     async def copy(self, source: Reference, target: Reference) -> CopyResult:
         """Copy `source` to `target`, joining an attempt already under way; `RegistryError`."""
+        if (known := self.verified(source, target)) is not None:
+            return known
         key = (source.name, target.name)
         return await self._flights.run(key, lambda: self._attempt(key, source, target))
+
+    def start(self, source: Reference, target: Reference) -> CopyResult | asyncio.Task[CopyResult]:
+        """A verified result, else the background copy of this image (started, or joined).
+
+        The task is started in the caller's context: it copies with the source login in
+        force there (`SourceLogins.using`), as an awaited `copy` would.
+        """
+        if (known := self.verified(source, target)) is not None:
+            return known
+        key = (source.name, target.name)
+        task = self._background.get(key)
+        if task is None:
+            task = asyncio.create_task(self.copy(source, target), name=f"copy {target.name}")
+            self._background[key] = task
+            task.add_done_callback(lambda done: self._finished(key, done))
+        return task
+
+    def _finished(self, key: ImageKey, task: asyncio.Task[CopyResult]) -> None:
+        if self._background.get(key) is task:
+            del self._background[key]
+        if not task.cancelled():
+            # Retrieved here: a failure is in the image's backoff, reported by the next pass.
+            task.exception()
+
+    async def stop(self) -> None:
+        """Cancel the background copies (interrupting one is safe: the tag is pushed last)."""
+        tasks = list(self._background.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _attempt(self, key: ImageKey, source: Reference, target: Reference) -> CopyResult:
         started = time.monotonic()
@@ -111,9 +194,27 @@ class ImageCopies:
             self.backoff.failed(key, str(e))
             raise
         self.backoff.succeeded(key)
+        if source.digest is not None and target.digest is not None:
+            self._remember(key, result)
         if result.already_present:
             self._metrics.image_skipped(SkipReason.ALREADY_PRESENT)
         else:
             seconds = time.monotonic() - started
             self._metrics.image_copied(bytes_copied=result.bytes_copied, seconds=seconds)
         return result
+
+    def _remember(self, key: ImageKey, result: CopyResult) -> None:
+        # As the next workload would find it: present, its tag (if pushed now) already there.
+        tag = TagOutcome.ALREADY if result.tag is TagOutcome.PUSHED else result.tag
+        seen = CopyResult(
+            result.source,
+            result.target,
+            result.digest,
+            already_present=True,
+            tag=tag,
+            tag_digest=result.tag_digest,
+        )
+        self._verified[key] = (self._clock(), seen)
+        self._verified.move_to_end(key)
+        if len(self._verified) > VERIFIED_MAX:
+            self._verified.popitem(last=False)

@@ -29,7 +29,7 @@ import os
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -79,6 +79,9 @@ EVENT_CACHE_SIZE = 4096
 _METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 """Accept header for a list of objects' metadata only (what `kubectl get -o name` asks for)."""
 
+LIST_PAGE = 500
+"""Items per page of a listing (client-go's pager asks for 500 too)."""
+
 JsonObject = dict[str, Any]
 SecretOutcome = Literal["created", "updated", "unchanged", "not-managed"]
 
@@ -93,6 +96,10 @@ class KubeCalls(Protocol):
     async def list_workloads(
         self, kind: WorkloadKind, *, namespace: str | None
     ) -> list[JsonObject]: ...
+
+    async def workload_versions(
+        self, kind: WorkloadKind, *, namespace: str | None
+    ) -> dict[tuple[str, str], str]: ...
 
     async def patch_workload(
         self, kind: WorkloadKind, namespace: str, name: str, patch: Sequence[Mapping[str, Any]]
@@ -177,14 +184,47 @@ class Kube:
     async def list_workloads(
         self, kind: WorkloadKind, *, namespace: str | None
     ) -> list[JsonObject]:
-        """Every workload of a kind (in one namespace or all), for the periodic resync."""
-        listing = await self._call("GET", kind.collection(namespace))
-        items: list[JsonObject] = listing.get("items", [])
-        # Lists omit each item's kind; put it back so items look like single reads.
-        for item in items:
-            item.setdefault("kind", kind.kind)
-            item.setdefault("apiVersion", kind.api_version)
+        """Every workload of a kind (in one namespace or all), whole, page by page."""
+        items: list[JsonObject] = []
+        async for page in self._pages(kind.collection(namespace)):
+            # Lists omit each item's kind; put it back so items look like single reads.
+            for item in page:
+                item.setdefault("kind", kind.kind)
+                item.setdefault("apiVersion", kind.api_version)
+            items.extend(page)
         return items
+
+    async def workload_versions(
+        self, kind: WorkloadKind, *, namespace: str | None
+    ) -> dict[tuple[str, str], str]:
+        """(namespace, name) → resourceVersion of every workload of a kind, for the resync.
+
+        Listed as metadata only (`PartialObjectMetadataList`: no spec, no status) and page
+        by page, so that comparing versions with the watch never holds the cluster's
+        workloads, all of them whole, in memory at once.
+        """
+        versions: dict[tuple[str, str], str] = {}
+        async for page in self._pages(kind.collection(namespace), accept=_METADATA_LIST):
+            for item in page:
+                meta = item.get("metadata") or {}
+                where = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+                versions[where] = str(meta.get("resourceVersion", ""))
+        return versions
+
+    async def _pages(
+        self, path: str, *, accept: str = "application/json"
+    ) -> AsyncIterator[list[JsonObject]]:
+        """A listing's items, `LIST_PAGE` at a time (`limit` and `continue`, as client-go's
+        pager asks), so the apiserver never builds one response of a whole cluster."""
+        token = ""
+        while True:
+            query = [("limit", str(LIST_PAGE)), *([("continue", token)] if token else [])]
+            listing = await self._call("GET", path, query=query, accept=accept)
+            # A metadata list with nothing in it says `"items": null`.
+            yield listing.get("items") or []
+            token = (listing.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return
 
     async def patch_workload(
         self, kind: WorkloadKind, namespace: str, name: str, patch: Sequence[Mapping[str, Any]]

@@ -9,6 +9,8 @@ safe and cheap:
   dirty and it is queued again when the worker is done, so no change is missed;
 - failures are retried after a per-key exponential backoff (`backoff.KeyedBackoff`),
   reset by the next success;
+- a key waiting for background work (`Retry.until`: an image copy) is queued again when
+  that work is done, without holding a worker meanwhile and without a backoff;
 - `shutdown` stops taking work, lets in-flight keys finish (within a grace period),
   and drops what is pending: a restart re-lists everything anyway;
 - cancelling `run` (a leader that lost its Lease) stops the workers and keeps every key,
@@ -20,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Collection, Hashable
+from typing import Any, Generic, TypeVar
 
 from image_cloner.backoff import Backoff, KeyedBackoff
 from image_cloner.logs import log_event
@@ -39,15 +41,23 @@ logger = logging.getLogger(__name__)
 class Retry(Exception):
     """Raised by a worker for an expected failure it has already reported (log, Event).
 
-    The queue retries the key: after `after` seconds if given, else after the key's
-    exponential backoff. Any other exception is a bug: logged with its traceback, then
-    retried with backoff as well.
+    The queue retries the key: when every future in `until` is done if given (no failure:
+    the key waits for work it started), else after `after` seconds if given, else after the
+    key's exponential backoff. Any other exception is a bug: logged with its traceback,
+    then retried with backoff as well.
     """
 
-    def __init__(self, reason: str, *, after: float | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        after: float | None = None,
+        until: Collection[asyncio.Future[Any]] = (),
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.after = after
+        self.until = until
 
 
 class WorkQueue(Generic[K]):
@@ -116,6 +126,20 @@ class WorkQueue(Generic[K]):
         delay = self.backoff.when(key)
         self.add_after(key, delay)
         return delay
+
+    def add_when_done(self, key: K, futures: Collection[asyncio.Future[Any]]) -> None:
+        """`add(key)` once every one of `futures` is done (at once if there are none)."""
+        waiting = set(futures)
+
+        def done(future: asyncio.Future[Any]) -> None:
+            waiting.discard(future)
+            if not waiting:
+                self.add(key)
+
+        if not waiting:
+            self.add(key)
+        for future in list(waiting):
+            future.add_done_callback(done)
 
     def forget(self, key: K) -> None:
         """Reset the key's backoff (it succeeded)."""
@@ -204,6 +228,17 @@ class WorkQueue(Generic[K]):
                 self._done(key)
 
     def _retry(self, key: K, retry: Retry) -> None:
+        if retry.until:
+            self.add_when_done(key, retry.until)
+            log_event(
+                logger,
+                logging.DEBUG,
+                "queued again when its work is done",
+                queue=self.name,
+                key=str(key),
+                reason=retry.reason,
+            )
+            return
         if retry.after is not None:
             delay = retry.after
             self.add_after(key, delay)

@@ -12,6 +12,9 @@ is what keeps users' workloads whole:
    event that completes it brings the key back; a rollout onto backups we wrote is
    followed until it completes, and undone if it fails (`controller.rollback`);
 2. every image of the pod template is copied and verified before anything is written;
+   a copy that takes longer than `COPY_PATIENCE` goes on in the background
+   (`ImageCopies.start`) and the workload comes back when it is done, so that a few large
+   copies never hold every worker while no-op reconciles wait;
 3. one JSON patch, guarded by `resourceVersion` and by a `test` of each old image,
    rewrites them all; if the object changed meanwhile (the apiserver's Status says a
    `test` failed, or a Conflict) we read it again and start over; a refusal of the
@@ -74,6 +77,11 @@ CLONE_FAILED = "CloneFailed"
 REWRITE_REFUSED = "RewriteRefused"
 """What runs cannot be backed up for sure (pods disagree, the source lost the digest)."""
 
+COPY_PATIENCE = 0.25
+"""Seconds a pass waits for an image's copy before it lets its worker go (the workload is
+queued again when the copy is done): a copy the backup already holds (one HEAD) is done
+within it, a large one does not hold a worker that no-op reconciles are waiting for."""
+
 MAX_CONFLICTS = 5
 """Times we re-read and decide again when the object changes under our patch."""
 
@@ -112,6 +120,19 @@ class _Changed(Exception):
 
 class _Following(Exception):
     """A rollout onto our backups is under way: come back in `rollback.RECHECK` seconds."""
+
+
+@dataclass(frozen=True)
+class _CopyPending:
+    copy: asyncio.Task[CopyResult]
+
+
+class _Pending(Exception):
+    """Images are still being copied: come back when those copies are done."""
+
+    def __init__(self, copies: list[asyncio.Task[CopyResult]]) -> None:
+        super().__init__(f"{len(copies)} copies under way")
+        self.copies = copies
 
 
 class Reconciler:
@@ -158,27 +179,32 @@ class Reconciler:
 
     async def __call__(self, key: WorkloadKey) -> None:
         with self._metrics.reconciling(key.kind):
-            following = await self._reconcile(key)
-        if following:
-            # Outside the metrics' block: following a rollout is no reconcile error.
-            raise Retry(f"following the rollout of {key}", after=RECHECK)
+            later = await self._reconcile(key)
+        if later is not None:
+            # Outside the metrics' block: following a rollout, or waiting for copies, is
+            # no reconcile error.
+            raise later
 
-    async def _reconcile(self, key: WorkloadKey) -> bool:
-        """One workload brought as far as it goes now; True: its rollout is being followed."""
+    async def _reconcile(self, key: WorkloadKey) -> Retry | None:
+        """One workload brought as far as it goes now; a `Retry` when it is to come back
+        without having failed (its rollout is followed, its images are being copied)."""
         if key.namespace in self._settings.ignored_namespaces:
-            return False
+            return None
         log = WorkloadLog(KINDS[key.kind].noun, name=key.name, namespace=key.namespace)
         for _ in range(MAX_CONFLICTS):
             obj = await self._read(key)
             if obj is None:
-                return False
+                return None
             try:
                 if await self._pass(key, obj, log):
                     await self._counted(key, None)
-                    return False
+                    return None
             except _Following:
                 await self._counted(key, None)
-                return True
+                return Retry(f"following the rollout of {key}", after=RECHECK)
+            except _Pending as pending:
+                await self._counted(key, None)  # not failed (yet): its copy is under way
+                return Retry(f"copying the images of {key}", until=pending.copies)
             except _Failed as failure:
                 await self._report_failure(obj, failure, key)
                 await self._counted(key, failure.message)
@@ -297,14 +323,21 @@ class Reconciler:
             after = max(failure.after for failure in failures)
             message = "; ".join(failure.message for failure in failures)
             raise _Failed(message, after=after if after > 0 else None)
+        pending = [outcome.copy for outcome in outcomes if isinstance(outcome, _CopyPending)]
+        if pending:
+            # Nothing is written before every copy is verified; the worker is free meanwhile.
+            raise _Pending(pending)
         return [
             pin.rewritten(outcome)
             for pin, outcome in zip(plan, outcomes, strict=True)
             if isinstance(outcome, CopyResult)
         ]
 
-    async def _copy(self, pin: Pin, log: WorkloadLog, obj: JsonObject) -> CopyResult | _CopyFailed:
-        """Copy one image; what failed and the retry delay when it failed."""
+    async def _copy(
+        self, pin: Pin, log: WorkloadLog, obj: JsonObject
+    ) -> CopyResult | _CopyPending | _CopyFailed:
+        """Copy one image: its result; the copy still under way after `COPY_PATIENCE`; or
+        what failed and the retry delay when it failed."""
         source, target, name = pin.source, pin.target, pin.container.name
         blocked = self.copies.blocked(source, target)
         if blocked is not None:
@@ -314,9 +347,15 @@ class Reconciler:
         log.cloning(str(pin.container.image), container=name, target=str(target))
         try:
             if self._access is not None:  # with the workload's own, proven, source login
-                result = await self._access.copy(self.copies, obj, source, target)
+                started = await self._access.start(self.copies, obj, source, target)
             else:
-                result = await self.copies.copy(source, target)
+                started = self.copies.start(source, target)
+            if isinstance(started, asyncio.Task):
+                done, _ = await asyncio.wait({started}, timeout=COPY_PATIENCE)
+                if not done:
+                    return _CopyPending(started)
+                started = started.result()
+            result = started
         except RegistryError as e:
             log.clone_failed(pin.container.image, str(e), container=name, target=str(target))
             retry = self.copies.blocked(source, target)

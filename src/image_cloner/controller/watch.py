@@ -1,8 +1,10 @@
 """The watch, trusted but checked: watch events become queue keys, listings repair misses.
 
 `WatchTracker` remembers the resourceVersion each watch event delivered; every
-`RESYNC_INTERVAL` it lists the workloads and enqueues any whose version the watch has not
-shown us (repairing a missed event), and from then on counts that version as seen. When a
+`RESYNC_INTERVAL` it lists the workloads' versions (metadata only, page by page:
+`Kube.workload_versions`), reads each workload whose version the watch has not shown us
+and enqueues it (repairing a missed event), and from then on counts that version as seen.
+When a
 listing matches everything the watch delivered, the stream is provably current, which
 feeds readiness just like an event does; a stream that silently died while workloads
 change stops doing either, and `/readyz` turns stale.
@@ -108,6 +110,20 @@ class WatchTracker:
             return
         self._queue.add(key)
 
+    async def _consider_current(self, kind: WorkloadKind, key: WorkloadKey) -> None:
+        """A workload the watch is behind on, read whole: readiness needs its status."""
+        try:
+            obj = await self._kube.read_workload(kind, key.namespace, key.name)
+        except KubeApiError as e:
+            # Queued anyway: the reconcile reads it again, and retries if it cannot.
+            log_event(
+                logger, logging.WARNING, "resync read failed", workload=str(key), error=str(e)
+            )
+            self._queue.add(key)
+            return
+        if obj is not None:
+            self._consider(kind, key, obj)
+
     async def resync_forever(
         self, *, interval: float = RESYNC_INTERVAL, first: float = FIRST_RESYNC_DELAY
     ) -> None:
@@ -125,25 +141,23 @@ class WatchTracker:
         known = {key for key in self._seen if key.kind == kind.kind}
         before = dict(self._seen)
         try:
-            items = await self._kube.list_workloads(kind, namespace=self._settings.namespace)
+            versions = await self._kube.workload_versions(kind, namespace=self._settings.namespace)
         except KubeApiError as e:
             log_event(
                 logger, logging.WARNING, "resync listing failed", kind=kind.kind, error=str(e)
             )
             return 0
         behind = 0
-        for item in items:
-            meta = item.get("metadata") or {}
-            key = WorkloadKey(kind.kind, str(meta.get("namespace")), str(meta.get("name")))
+        for (namespace, name), listed in versions.items():
+            key = WorkloadKey(kind.kind, namespace, name)
             known.discard(key)
-            listed = str(meta.get("resourceVersion", ""))
             if self._seen.get(key) != listed:
                 behind += 1
                 if self._seen.get(key) == before.get(key):
                     # Repaired: this version is handled now. Unless the watch delivered a
                     # newer one during the listing, which is the one to keep.
                     self._seen[key] = listed
-                self._consider(kind, key, item)
+                await self._consider_current(kind, key)
         scope = self._settings.namespace
         for key in known:
             if scope is None or key.namespace == scope:
