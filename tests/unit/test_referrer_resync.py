@@ -13,7 +13,12 @@ import pytest
 
 from image_cloner.backups import plan_images
 from image_cloner.controller.reconcile import Reconciler
-from image_cloner.controller.referrer_resync import RETRY, ReferrerResync, rewritten_backups
+from image_cloner.controller.referrer_resync import (
+    RETRY,
+    TICK,
+    ReferrerResync,
+    rewritten_backups,
+)
 from image_cloner.health import Health
 from image_cloner.metrics import Metrics
 from image_cloner.oci.errors import RegistryUnavailableError
@@ -28,6 +33,7 @@ DIGEST = digest("app")
 SOURCE = parse_reference(f"registry.example/app@{DIGEST}")
 BACKUP = parse_reference(f"backup.example/app:v1@{DIGEST}")
 SETTINGS = Settings.from_env({"IMAGE_CLONER_REGISTRY": "backup.example"})
+WORKLOAD = deployment("app", {"app": str(BACKUP)})
 
 
 class Clock:
@@ -64,22 +70,22 @@ async def test_an_image_copied_here_is_examined_again_an_interval_later() -> Non
     r.copied(SOURCE, BACKUP)
 
     clock.now += HOUR - 1
-    await r.met({}, SOURCE, BACKUP)
+    await r.met(WORKLOAD, SOURCE, BACKUP)
     assert syncer.calls == []
     clock.now += 1
-    await r.met({}, SOURCE, BACKUP)
+    await r.met(WORKLOAD, SOURCE, BACKUP)
     assert syncer.calls == [(SOURCE, BACKUP)]
-    await r.met({}, SOURCE, BACKUP)  # and not again before another interval
+    await r.met(WORKLOAD, SOURCE, BACKUP)  # and not again before another interval
     assert len(syncer.calls) == 1
 
 
 async def test_an_image_first_met_already_backed_up_waits_its_share_of_the_interval() -> None:
     syncer, clock = Syncer(), Clock()
     r = resync(syncer, clock)
-    await r.met({}, SOURCE, BACKUP)  # a restart on a converged fleet: no request at once
+    await r.met(WORKLOAD, SOURCE, BACKUP)  # a restart on a converged fleet: no request at once
     assert syncer.calls == []
     clock.now += HOUR / 2
-    await r.met({}, SOURCE, BACKUP)
+    await r.met(WORKLOAD, SOURCE, BACKUP)
     assert syncer.calls == [(SOURCE, BACKUP)]
 
 
@@ -88,7 +94,7 @@ async def test_workloads_sharing_an_image_examine_it_once() -> None:
     r = resync(syncer, clock)
     r.copied(SOURCE, BACKUP)
     clock.now += HOUR
-    await asyncio.gather(*(r.met({}, SOURCE, BACKUP) for _ in range(50)))
+    await asyncio.gather(*(r.met(WORKLOAD, SOURCE, BACKUP) for _ in range(50)))
     assert syncer.calls == [(SOURCE, BACKUP)]
 
 
@@ -98,13 +104,13 @@ async def test_a_failed_examination_is_tried_again_after_retry_and_never_raises(
     r.copied(SOURCE, BACKUP)
     clock.now += HOUR
     syncer.failing = True
-    await r.met({}, SOURCE, BACKUP)
+    await r.met(WORKLOAD, SOURCE, BACKUP)
     clock.now += RETRY - 1
-    await r.met({}, SOURCE, BACKUP)
+    await r.met(WORKLOAD, SOURCE, BACKUP)
     assert len(syncer.calls) == 1
     clock.now += 1
     syncer.failing = False
-    await r.met({}, SOURCE, BACKUP)
+    await r.met(WORKLOAD, SOURCE, BACKUP)
     assert len(syncer.calls) == 2
 
 
@@ -114,7 +120,7 @@ async def test_never_means_never() -> None:
     r.copied(SOURCE, BACKUP)
     for _ in range(3):
         clock.now += 10 * HOUR
-        await r.met({}, SOURCE, BACKUP)
+        await r.met(WORKLOAD, SOURCE, BACKUP)
     assert syncer.calls == []
 
 
@@ -168,3 +174,44 @@ def test_the_setting_reads_seconds_or_never_and_follows_referrers_none() -> None
     assert Settings.from_env({**base, resync_env: "never"}).referrers_resync is None
     off = {**base, "IMAGE_CLONER_REFERRERS": "none"}
     assert Settings.from_env(off).referrers_resync is None
+
+
+async def test_a_quiet_workload_is_queued_when_its_image_is_due_once_per_image() -> None:
+    syncer, clock = Syncer(), Clock()
+    r = resync(syncer, clock)
+    r.copied(SOURCE, BACKUP)
+    assert r.due_workloads() == set()  # due, but no pass met it yet: no workload to queue
+    sharing = [deployment(f"app-{i}", {"app": str(BACKUP)}) for i in range(3)]
+    for obj in sharing:
+        await r.met(obj, SOURCE, BACKUP)
+    assert r.due_workloads() == set()  # not due before an interval
+    clock.now += HOUR
+    # One workload for the image (the last that met it), not one per workload sharing it.
+    assert r.due_workloads() == {WorkloadKey("Deployment", "demo", "app-2")}
+    assert r.due_workloads() == set(), "handed out once"
+    await r.met(sharing[2], SOURCE, BACKUP)  # the queued pass examines it
+    assert syncer.calls == [(SOURCE, BACKUP)]
+    clock.now += HOUR
+    assert r.due_workloads() == {WorkloadKey("Deployment", "demo", "app-2")}
+
+
+async def test_keep_due_queues_the_workloads_of_due_images() -> None:
+    # An interval shorter than TICK is looked at every interval.
+    r = ReferrerResync(Syncer(), interval=0.05, metrics=Metrics(health=Health()), spread=lambda: 0)
+    assert TICK > 0.05
+    await r.met(WORKLOAD, SOURCE, BACKUP)  # first met: due at once (spread 0)
+    queued: list[WorkloadKey] = []
+    arrived = asyncio.Event()
+
+    def queue(key: WorkloadKey) -> None:
+        queued.append(key)
+        arrived.set()
+
+    task = asyncio.create_task(r.keep_due(queue))
+    try:
+        await asyncio.wait_for(arrived.wait(), 5)
+    finally:
+        task.cancel()
+    assert queued == [WorkloadKey("Deployment", "demo", "app")]
+    never = ReferrerResync(Syncer(), interval=None, metrics=Metrics(health=Health()))
+    await asyncio.wait_for(never.keep_due(queue), 1)  # returns at once: nothing to do

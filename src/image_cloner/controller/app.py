@@ -355,6 +355,7 @@ class _Operation:
             asyncio.create_task(rotation.run(), name="credentials"),
             asyncio.create_task(check, name="check"),
             asyncio.create_task(self._work(reconciler), name="queue"),
+            asyncio.create_task(reconciler.referrers.keep_due(self._queue.add), name="referrers"),
             asyncio.create_task(_after(self._kopf_ready, tracker.resync_forever()), name="resync"),
         ]
         if self._webhook is not None:

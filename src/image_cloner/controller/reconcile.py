@@ -167,10 +167,11 @@ class Reconciler:
         self._access = access
         """Proves each workload's own access to its source images (controller.access);
         None only in unit tests whose fake registry has no access to prove."""
-        self._referrers = ReferrerResync(
+        self.referrers = ReferrerResync(
             copier, interval=settings.referrers_resync, metrics=metrics, access=access
         )
-        """New signatures on images already backed up (`controller.referrer_resync`)."""
+        """New signatures on images already backed up (`controller.referrer_resync`);
+        its `keep_due` runs beside the queue."""
         self._gate = Gate(kube=kube, settings=settings)
         self._rollback = Rollback(kube=kube, settings=settings, pull_secret=pull_secrets.name)
         self._pinning = Pinning(
@@ -251,7 +252,7 @@ class Reconciler:
             return True
         log.inspecting()
         for source, backup in rewritten_backups(obj, step.images):
-            await self._referrers.met(obj, source, backup)
+            await self.referrers.met(obj, source, backup)
         plan = await self._plan(obj, step, log)
         if not plan:
             await self._keep_pull_secret(key, obj)
@@ -363,9 +364,9 @@ class Reconciler:
         copied_from = source.with_digest(result.digest)
         if result.already_present:
             log.already_cloned(pin.container.image, container=name, target=str(target))
-            await self._referrers.met(obj, copied_from, result.pinned)
+            await self.referrers.met(obj, copied_from, result.pinned)
         else:
-            self._referrers.copied(copied_from, result.pinned)
+            self.referrers.copied(copied_from, result.pinned)
         if self._index is not None:
             # The admission webhook may now point Pods naming this image at the copy.
             credentials = self._settings.registry_options.credentials

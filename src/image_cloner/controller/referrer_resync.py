@@ -15,7 +15,10 @@ cost nothing, not even a request (the rule issue 14 sets: no request per additio
 workload). An image this process copied is due an interval after its copy; one it first
 meets already backed up (after a restart, say) at a random point within the first
 interval, so a restart on a converged fleet costs no request at once and the fleet's
-re-examinations spread out instead of coming together.
+re-examinations spread out instead of coming together. A quiet workload gets no pass of
+its own (no watch event, and the resync lists versions only), so every `TICK` seconds the
+workload that last met each due image is queued (`keep_due`): one per image, not per
+workload.
 
 One re-examination of an image with P platforms costs, at the source, 1 + P referrers
 listings (plus 1 + P `sha256-<hex>` tag GETs where the source has no referrers API) and
@@ -28,6 +31,7 @@ workload, which runs a complete backup; the image is tried again after `RETRY` s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -43,9 +47,16 @@ from image_cloner.logs import CONTROLLER_LOGGER, log_event
 from image_cloner.metrics import Metrics, ResyncOutcome
 from image_cloner.oci.errors import RegistryError
 from image_cloner.oci.references import InvalidReference, Reference, parse_reference
-from image_cloner.workloads import InvalidAnnotation, original_images
+from image_cloner.workloads import InvalidAnnotation, WorkloadKey, key_of, original_images
 
-__all__ = ["KNOWN_IMAGES", "RETRY", "ReferrerResync", "ReferrerSyncer", "rewritten_backups"]
+__all__ = [
+    "KNOWN_IMAGES",
+    "RETRY",
+    "TICK",
+    "ReferrerResync",
+    "ReferrerSyncer",
+    "rewritten_backups",
+]
 
 logger = logging.getLogger(CONTROLLER_LOGGER)
 
@@ -53,6 +64,8 @@ KNOWN_IMAGES = 20_000
 """Images whose next re-examination we remember; one forgotten is treated as first met."""
 RETRY = 300.0
 """Seconds before a failed re-examination is tried again (at most the interval)."""
+TICK = 60.0
+"""Seconds between looks for images due whose workloads no event brings back."""
 
 _Key = tuple[str, str, str]
 
@@ -86,6 +99,8 @@ class ReferrerResync:
         self._clock = clock
         self._spread = spread
         self._due: OrderedDict[_Key, float] = OrderedDict()
+        self._met_by: dict[_Key, WorkloadKey] = {}
+        """The workload whose pass last met each image: the one to queue when it is due."""
 
     def copied(self, source: Reference, backup: Reference) -> None:
         """`backup` was just copied with every referrer `source` had: due an interval on."""
@@ -98,6 +113,7 @@ class ReferrerResync:
         if self._interval is None:
             return
         key, now = _key(source, backup), self._clock()
+        self._met_by[key] = key_of(obj)
         due = self._due.get(key)
         if due is None:
             self._remember(key, now + self._spread() * self._interval)
@@ -130,11 +146,30 @@ class ReferrerResync:
             logger, level, "referrers synced", image=str(source), target=str(backup), pushed=pushed
         )
 
+    def due_workloads(self) -> set[WorkloadKey]:
+        """A workload for each image now due that a pass met: queued by `keep_due`, so a
+        quiet fleet (no watch event brings its workloads back) is examined too. Each is
+        handed out once; the pass it gets meets the image again and claims its turn."""
+        now = self._clock()
+        due = [key for key, when in self._due.items() if when <= now and key in self._met_by]
+        return {self._met_by.pop(key) for key in due}
+
+    async def keep_due(self, queue: Callable[[WorkloadKey], None]) -> None:
+        """Forever: every `TICK` seconds (or the interval, if shorter), `queue` the
+        workloads of the images due."""
+        if self._interval is None:
+            return
+        while True:
+            await asyncio.sleep(min(TICK, self._interval))
+            for workload in self.due_workloads():
+                queue(workload)
+
     def _remember(self, key: _Key, due: float) -> None:
         self._due[key] = due
         self._due.move_to_end(key)
         if len(self._due) > KNOWN_IMAGES:
-            self._due.popitem(last=False)
+            forgotten, _ = self._due.popitem(last=False)
+            self._met_by.pop(forgotten, None)
 
 
 def _key(source: Reference, backup: Reference) -> _Key:
