@@ -18,6 +18,7 @@ from image_cloner.oci.errors import AuthenticationError
 from image_cloner.oci.options import Credentials
 from image_cloner.oci.references import Reference, parse_reference
 from image_cloner.source_credentials import AuthFile, SourceCredential, SourceLogins
+from tests.support.clock import Clock
 from tests.support.fake_kube import FakeKube, deployment
 
 IMAGE = parse_reference("private.example.com/team-a/app:1")
@@ -39,13 +40,6 @@ class Probe:
         if (login is None and self.public) or login in self.accepted:
             return "sha256:" + "a" * 64
         raise AuthenticationError("401 unauthorized", status=401)
-
-
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def pull_secret(kube: FakeKube, namespace: str, name: str, login: Credentials) -> None:
@@ -105,7 +99,7 @@ async def test_candidates_are_tried_in_order_until_one_is_accepted() -> None:
 
 
 async def test_a_proof_is_kept_for_a_while_then_asked_again() -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     probe = Probe(public=True)
     access = SourceAccess(probe=probe, clock=clock)
     for _ in range(3):

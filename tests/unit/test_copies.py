@@ -16,17 +16,10 @@ from image_cloner.metrics import Metrics
 from image_cloner.oci.copying import CopyResult, TagOutcome
 from image_cloner.oci.errors import NotFoundError
 from image_cloner.oci.references import parse_reference
+from tests.support.clock import Clock
 from tests.support.fake_copier import FakeCopier, pinned
 
 BACKUP = "backup.example:5000"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

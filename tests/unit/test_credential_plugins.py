@@ -22,15 +22,8 @@ from image_cloner.credential_plugins import (
 from image_cloner.credentials import BackupCredentials
 from image_cloner.oci.options import Credentials
 from image_cloner.oci.references import parse_reference
+from tests.support.clock import Clock
 from tests.support.credential_plugin import calls, write_config, write_plugin
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize(

@@ -22,16 +22,7 @@ from image_cloner.oci.errors import (
     UnsupportedMediaTypeError,
 )
 from image_cloner.oci.references import InvalidReference
-
-
-class Clock:
-    """A hand-driven monotonic clock, so staleness is tested without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import Clock
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from image_cloner.metrics import Metrics
 from image_cloner.oci.options import Credentials
 from image_cloner.settings import Settings
 from image_cloner.workloads import WorkloadKey
+from tests.support.clock import Clock
 from tests.support.fake_copier import FakeCopier
 from tests.support.fake_kube import FakeKube, deployment
 
@@ -26,14 +27,6 @@ BACKUP = "backup.example:5000"
 SECRET = "image-cloner-pull"
 PUSH = {"IMAGE_CLONER_USER": "robot", "IMAGE_CLONER_PASS": "push-pass"}
 WEB = WorkloadKey("Deployment", "demo", "web")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def pull_files(tmp_path: Path, password: str) -> dict[str, str]:

@@ -25,6 +25,7 @@ from image_cloner.oci.errors import RegistryUnavailableError
 from image_cloner.oci.references import Reference, parse_reference
 from image_cloner.settings import ConfigError, Settings
 from image_cloner.workloads import ORIGINAL_IMAGES_ANNOTATION, WorkloadKey
+from tests.support.clock import Clock
 from tests.support.fake_copier import FakeCopier, digest
 from tests.support.fake_kube import FakeKube, deployment
 
@@ -34,14 +35,6 @@ SOURCE = parse_reference(f"registry.example/app@{DIGEST}")
 BACKUP = parse_reference(f"backup.example/app:v1@{DIGEST}")
 SETTINGS = Settings.from_env({"IMAGE_CLONER_REGISTRY": "backup.example"})
 WORKLOAD = deployment("app", {"app": str(BACKUP)})
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Syncer:
