@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from pathlib import Path
+
+import pytest
 
 from tests.support.fake_registry import FakeRegistry
 from tests.unit.test_copier import seed_index
@@ -82,3 +85,16 @@ async def test_a_copy_imports_the_registry_client_and_nothing_of_the_controller(
     assert not _loaded(modules, NOT_FOR_COPY)
     assert not {m for m in modules if m.startswith("image_cloner.controller")}
     assert "image_cloner.metrics" not in modules
+
+
+async def test_plan_and_status_read_the_cluster_without_loading_kopf(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Only `run` watches through kopf; the read-only views use the Kubernetes client alone.
+    monkeypatch.setenv("IMAGE_CLONER_REGISTRY", "localhost:5000")
+    for command in ("plan", "status"):
+        status, modules = await _run(command, f"--kubeconfig={tmp_path / 'missing'}")
+        assert status == 2, command  # the missing kubeconfig, reported after the imports
+        assert f"image_cloner.controller.{command}" in modules
+        assert "image_cloner.controller.kube" in modules
+        assert "kopf" not in modules, command

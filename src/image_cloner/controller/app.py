@@ -23,7 +23,6 @@ so that another replica takes over at once, then stop kopf.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import signal
 from collections.abc import Coroutine
@@ -35,7 +34,6 @@ import kopf
 
 from image_cloner.admission_index import BackupIndex
 from image_cloner.backoff import Backoff
-from image_cloner.controller.access import SourceAccess
 from image_cloner.controller.admission import AdmissionCopies, WebhookServer, serve_admission
 from image_cloner.controller.census import WorkloadCensus
 from image_cloner.controller.handlers import build_registry, operator_settings
@@ -45,10 +43,10 @@ from image_cloner.controller.pull_secrets import PullSecrets, watched_logins
 from image_cloner.controller.queue import WorkQueue
 from image_cloner.controller.reconcile import Reconciler
 from image_cloner.controller.server import MetricsServer
-from image_cloner.controller.source_secrets import SecretReader
 from image_cloner.controller.watch import WatchTracker
+from image_cloner.controller.wiring import live_options, plugin_login, source_access
 from image_cloner.credential_plugins import PluginLogin, PluginProvider
-from image_cloner.credentials import BackupCredentials, LiveLogin, WatchedLogin, watch_logins
+from image_cloner.credentials import LiveLogin, WatchedLogin, watch_logins
 from image_cloner.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from image_cloner.health import Health
 from image_cloner.logs import (
@@ -62,10 +60,8 @@ from image_cloner.logs import (
 from image_cloner.metrics import Metrics, registry_labels
 from image_cloner.oci.copying import Copier
 from image_cloner.oci.errors import RegistryError
-from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Repository
 from image_cloner.settings import Settings
-from image_cloner.source_credentials import AuthFile, CredentialProvider, SourceLogins
 from image_cloner.workloads import WorkloadKey
 
 __all__ = ["live_options", "run", "source_access"]
@@ -213,59 +209,6 @@ def _webhook(
         pull_secrets=pull_secrets,
     )
     return serve_admission(server, copies)
-
-
-async def plugin_login(
-    settings: Settings, plugins: PluginProvider | None, redactor: Redactor | None = None
-) -> PluginLogin | None:
-    """The push login from `IMAGE_CLONER_BACKUP_CREDENTIAL_PROVIDER`, run once before the
-    backup registry is checked; None when the login is not a plugin's."""
-    spec = settings.backup_login_plugin
-    if spec is None or plugins is None:
-        return None
-    login = PluginLogin(plugins, spec, str(settings.backup))
-    await login.renew()
-    if login.current is None:
-        log_event(
-            logger,
-            logging.ERROR,
-            "no push login yet: the credential provider gave none, it is run again with backoff",
-            provider=spec.name,
-        )
-    else:
-        if redactor is not None:
-            redactor.add(login.current.password)
-        log_event(
-            logger,
-            logging.INFO,
-            "push login from credential provider",
-            provider=spec.name,
-            username=login.current.username,
-        )
-    return login
-
-
-def live_options(settings: Settings, push: LiveLogin | None) -> RegistryOptions:
-    """The registry options, with the backup host's login read from `push` at each request,
-    and each copy's source login the one proven for its workload (`SourceLogins`)."""
-    options = settings.registry_options
-    credentials = options.credentials
-    if push is not None:
-        credentials = BackupCredentials(credentials, host=settings.backup.registry.host, login=push)
-    return dataclasses.replace(options, credentials=SourceLogins(credentials))
-
-
-def source_access(
-    settings: Settings, kube: Kube, copier: Copier, plugins: PluginProvider | None
-) -> SourceAccess:
-    """The credential chain of docs/private-images.md, in the kubelet's order."""
-    controller_wide: list[CredentialProvider] = []
-    if settings.source_auth_file is not None:
-        controller_wide.append(AuthFile(settings.source_auth_file))
-    if plugins is not None:
-        controller_wide.append(plugins)
-    secrets = SecretReader(kube) if settings.read_pull_secrets else None
-    return SourceAccess(probe=copier, controller_wide=controller_wide, secrets=secrets)
 
 
 class _Rotation:

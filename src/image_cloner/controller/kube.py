@@ -32,12 +32,14 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import aiohttp
-import kopf
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
+
+if TYPE_CHECKING:
+    import kopf
 
 from image_cloner.controller.kube_errors import (
     AlreadyExists,
@@ -160,6 +162,8 @@ class Kube:
         # Awaiting the header runs the refresh hook: a rotated in-cluster token is re-read.
         header = await cfg.get_api_key_with_prefix("BearerToken")
         scheme, _, token = (header or "").rpartition(" ")
+        import kopf  # only `run` watches through kopf: plan, status and revert never load it
+
         return kopf.ConnectionInfo(
             server=str(cfg.host),
             ca_path=cfg.ssl_ca_cert,

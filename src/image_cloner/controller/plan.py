@@ -20,13 +20,13 @@ from dataclasses import dataclass
 
 from image_cloner.backups import ImagePlan, Verdict
 from image_cloner.controller.access import SourceAccess
-from image_cloner.controller.app import live_options, plugin_login, source_access
 from image_cloner.controller.gate import Gate
 from image_cloner.controller.kube import JsonObject, Kube
 from image_cloner.controller.operations import Scope, connect, workloads_in_scope
 from image_cloner.controller.pinning import Pin, Pinning, PinningFailed
 from image_cloner.controller.pull_secrets import watched_logins
 from image_cloner.controller.steps import Step, next_step
+from image_cloner.controller.wiring import live_options, plugin_login, source_access
 from image_cloner.credential_plugins import PluginProvider
 from image_cloner.health import Health
 from image_cloner.metrics import Metrics
