@@ -21,19 +21,13 @@ import pytest
 from aiohttp import web
 
 from image_cloner.backoff import Backoff
-from image_cloner.oci import (
-    AuthenticationError,
-    Copier,
-    Credentials,
-    DigestMismatchError,
-    RegistryOptions,
-    RetryPolicy,
-    TagOutcome,
-)
 from image_cloner.oci.auth import RegistryAuth
 from image_cloner.oci.client import RegistryClient
-from image_cloner.oci.options import ReferrersPolicy
+from image_cloner.oci.copying import Copier, TagOutcome
+from image_cloner.oci.errors import AuthenticationError, DigestMismatchError
+from image_cloner.oci.options import Credentials, ReferrersPolicy, RegistryOptions
 from image_cloner.oci.references import Reference, parse_reference
+from image_cloner.oci.retries import RetryPolicy
 from image_cloner.oci.transport import Transport
 from tests.support import skopeo
 from tests.support.images import MIB, ImageKind, ImageSeeder, ImageSpec, SyntheticImage
@@ -425,7 +419,8 @@ async def test_a_mirror_without_the_image_falls_back_to_the_registry(
 
 MEMORY_SCRIPT = """
 import asyncio, pathlib, sys
-from image_cloner.oci import Copier, Credentials, RegistryOptions
+from image_cloner.oci.copying import Copier
+from image_cloner.oci.options import Credentials, RegistryOptions
 from image_cloner.oci.references import parse_reference as parse
 
 def peak_mib():

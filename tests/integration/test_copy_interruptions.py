@@ -11,8 +11,9 @@ import aiohttp
 import pytest
 
 from image_cloner.backoff import Backoff
-from image_cloner.oci import Copier, RetryPolicy
+from image_cloner.oci.copying import Copier
 from image_cloner.oci.references import parse_reference
+from image_cloner.oci.retries import RetryPolicy
 from tests.support.images import ImageKind, ImageSeeder
 from tests.support.proxy import ProxyFactory
 from tests.support.registries import RunningRegistry, registry_options

@@ -10,7 +10,8 @@ import uuid
 import pytest
 from aiohttp import web
 
-from image_cloner.oci import Copier, DigestMismatchError
+from image_cloner.oci.copying import Copier
+from image_cloner.oci.errors import DigestMismatchError
 from image_cloner.oci.manifests import OCI_MANIFEST
 from image_cloner.oci.references import parse_reference
 from tests.support import skopeo

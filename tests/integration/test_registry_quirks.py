@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 
 from image_cloner.backoff import Backoff
-from image_cloner.oci import Copier, RegistryUnavailableError, RetryPolicy
+from image_cloner.oci.copying import Copier
+from image_cloner.oci.errors import RegistryUnavailableError
 from image_cloner.oci.references import Reference, parse_reference
+from image_cloner.oci.retries import RetryPolicy
 from tests.support import skopeo
 from tests.support.images import MIB, ImageKind, ImageSeeder, ImageSpec, SyntheticImage
 from tests.support.proxy import DOCKER_HUB_RATE_LIMIT, ProxyFactory, RegistryProxy
@@ -242,7 +244,8 @@ async def test_a_wider_token_grant_serves_later_narrower_requests(
 
 MEMORY_SCRIPT = """
 import asyncio, pathlib, sys
-from image_cloner.oci import Copier, RegistryOptions
+from image_cloner.oci.copying import Copier
+from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import parse_reference as parse
 
 def peak_mib():

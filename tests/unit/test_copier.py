@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from image_cloner.oci import Copier, DigestMismatchError, TagOutcome
+from image_cloner.oci.copying import Copier, TagOutcome
+from image_cloner.oci.errors import DigestMismatchError
 from image_cloner.oci.manifests import OCI_INDEX, OCI_MANIFEST
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Reference, parse_reference

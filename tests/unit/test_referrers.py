@@ -12,8 +12,9 @@ import json
 
 import pytest
 
-from image_cloner.oci import Copier, RegistryError
 from image_cloner.oci.client import RegistryClient
+from image_cloner.oci.copying import Copier
+from image_cloner.oci.errors import RegistryError
 from image_cloner.oci.manifests import OCI_INDEX, OCI_MANIFEST
 from image_cloner.oci.options import ReferrersPolicy, RegistryOptions
 from image_cloner.oci.references import parse_reference

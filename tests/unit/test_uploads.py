@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from image_cloner.oci import Copier, RegistryOptions
+from image_cloner.oci.copying import Copier
 from image_cloner.oci.errors import RegistryError
+from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import parse_reference
 from image_cloner.oci.uploads import MIN_CHUNK, HostHabits, Strategy
 from tests.support.fake_registry import FakeRegistry, digest
