@@ -1,6 +1,7 @@
 """Is a workload protected? One answer for `image-cloner status` and the workloads gauge.
 
-An SRE alerts on `image_cloner_workloads{state="unprotected"}`, so the states are defined
+An SRE alerts on `image_cloner_workloads{state=~"unprotected|failing"}` (the chart's
+`ImageClonerWorkloadsUnprotected`), so the states are defined
 by what someone should do about them, in this order (the first that applies wins):
 
 - not counted: an object whose owner is one of our kinds (a Deployment's ReplicaSets and
