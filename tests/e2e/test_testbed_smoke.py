@@ -10,12 +10,13 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from kubernetes_asyncio import client, config
 
+from image_cloner.controller.kube import Kube
+from image_cloner.controller.kube_errors import Forbidden
+from image_cloner.workloads import DEPLOYMENT
 from tests.support.testbed import NODE_NAMES, Testbed
 
 IMAGE = "nginx:1.21.4-alpine"
@@ -126,55 +127,40 @@ def serviceaccount_kubeconfig(testbed: Testbed, namespace: str, tmp_path: Path) 
     )
 
 
-@pytest.fixture
-async def admin_api(testbed: Testbed) -> AsyncIterator[client.ApiClient]:
-    api = await config.new_client_from_config(config_file=str(testbed.kubeconfig))
-    async with api:
-        yield api
-
-
-async def can_list_deployments(apps: client.AppsV1Api) -> bool:
+async def can_list_deployments(reader: Kube) -> bool:
     try:
-        await apps.list_deployment_for_all_namespaces()
-    except client.ApiException as exc:
-        if exc.status != 403:
-            raise
+        await reader.list_workloads(DEPLOYMENT, namespace=None)
+    except Forbidden:
         return False
     return True
 
 
 async def test_serviceaccount_is_refused_until_bound(
-    namespace: str, serviceaccount_kubeconfig: Path, admin_api: client.ApiClient
+    testbed: Testbed, namespace: str, serviceaccount_kubeconfig: Path
 ) -> None:
-    reader = await config.new_client_from_config(config_file=str(serviceaccount_kubeconfig))
-    async with reader:
-        apps = client.AppsV1Api(reader)
-        with pytest.raises(client.ApiException) as refused:
-            await apps.list_deployment_for_all_namespaces()
+    # The controller's own client, on a token kubeconfig (the admin's is a client certificate).
+    reader = await Kube.connect(kubeconfig=str(serviceaccount_kubeconfig))
+    try:
+        with pytest.raises(Forbidden) as refused:
+            await reader.list_workloads(DEPLOYMENT, namespace=None)
         assert refused.value.status == 403
-        assert f"system:serviceaccount:{namespace}:reader" in str(refused.value.body)
+        assert f"system:serviceaccount:{namespace}:reader" in str(refused.value)
 
-        binding = client.V1ClusterRoleBinding(
-            metadata=client.V1ObjectMeta(name=f"{namespace}-reader"),
-            role_ref=client.V1RoleRef(
-                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="view"
-            ),
-            subjects=[
-                client.RbacV1Subject(kind="ServiceAccount", name="reader", namespace=namespace)
-            ],
-        )
-        rbac = client.RbacAuthorizationV1Api(admin_api)
-        await rbac.create_cluster_role_binding(binding)
+        binding = f"{namespace}-reader"
+        subject = f"--serviceaccount={namespace}:reader"
+        testbed.kubectl("create", "clusterrolebinding", binding, "--clusterrole=view", subject)
         try:
             # The authorizer sees the new binding through its informer, a moment later.
             for _attempt in range(150):
-                if await can_list_deployments(apps):
+                if await can_list_deployments(reader):
                     break
                 await asyncio.sleep(0.2)
             else:
                 pytest.fail("still refused 30 s after the ClusterRoleBinding was created")
         finally:
-            await rbac.delete_cluster_role_binding(f"{namespace}-reader")
+            testbed.kubectl("delete", "clusterrolebinding", binding)
+    finally:
+        await reader.close()
 
 
 def test_token_controller_fills_serviceaccount_secrets(testbed: Testbed, namespace: str) -> None:

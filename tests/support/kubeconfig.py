@@ -2,7 +2,7 @@
 
 Everything is embedded (`*-data`), so a kubeconfig stays valid wherever it is copied to, and it is
 written 0600 because it holds a private key or a token. JSON is valid YAML, and kubectl, kopf and
-kubernetes_asyncio all read it.
+our `controller/kubeconfig.py` all read it.
 """
 
 from __future__ import annotations

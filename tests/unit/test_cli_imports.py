@@ -32,7 +32,7 @@ print(json.dumps({"status": status, "modules": sorted(sys.modules)}))
 
 HEAVY = ("aiohttp", "yaml", "asyncio", "ssl", "multidict", "yarl")
 """What parsing a command line has no use for (aiohttp alone was 0.4 s of `--version`)."""
-NOT_FOR_COPY = ("kopf", "kubernetes_asyncio", "prometheus_client", "rich", "yaml")
+NOT_FOR_COPY = ("kopf", "prometheus_client", "rich", "yaml")
 """The controller's and the terminal display's libraries; `copy --quiet` uses none."""
 
 

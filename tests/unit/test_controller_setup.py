@@ -41,6 +41,11 @@ def test_kopf_is_reduced_to_watching() -> None:
             ["--kubeconfig=/nonexistent/kubeconfig"],
             "no such kubeconfig file",
         ),
+        (
+            {"IMAGE_CLONER_REGISTRY": "localhost:5000"},
+            [f"--kubeconfig={__file__}"],  # a file, but no kubeconfig
+            "cannot load Kubernetes configuration",
+        ),
     ],
 )
 def test_run_refuses_bad_configuration_with_exit_2_and_one_line(

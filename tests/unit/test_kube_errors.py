@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client as k8s
 
 from image_cloner.controller import kube as kube_module
 from image_cloner.controller.kube import Kube
@@ -29,6 +28,7 @@ from image_cloner.controller.kube_errors import (
     Unreachable,
     api_error,
 )
+from image_cloner.controller.kubeconfig import Endpoint, StaticIdentity
 from image_cloner.controller.queue import WorkQueue
 from image_cloner.controller.reconcile import changed_meanwhile
 from image_cloner.controller.watch import WatchTracker
@@ -172,7 +172,7 @@ async def test_an_unreachable_apiserver_is_an_api_error_and_the_resync_survives_
 ) -> None:
     port: int = request.getfixturevalue(server)
     monkeypatch.setattr(kube_module, "REQUEST_TIMEOUT", 0.5)
-    kube = Kube(k8s.Configuration(host=f"http://127.0.0.1:{port}"))
+    kube = Kube(Endpoint(server=f"http://127.0.0.1:{port}", source=StaticIdentity()))
     try:
         with pytest.raises(Unreachable) as caught:
             await kube.read_workload(DEPLOYMENT, "demo", "web")

@@ -61,7 +61,7 @@ from image_cloner.metrics import Metrics, registry_labels
 from image_cloner.oci.copying import Copier
 from image_cloner.oci.errors import RegistryError
 from image_cloner.oci.references import Repository
-from image_cloner.settings import Settings
+from image_cloner.settings import ConfigError, Settings
 from image_cloner.workloads import WorkloadKey
 
 __all__ = ["live_options", "run", "source_access"]
@@ -109,7 +109,7 @@ def run(
     # kopf reports every handler call ("Handler 'deployments' succeeded"); keep its problems.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if kubeconfig is not None and not Path(kubeconfig).is_file():
-        # The client would only complain of a missing "current-context".
+        # Checked before the event loop starts, as the seed's flag checks are.
         log_event(logger, logging.ERROR, "no such kubeconfig file", path=kubeconfig)
         return EXIT_BAD_INPUT
     try:
@@ -121,7 +121,7 @@ def run(
 async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redactor) -> int:
     try:
         kube = await Kube.connect(kubeconfig=kubeconfig)
-    except Exception as e:  # the client raises several types for unreadable configs
+    except ConfigError as e:
         log_event(logger, logging.ERROR, "cannot load Kubernetes configuration", error=str(e))
         return EXIT_BAD_INPUT
     health = Health()

@@ -15,16 +15,17 @@ Each workload method takes a `WorkloadKind`, whose entry gives the API path.
 calls the controller never makes (list Secrets as metadata, delete one), so the
 controller's RBAC does not grow for it.
 
-`_call` is the one place where the client's exceptions (`ApiException`, aiohttp's
-connection errors, timeouts) become ours: a `KubeApiError` keeping the apiserver's
-`Status` (see `kube_errors`), so callers decide from its reason.
+The requests go out on one aiohttp session to the endpoint `kubeconfig.load_endpoint` found: the
+calls are a dozen REST paths and JSON bodies, so no generated client is needed (see
+`kubeconfig` for why there is none). `_call` is the one place where a refused request,
+aiohttp's connection errors and timeouts become ours: a `KubeApiError` keeping the
+apiserver's `Status` (see `kube_errors`), so callers decide from its reason.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import logging
 import os
 import socket
 import time
@@ -35,8 +36,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import aiohttp
-from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio import config as k8s_config
+
+from image_cloner import __version__
 
 if TYPE_CHECKING:
     import kopf
@@ -47,7 +48,9 @@ from image_cloner.controller.kube_errors import (
     Unreachable,
     api_error,
 )
+from image_cloner.controller.kubeconfig import Endpoint, load_endpoint
 from image_cloner.oci.options import Credentials
+from image_cloner.settings import ConfigError
 from image_cloner.workloads import KINDS, WorkloadKind
 
 __all__ = [
@@ -131,47 +134,54 @@ class _EventSeries:
 
 
 class Kube:
-    """Our Kubernetes client: one `ApiClient` with its own configuration, no globals."""
+    """Our Kubernetes client: one aiohttp session to one endpoint, no globals."""
 
-    def __init__(self, configuration: k8s.Configuration) -> None:
-        self._configuration = configuration
-        self._api = k8s.ApiClient(configuration=configuration)
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+        self._ssl = endpoint.ssl_context()
+        self._session: aiohttp.ClientSession | None = None
         self._instance = os.environ.get("HOSTNAME") or socket.gethostname()
         self._events: OrderedDict[tuple[str, ...], _EventSeries] = OrderedDict()
 
     @classmethod
     async def connect(cls, *, kubeconfig: str | None) -> Kube:
-        """Build the client from `kubeconfig`, else in-cluster, else $KUBECONFIG/~/.kube/config."""
-        # The client logs whole response bodies at DEBUG, Secrets included.
-        logging.getLogger("kubernetes_asyncio").setLevel(logging.INFO)
-        configuration = k8s.Configuration()
-        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        else:
-            await k8s_config.load_kube_config(
-                config_file=kubeconfig, client_configuration=configuration, persist_config=False
-            )
-        return cls(configuration)
+        """Build the client from `kubeconfig`, else in-cluster, else $KUBECONFIG/~/.kube/config.
+
+        Raises `ConfigError` for a configuration that cannot be used, naming what is wrong.
+        """
+        endpoint = load_endpoint(kubeconfig)
+        await endpoint.source.identity()  # a broken token file or plugin fails here, once
+        try:
+            return cls(endpoint)
+        except OSError as e:  # ssl.SSLError too: a CA, certificate or key missing or not PEM
+            raise ConfigError(f"kubeconfig: cannot load its certificates: {e}") from None
 
     async def close(self) -> None:
-        await self._api.close()
+        if self._session is not None:
+            await self._session.close()
 
     async def connection_info(self) -> kopf.ConnectionInfo:
         """The same endpoint and identity for kopf's watch streams (its login handler)."""
-        cfg = self._configuration
-        # Awaiting the header runs the refresh hook: a rotated in-cluster token is re-read.
-        header = await cfg.get_api_key_with_prefix("BearerToken")
-        scheme, _, token = (header or "").rpartition(" ")
+        ep = self._endpoint
+        # Asked again on every login: a re-read token file or a re-run plugin is used.
+        identity = await ep.source.identity()
         import kopf  # only `run` watches through kopf: plan, status and revert never load it
 
         return kopf.ConnectionInfo(
-            server=str(cfg.host),
-            ca_path=cfg.ssl_ca_cert,
-            insecure=not cfg.verify_ssl,
-            scheme=scheme or ("Bearer" if token else None),
-            token=token or None,
-            certificate_path=cfg.cert_file,
-            private_key_path=cfg.key_file,
+            server=ep.server,
+            ca_path=ep.ca_file,
+            ca_data=ep.ca_data,
+            insecure=ep.insecure or None,
+            scheme="Bearer" if identity.token else None,
+            token=identity.token,
+            username=identity.username,
+            password=identity.password,
+            certificate_path=ep.cert_file,
+            private_key_path=ep.key_file,
+            certificate_data=ep.cert_data,
+            private_key_data=ep.key_data,
+            proxy_url=ep.proxy_url,
+            expiration=identity.expires,
         )
 
     # --- workloads ------------------------------------------------------------
@@ -450,30 +460,66 @@ class Kube:
         query: Sequence[tuple[str, str]] = (),
         accept: str = "application/json",
     ) -> JsonObject:
-        try:
-            result = await self._api.call_api(
-                path,
-                method,
-                query_params=[
-                    *query,
-                    *([("fieldManager", FIELD_MANAGER)] if method in _WRITES else []),
-                ],
-                header_params={"Accept": accept, "Content-Type": content_type},
-                body=body,
-                response_types_map={200: "object", 201: "object"},
-                auth_settings=["BearerToken"],
-                _return_http_data_only=True,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
-        except k8s.ApiException as e:
+        params = [*query, *([("fieldManager", FIELD_MANAGER)] if method in _WRITES else [])]
+        data = None if body is None else json.dumps(body).encode()
+        for attempt in (1, 2):
+            try:
+                status, reason, payload = await self._send(
+                    method,
+                    path,
+                    params=params,
+                    data=data,
+                    content_type=content_type,
+                    accept=accept,
+                )
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                # Refused, reset, TLS trouble or no answer in time: a failed request like any
+                # other (status 0), which callers retry; it must not escape them and end a task.
+                reason = str(e) or type(e).__name__
+                raise Unreachable(0, f"cannot reach the apiserver: {reason}") from None
+            except ConfigError as e:  # the token file or plugin failed: retried like a 503
+                raise Unreachable(0, f"no credentials for the apiserver: {e}") from None
+            if status == 401 and attempt == 1:
+                # An expired token: read the file or run the plugin again, once (client-go).
+                self._endpoint.source.refused()
+                continue
+            break
+        if status >= 400:
             # The body is the apiserver's Status: it names what failed, never request data.
-            raise api_error(int(e.status or 0), e.body, fallback=str(e.reason or "")) from None
-        except (aiohttp.ClientError, TimeoutError) as e:
-            # Refused, reset, TLS trouble or no answer in time: a failed request like any
-            # other (status 0), which callers retry; it must not escape them and end a task.
-            reason = str(e) or type(e).__name__
-            raise Unreachable(0, f"cannot reach the apiserver: {reason}") from None
-        return dict(result or {})
+            raise api_error(status, payload, fallback=reason)
+        result = json.loads(payload) if payload else {}
+        return result if isinstance(result, dict) else {}
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Sequence[tuple[str, str]],
+        data: bytes | None,
+        content_type: str,
+        accept: str,
+    ) -> tuple[int, str, bytes]:
+        headers = {"Accept": accept, "User-Agent": f"image-cloner/{__version__}"}
+        if data is not None:
+            headers["Content-Type"] = content_type
+        if authorization := (await self._endpoint.source.identity()).header():
+            headers["Authorization"] = authorization
+        if self._session is None:
+            # Made on first use, inside the running loop; never reads proxies from the env.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl or True)
+            )
+        async with self._session.request(
+            method,
+            self._endpoint.server + path,
+            params=params,
+            data=data,
+            headers=headers,
+            proxy=self._endpoint.proxy_url,
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+        ) as response:
+            return response.status, response.reason or "", await response.read()
 
 
 def _lease_path(namespace: str, name: str = "") -> str:

@@ -84,7 +84,7 @@ def parse_target(text: str) -> Target:
 def check_kubeconfig(kubeconfig: str | None) -> None:
     """Raise `ConfigError` for a `--kubeconfig` that is not a file (before anything starts).
 
-    The client itself would only complain of a missing "current-context".
+    Checked before anything starts, so the message names the flag.
     """
     if kubeconfig is not None and not Path(kubeconfig).is_file():
         raise ConfigError(f"--kubeconfig: no such file: {kubeconfig}")
@@ -97,7 +97,7 @@ async def connect(kubeconfig: str | None) -> Kube:
     """
     try:
         return await Kube.connect(kubeconfig=kubeconfig)
-    except Exception as e:  # the client raises several types for unreadable configs
+    except ConfigError as e:
         raise ConfigError(f"cannot load the Kubernetes configuration: {e}") from None
 
 
