@@ -114,6 +114,9 @@ class WorkloadKind:
     owned_by: Callable[[Obj], str | None] = _no_owner
     """The owner ("CronJob/nightly") that backs this object's images up instead, or None
     when the object is a target of its own."""
+    selector: str = ""
+    """A label selector the watch and every listing of the kind send to the apiserver, so
+    objects `owned_by` would drop never reach us ("": every object)."""
 
     @property
     def api_version(self) -> str:
@@ -252,6 +255,20 @@ POD = WorkloadKind(
     # Only bare Pods: a controller's pods are covered by their owner, or (an operator's)
     # are for the admission mode, which sees every new Pod.
     owned_by=_controller,
+    # The labels our kinds' controllers put on every pod they make (ReplicaSets of a
+    # Deployment, StatefulSets and DaemonSets, Jobs), filtered by the apiserver: every
+    # rollout is half a dozen Pod events, which would otherwise all be parsed to be dropped
+    # (at 1,000 rewrites, most of the controller's CPU). A bare Pod copied from such a
+    # pod's YAML, labels and all, is missed: `owned_by` still decides the rest.
+    selector=",".join(
+        f"!{label}"
+        for label in (
+            "pod-template-hash",
+            "controller-revision-hash",
+            "batch.kubernetes.io/controller-uid",
+            "controller-uid",
+        )
+    ),
 )
 
 KINDS: Mapping[str, WorkloadKind] = MappingProxyType(

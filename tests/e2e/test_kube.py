@@ -6,11 +6,12 @@ guarded JSON patch refuses a stale object, repeated Events count up, the pull Se
 created, left alone, updated, and never taken from its owner; and the watch-vs-list check
 of `WatchTracker` finds a workload the watch never showed, and forgets workloads that
 were deleted while the watch did not say so (kopf relists after a broken stream but sends
-no DELETED for what vanished meanwhile).
+no DELETED for what vanished meanwhile); Pods are listed bare only (`POD.selector`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
@@ -24,7 +25,7 @@ from image_cloner.controller.watch import WatchTracker
 from image_cloner.health import Health
 from image_cloner.oci.options import Credentials
 from image_cloner.settings import Settings
-from image_cloner.workloads import DEPLOYMENT, WorkloadKey, build_patch
+from image_cloner.workloads import DEPLOYMENT, POD, WorkloadKey, build_patch
 from tests.support.testbed import Testbed
 
 SECRET = "image-cloner-pull"
@@ -206,3 +207,71 @@ async def test_the_watch_tracker_forgets_workloads_deleted_behind_its_back(
     assert WorkloadKey("Deployment", namespace, "kept") in tracker
     assert WorkloadKey("Deployment", namespace, "gone") not in tracker
     assert len(tracker) == 1
+
+
+async def test_pods_are_listed_bare_only_the_controllers_pods_stay_on_the_apiserver(
+    kube: Kube, testbed: Testbed, namespace: str
+) -> None:
+    """POD.selector, as the watch and the resync send it: a Deployment's, StatefulSet's,
+    DaemonSet's and Job's pods are filtered by the apiserver; a bare Pod is not."""
+    image = "nginx:1.21.4-alpine"
+    create_deployment(testbed, namespace, "web")
+    labels = {"app": "db"}
+    pod_spec: dict[str, Any] = {"containers": [{"name": "c", "image": image}]}
+    template = {"metadata": {"labels": labels}, "spec": pod_spec}
+    manifests = [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": "db", "namespace": namespace},
+            "spec": {
+                "serviceName": "db",
+                "selector": {"matchLabels": labels},
+                "template": template,
+            },
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {"name": "agent", "namespace": namespace},
+            "spec": {"selector": {"matchLabels": labels}, "template": template},
+        },
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "once", "namespace": namespace},
+            "spec": {"template": {"spec": {**pod_spec, "restartPolicy": "Never"}}},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "bare", "namespace": namespace, "labels": {"app": "bare"}},
+            "spec": pod_spec,
+        },
+    ]
+    testbed.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"kind": "List", "apiVersion": "v1", "items": manifests}),
+    )
+
+    def owners() -> set[str]:
+        listed = json.loads(testbed.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)
+        return {
+            ref["kind"]
+            for pod in listed["items"]
+            for ref in pod["metadata"].get("ownerReferences", [])
+        }
+
+    wanted = {"ReplicaSet", "StatefulSet", "DaemonSet", "Job"}
+    for _ in range(120):
+        if owners() >= wanted:
+            break
+        await asyncio.sleep(0.5)
+    assert owners() >= wanted, "every controller has made a pod"
+
+    listed = await kube.list_workloads(POD, namespace=namespace)
+    assert [p["metadata"]["name"] for p in listed] == ["bare"]
+    versions = await kube.workload_versions(POD, namespace=namespace)
+    assert list(versions) == [(namespace, "bare")]

@@ -48,6 +48,10 @@ def operator_settings() -> kopf.OperatorSettings:
     # writes no state onto users' objects.
     settings.persistence.diffbase_storage = _NoDiffBase()
     settings.persistence.progress_storage = _NoProgress()
+    # Server-side filters (bare Pods only): the same selector as the resync's listings.
+    for kind in KINDS.values():
+        if kind.selector:
+            settings.watching.label_selectors[kind.group, kind.version, kind.plural] = kind.selector
     return settings
 
 

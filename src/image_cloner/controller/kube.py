@@ -200,7 +200,7 @@ class Kube:
     ) -> list[JsonObject]:
         """Every workload of a kind (in one namespace or all), whole, page by page."""
         items: list[JsonObject] = []
-        async for page in self._pages(kind.collection(namespace)):
+        async for page in self._pages(kind.collection(namespace), selector=kind.selector):
             # Lists omit each item's kind; put it back so items look like single reads.
             for item in page:
                 item.setdefault("kind", kind.kind)
@@ -218,7 +218,10 @@ class Kube:
         workloads, all of them whole, in memory at once.
         """
         versions: dict[tuple[str, str], str] = {}
-        async for page in self._pages(kind.collection(namespace), accept=_METADATA_LIST):
+        pages = self._pages(
+            kind.collection(namespace), selector=kind.selector, accept=_METADATA_LIST
+        )
+        async for page in pages:
             for item in page:
                 meta = item.get("metadata") or {}
                 where = (str(meta.get("namespace", "")), str(meta.get("name", "")))
@@ -226,13 +229,15 @@ class Kube:
         return versions
 
     async def _pages(
-        self, path: str, *, accept: str = "application/json"
+        self, path: str, *, selector: str, accept: str = "application/json"
     ) -> AsyncIterator[list[JsonObject]]:
         """A listing's items, `LIST_PAGE` at a time (`limit` and `continue`, as client-go's
         pager asks), so the apiserver never builds one response of a whole cluster."""
         token = ""
         while True:
             query = [("limit", str(LIST_PAGE)), *([("continue", token)] if token else [])]
+            if selector:
+                query.append(("labelSelector", selector))
             listing = await self._call("GET", path, query=query, accept=accept)
             # A metadata list with nothing in it says `"items": null`.
             yield listing.get("items") or []
