@@ -7,14 +7,21 @@ proves the same on the test bed with real registries.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from image_cloner.controller.pinning import TAG_DIGEST_FOR, TagDigests
 from image_cloner.controller.queue import Retry
 from image_cloner.controller.reconcile import IMAGES_CLONED, REWRITE_REFUSED, Reconciler
 from image_cloner.health import Health
 from image_cloner.metrics import Metrics
+from image_cloner.oci.errors import NotFoundError
+from image_cloner.oci.options import Credentials
+from image_cloner.oci.references import Reference, parse_reference
 from image_cloner.settings import Settings
 from image_cloner.workloads import WorkloadKey
+from tests.support.clock import Clock
 from tests.support.fake_copier import FakeCopier, digest
 from tests.support.fake_kube import FakeKube, deployment, pod
 
@@ -173,3 +180,49 @@ async def test_digest_references_need_no_pods(kube: FakeKube) -> None:
     await reconciler(WEB)
     assert image_of(kube) == f"{BACKUP}/app@{RAN}"
     assert kube.pod_lists == []
+
+
+class CountingSource:
+    """A `SourceReader` whose tag lookups are counted (and may fail once)."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.fail_next = False
+
+    async def current_digest(self, ref: Reference) -> str:
+        self.asked.append(ref.name)
+        await asyncio.sleep(0.01)  # concurrent readers overlap
+        if self.fail_next:
+            self.fail_next = False
+            raise NotFoundError("HEAD manifest: 404 manifest unknown", status=404)
+        return digest(ref.name)
+
+    async def children(self, ref: Reference) -> tuple[str, ...]:
+        return ()
+
+    async def has_manifest(self, ref: Reference) -> bool:
+        return True
+
+
+async def test_a_tag_is_read_once_for_every_workload_on_it_per_login_and_period() -> None:
+    source, clock = CountingSource(), Clock()
+    tags = TagDigests(source, clock=clock)
+    nginx, redis = parse_reference("nginx:1"), parse_reference("redis:7")
+    found = await asyncio.gather(*(tags.current(nginx, None) for _ in range(50)))
+    assert set(found) == {digest("docker.io/library/nginx:1")}
+    await tags.current(redis, None)
+    await tags.current(nginx, Credentials("team-a", "pw"))  # another login asks for itself
+    assert source.asked == [
+        "docker.io/library/nginx:1",
+        "docker.io/library/redis:7",
+        "docker.io/library/nginx:1",
+    ]
+    clock.now += TAG_DIGEST_FOR  # the tag may have moved: read it again
+    await tags.current(nginx, None)
+    assert len(source.asked) == 4
+    source.fail_next = True
+    clock.now += TAG_DIGEST_FOR
+    with pytest.raises(NotFoundError):
+        await tags.current(nginx, None)
+    await tags.current(nginx, None)  # a failure is not remembered
+    assert len(source.asked) == 6
