@@ -185,6 +185,11 @@ class FakeKube:
     async def post_event(
         self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False
     ) -> None:
+        self.record_event(obj, reason=reason, message=message, warning=warning)
+
+    def record_event(
+        self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False
+    ) -> None:
         meta = obj["metadata"]
         self.events.append(PostedEvent(obj["kind"], meta["name"], reason, message, warning))
 

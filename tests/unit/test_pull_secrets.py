@@ -6,12 +6,18 @@ reconciler; tests/e2e/test_pull_credentials.py proves the same on the test bed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
 import pytest
 
-from image_cloner.controller.pull_secrets import CONFIRMED_FOR, PullSecrets, watched_logins
+from image_cloner.controller.pull_secrets import (
+    CONFIRMED_FOR,
+    ENSURED_FOR,
+    PullSecrets,
+    watched_logins,
+)
 from image_cloner.controller.reconcile import Reconciler
 from image_cloner.credentials import WatchedLogin
 from image_cloner.health import Health
@@ -158,3 +164,28 @@ def test_handing_out_the_push_login_is_said_at_start(
         assert len(warnings) == 1
         assert "IMAGE_CLONER_PULL_USER" in str(getattr(warnings[0], "fields", {}))
     assert "push-pass" not in caplog.text
+
+
+async def test_rewrites_in_one_namespace_share_one_check_within_a_few_seconds(
+    tmp_path: Path,
+) -> None:
+    settings = Settings.from_env(
+        {"IMAGE_CLONER_REGISTRY": BACKUP, **PUSH, **pull_files(tmp_path, "read-pass")}
+    )
+    kube, clock = FakeKube(), Clock()
+    secrets, pull = pull_secrets_for(kube, settings, clock)
+    # Concurrent rewrites of one namespace: one check.
+    await asyncio.gather(*(secrets.ensure("demo") for _ in range(20)))
+    await secrets.ensure("other")
+    assert [call[0] for call in kube.secret_calls] == ["demo", "other"]
+    clock.now += ENSURED_FOR - 1
+    await secrets.ensure("demo")
+    assert len(kube.secret_calls) == 2, "confirmed a moment ago"
+    clock.now += 1  # a rewrite never trusts an older confirmation
+    await secrets.ensure("demo")
+    assert len(kube.secret_calls) == 3
+    (tmp_path / "pull-pass").write_text("read-pass-2\n")
+    assert pull is not None
+    assert pull.refresh()
+    await secrets.ensure("demo")  # a rotated login is written at once
+    assert kube.secret_calls[-1] == ("demo", SECRET, Credentials("reader", "read-pass-2"))

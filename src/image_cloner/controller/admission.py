@@ -10,7 +10,7 @@ answer sets off happens afterwards, in the background:
   `ImageCopies` (single-flight with workload mode's copies, same backoff, same metrics);
   a verified copy goes into the index, and the namespace gets its pull Secret;
 - a rewritten Pod's owner (its ReplicaSet, Job, ...) gets one Event whose message names
-  no Pod, so that the hundred Pods of a rollout count up one Event (`kube.post_event`).
+  no Pod, so that the hundred Pods of a rollout count up one Event (`Kube.record_event`).
 
 The serving certificate is read from `tls.crt`/`tls.key` in `IMAGE_CLONER_WEBHOOK_CERT_DIR`
 (a mounted kubernetes.io/tls Secret, e.g. cert-manager's) and read again when the files
@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import ssl
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +171,6 @@ class WebhookServer:
         self._pull_secrets = pull_secrets
         self._may_use = may_use
         self._context = serving_context(settings.webhook_cert_dir)
-        self._events: set[asyncio.Task[None]] = set()
         app = web.Application()
         app.router.add_post(WEBHOOK_PATH, self._review)
         self._runner = web.AppRunner(app, access_log=None)
@@ -194,8 +192,6 @@ class WebhookServer:
 
     async def stop(self) -> None:
         await self._runner.cleanup()
-        for task in self._events:
-            task.cancel()
 
     async def reload_certificates(self, *, interval: float = CERT_RECHECK) -> None:
         """Load the certificate again whenever its files change (new connections get it)."""
@@ -268,20 +264,7 @@ class WebhookServer:
             },
         }
         message = f"pods admitted with backup images: {changes}"
-        self._spawn(self._post(obj, message))
-
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._events.add(task)
-        task.add_done_callback(self._events.discard)
-
-    async def _post(self, obj: dict[str, Any], message: str) -> None:
-        try:
-            await self._kube.post_event(obj, reason=PODS_REWRITTEN, message=message)
-        except KubeApiError as e:
-            log_event(
-                logger, logging.WARNING, "cannot post event", event=PODS_REWRITTEN, error=str(e)
-            )
+        self._kube.record_event(obj, reason=PODS_REWRITTEN, message=message)
 
 
 def _stamps(files: tuple[Path, ...]) -> tuple[float, ...]:

@@ -16,7 +16,7 @@ module feeds them what they need from the cluster and acts on what they decide:
   from then on `policy.decide` says copy-only until a person removes the marker;
 - after the images of a copy-only workload are backed up, a Normal Event
   `RewriteSkipped` says why it was not rewritten. Identical Events count up
-  (`Kube.post_event`), so a workload that comes back often does not flood its Events.
+  (`Kube.record_event`), so a workload that comes back often does not flood its Events.
 
 A partially reverted workload (some containers back at their originals, others still on
 our backups) is treated as reverted as a whole: whoever put one image back owns the pod
@@ -102,7 +102,8 @@ class Gate:
         (read the workload again and decide again)."""
         decision = self._decide(obj, await self.namespace_annotations(key.namespace))
         if decision.warning is not None:
-            await self._post_event(obj, INVALID_ANNOTATION, decision.warning, warning=True)
+            warning = decision.warning
+            self._kube.record_event(obj, reason=INVALID_ANNOTATION, message=warning, warning=True)
         if decision.action is policy.Action.SKIP:
             log.skipped(decision.reason)
             return decision
@@ -123,7 +124,7 @@ class Gate:
     async def copied_only(self, obj: JsonObject, decision: policy.Decision) -> None:
         """The images of a copy-only workload are backed up: say why it stays as it is."""
         message = f"images backed up, workload not rewritten: {decision.reason}"
-        await self._post_event(obj, REWRITE_SKIPPED, message)
+        self._kube.record_event(obj, reason=REWRITE_SKIPPED, message=message)
 
     # --- the namespace's annotations ---------------------------------------------------
 
@@ -182,7 +183,7 @@ class Gate:
             f" not rewriting again, images stay backed up;"
             f" remove annotation {policy.REVERTED_ANNOTATION} to allow rewrites"
         )
-        await self._post_event(patched, REWRITE_REVERTED, message, warning=True)
+        self._kube.record_event(patched, reason=REWRITE_REVERTED, message=message, warning=True)
         namespace = await self.namespace_annotations(key.namespace)
         return self._decide(patched, namespace)
 
@@ -203,15 +204,6 @@ class Gate:
         return policy.decide(
             obj, namespace_annotations=namespace, rewrite_owned=self._settings.rewrite_owned
         )
-
-    async def _post_event(
-        self, obj: JsonObject, reason: str, message: str, *, warning: bool = False
-    ) -> None:
-        try:
-            await self._kube.post_event(obj, reason=reason, message=message, warning=warning)
-        except KubeApiError as e:
-            # The Event is a report, not the decision: losing it changes nothing we do.
-            log_event(logger, logging.WARNING, "cannot post event", event=reason, error=str(e))
 
 
 def _reverted_containers(obj: JsonObject) -> list[str]:

@@ -24,8 +24,11 @@ apiserver's `Status` (see `kube_errors`), so callers decide from its reason.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -44,11 +47,13 @@ if TYPE_CHECKING:
 
 from image_cloner.controller.kube_errors import (
     AlreadyExists,
+    KubeApiError,
     NotFound,
     Unreachable,
     api_error,
 )
 from image_cloner.controller.kubeconfig import Endpoint, load_endpoint
+from image_cloner.logs import CONTROLLER_LOGGER, log_event
 from image_cloner.oci.options import Credentials
 from image_cloner.settings import ConfigError
 from image_cloner.workloads import KINDS, WorkloadKind
@@ -81,11 +86,22 @@ EVENT_SERIES_WINDOW = 600.0
 
 EVENT_CACHE_SIZE = 4096
 
+EVENT_QUEUE = 1000
+"""Events waiting to be sent at most (client-go's `maxQueuedEvents`); more are dropped."""
+
+EVENT_SENDERS = 4
+"""Events sent at once by `record_event`'s background senders."""
+
+EVENT_FLUSH = 5.0
+"""Seconds `close` waits for queued Events to go out."""
+
 _METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 """Accept header for a list of objects' metadata only (what `kubectl get -o name` asks for)."""
 
 LIST_PAGE = 500
 """Items per page of a listing (client-go's pager asks for 500 too)."""
+
+logger = logging.getLogger(CONTROLLER_LOGGER)
 
 JsonObject = dict[str, Any]
 SecretOutcome = Literal["created", "updated", "unchanged", "not-managed"]
@@ -113,7 +129,7 @@ class KubeCalls(Protocol):
     async def read_namespace(self, name: str) -> JsonObject: ...
     async def list_pods(self, namespace: str, label_selector: str) -> list[JsonObject]: ...
 
-    async def post_event(
+    def record_event(
         self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False
     ) -> None: ...
 
@@ -142,6 +158,8 @@ class Kube:
         self._session: aiohttp.ClientSession | None = None
         self._instance = os.environ.get("HOSTNAME") or socket.gethostname()
         self._events: OrderedDict[tuple[str, ...], _EventSeries] = OrderedDict()
+        self._outbox: asyncio.Queue[tuple[JsonObject, str, str, bool]] | None = None
+        self._senders: list[asyncio.Task[None]] = []
 
     @classmethod
     async def connect(cls, *, kubeconfig: str | None) -> Kube:
@@ -157,6 +175,13 @@ class Kube:
             raise ConfigError(f"kubeconfig: cannot load its certificates: {e}") from None
 
     async def close(self) -> None:
+        """Send what `record_event` still holds (for up to `EVENT_FLUSH` seconds), then close."""
+        if self._outbox is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outbox.join(), EVENT_FLUSH)
+            for sender in self._senders:
+                sender.cancel()
+            await asyncio.gather(*self._senders, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 
@@ -283,6 +308,38 @@ class Kube:
         items: list[JsonObject] = listing.get("items") or []
         return items
 
+    def record_event(
+        self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False
+    ) -> None:
+        """Queue an Event on `obj`, sent in the background: the controller's way, as with
+        client-go's EventRecorder. A pass never waits for its report, and a failed post is
+        a WARNING (`cannot post event`), never an error of the work it reports."""
+        if self._outbox is None:
+            self._outbox = asyncio.Queue(EVENT_QUEUE)
+            self._senders = [asyncio.create_task(self._send_events()) for _ in range(EVENT_SENDERS)]
+        # Only what the Event names is kept, not the whole object.
+        meta = obj["metadata"]
+        about = {
+            "apiVersion": obj.get("apiVersion"),
+            "kind": obj["kind"],
+            "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")},
+        }
+        try:
+            self._outbox.put_nowait((about, reason, message, warning))
+        except asyncio.QueueFull:
+            log_event(logger, logging.WARNING, "event dropped", event=reason, queued=EVENT_QUEUE)
+
+    async def _send_events(self) -> None:
+        assert self._outbox is not None
+        while True:
+            about, reason, message, warning = await self._outbox.get()
+            try:
+                await self.post_event(about, reason=reason, message=message, warning=warning)
+            except KubeApiError as e:
+                log_event(logger, logging.WARNING, "cannot post event", event=reason, error=str(e))
+            finally:
+                self._outbox.task_done()
+
     async def post_event(
         self,
         obj: Mapping[str, Any],
@@ -291,7 +348,8 @@ class Kube:
         message: str,
         warning: bool = False,
     ) -> None:
-        """Record an Event on `obj`; a repeat within a while counts up the same Event."""
+        """Post an Event on `obj` now (raises `KubeApiError`); a repeat within a while counts
+        up the same Event. `revert` uses it to say in its table whether the Event went out."""
         meta = obj["metadata"]
         namespace = meta["namespace"]
         event_type = "Warning" if warning else "Normal"

@@ -422,7 +422,7 @@ class Reconciler:
             log.updated(r.image, container=r.pin.container.name)
         self._metrics.workload_rewritten(key.kind)
         message = "; ".join(str(r) for r in plan)
-        await self._post_event(patched, reason=IMAGES_CLONED, message=message)
+        self._kube.record_event(patched, reason=IMAGES_CLONED, message=message)
 
     async def _backed_up(
         self, key: WorkloadKey, obj: JsonObject, plan: Sequence[Pin], log: WorkloadLog
@@ -435,7 +435,7 @@ class Reconciler:
         copies = "; ".join(f"{r.container.image} → {r.target}" for r in plan)
         # Repeats (every pass over a running Pod) count up this one Event: same message.
         message = f"{copies} ({why})"
-        await self._post_event(obj, reason=IMAGES_BACKED_UP, message=message)
+        self._kube.record_event(obj, reason=IMAGES_BACKED_UP, message=message)
 
     async def _report_failure(self, obj: JsonObject, failure: _Failed, key: WorkloadKey) -> None:
         log_event(
@@ -446,13 +446,4 @@ class Reconciler:
             namespace=key.namespace,
             reason=failure.message,
         )
-        await self._post_event(obj, reason=failure.reason, message=failure.message, warning=True)
-
-    async def _post_event(
-        self, obj: JsonObject, *, reason: str, message: str, warning: bool = False
-    ) -> None:
-        try:
-            await self._kube.post_event(obj, reason=reason, message=message, warning=warning)
-        except KubeApiError as e:
-            # The Event is a report, not the work: losing it must not undo or repeat the work.
-            log_event(logger, logging.WARNING, "cannot post event", event=reason, error=str(e))
+        self._kube.record_event(obj, reason=failure.reason, message=failure.message, warning=True)

@@ -140,27 +140,15 @@ class Rollback:
             f"rollout onto the backup images failed ({reason}): restored {restored};"
             f" remove annotation {ROLLED_BACK_ANNOTATION} to allow rewrites"
         )
-        await self._post_event(patched, message)
+        self._post_event(patched, message)
         return Followed.ROLLED_BACK
 
     async def _refused(self, key: WorkloadKey, obj: JsonObject, error: str) -> Followed:
         log_event(
             logger, logging.WARNING, "cannot roll back the rewrite", workload=str(key), error=error
         )
-        await self._post_event(obj, f"rollout failed, but the rewrite cannot be undone: {error}")
+        self._post_event(obj, f"rollout failed, but the rewrite cannot be undone: {error}")
         return Followed.WAITING
 
-    async def _post_event(self, obj: JsonObject, message: str) -> None:
-        try:
-            await self._kube.post_event(
-                obj, reason=REWRITE_ROLLED_BACK, message=message, warning=True
-            )
-        except KubeApiError as e:
-            # The Event is a report, not the work: losing it must not undo the rollback.
-            log_event(
-                logger,
-                logging.WARNING,
-                "cannot post event",
-                event=REWRITE_ROLLED_BACK,
-                error=str(e),
-            )
+    def _post_event(self, obj: JsonObject, message: str) -> None:
+        self._kube.record_event(obj, reason=REWRITE_ROLLED_BACK, message=message, warning=True)
