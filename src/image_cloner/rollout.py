@@ -32,7 +32,14 @@ from image_cloner.mapping import BackupLocation, is_backup
 from image_cloner.oci.references import InvalidReference, parse_reference
 from image_cloner.workloads import InvalidAnnotation, images_of, is_ready, original_images
 
-__all__ = ["PULL_ERRORS", "PULL_ERROR_GRACE", "failure", "following", "rewritten_at"]
+__all__ = [
+    "PULL_ERRORS",
+    "PULL_ERROR_GRACE",
+    "failure",
+    "following",
+    "pods_matter",
+    "rewritten_at",
+]
 
 PULL_ERRORS = frozenset({"ErrImagePull", "ImagePullBackOff"})
 """`state.waiting.reason` values a kubelet reports for an image it cannot pull."""
@@ -97,14 +104,31 @@ def failure(
         return None
     if readiness.failed:
         return "progress deadline exceeded"
-    age = (now - rewritten).total_seconds() if rewritten is not None else None
-    if age is None or age >= grace:
+    age = _age(rewritten, now)
+    if pods_matter(obj, rewritten=rewritten, now=now, grace=grace):
         pulling = _pull_error(pods, backups)
         if pulling is not None:
             return pulling
     if age is not None and age >= timeout:
         return f"rollout not complete {timeout:g}s after the rewrite"
     return None
+
+
+def pods_matter(
+    obj: Obj, *, rewritten: datetime | None, now: datetime, grace: float = PULL_ERROR_GRACE
+) -> bool:
+    """Whether `failure` would look at the pods now: the rollout is neither complete nor
+    failed, and the rewrite is past the grace pull errors get. Before that a follower
+    need not list them (most rollouts are done within it)."""
+    readiness = is_ready(obj)
+    if readiness.ready or readiness.failed:
+        return False
+    age = _age(rewritten, now)
+    return age is None or age >= grace
+
+
+def _age(rewritten: datetime | None, now: datetime) -> float | None:
+    return (now - rewritten).total_seconds() if rewritten is not None else None
 
 
 def _pull_error(pods: Iterable[Obj], backups: Mapping[str, str]) -> str | None:

@@ -189,6 +189,26 @@ async def test_a_slow_copy_frees_the_worker_and_the_workload_is_patched_once_it_
     }
 
 
+async def test_a_workload_on_a_tag_being_copied_waits_for_that_copy_before_reading_pods(
+    kube: FakeKube, copier: FakeCopier, reconciler: Reconciler
+) -> None:
+    kube.add(deployment("web", {"app": "nginx:1"}))
+    kube.add(deployment("api", {"app": "nginx:1"}))
+    copier.gate = asyncio.Event()
+    with pytest.raises(Retry) as first:
+        await reconciler(WEB)
+    lists = len(kube.pod_lists)
+    with pytest.raises(Retry) as second:
+        await reconciler(WorkloadKey("Deployment", "demo", "api"))
+    assert second.value.until == first.value.until, "the same copy is awaited"
+    assert len(kube.pod_lists) == lists, "no pods read for a pass that could only wait"
+    copier.gate.set()
+    await asyncio.gather(*first.value.until)
+    await reconciler(WorkloadKey("Deployment", "demo", "api"))
+    assert len(kube.patches) == 1
+    assert len(copier.copied) == 1
+
+
 async def test_a_pending_copy_does_not_hold_the_only_worker(
     kube: FakeKube, copier: FakeCopier, reconciler: Reconciler
 ) -> None:

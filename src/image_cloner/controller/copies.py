@@ -17,8 +17,10 @@ how long a new workload could be pointed at it, and the rollout that follows a r
 
 `start` runs a copy in the background (its task shared by every workload waiting for it),
 so that a reconcile worker does not wait out a large copy: the workload is queued again
-when the task is done (`queue.Retry.until`). `stop` cancels what still runs, when this
-replica stops working (shutdown, or a lost Lease): only the leader copies.
+when the task is done (`queue.Retry.until`). A workload on a tag whose copy is under way
+waits for that copy before its pods are even read (`under_way`): after a start, a thousand
+workloads on thirty images would otherwise each be read twice. `stop` cancels what still
+runs, when this replica stops working (shutdown, or a lost Lease): only the leader copies.
 """
 
 from __future__ import annotations
@@ -129,6 +131,8 @@ class ImageCopies:
         self._flights: SingleFlight[CopyResult] = SingleFlight()
         self._verified: OrderedDict[ImageKey, tuple[float, CopyResult]] = OrderedDict()
         self._background: dict[ImageKey, asyncio.Task[CopyResult]] = {}
+        self._by_tag: dict[ImageKey, asyncio.Task[CopyResult]] = {}
+        """The same tasks by tag (`_tagged`): a workload on a tag being copied waits for it."""
 
     def blocked(self, source: Reference, target: Reference) -> tuple[float, str] | None:
         """(seconds left, last failure) while this copy is backing off, else None."""
@@ -167,12 +171,19 @@ class ImageCopies:
         if task is None:
             task = asyncio.create_task(self.copy(source, target), name=f"copy {target.name}")
             self._background[key] = task
+            self._by_tag[_tagged(key)] = task
             task.add_done_callback(lambda done: self._finished(key, done))
         return task
+
+    def under_way(self, source: Reference, target: Reference) -> asyncio.Task[CopyResult] | None:
+        """The background copy of this tag (to any digest) running now, if there is one."""
+        return self._by_tag.get(_tagged((source.name, target.name)))
 
     def _finished(self, key: ImageKey, task: asyncio.Task[CopyResult]) -> None:
         if self._background.get(key) is task:
             del self._background[key]
+        if self._by_tag.get(_tagged(key)) is task:
+            del self._by_tag[_tagged(key)]
         if not task.cancelled():
             # Retrieved here: a failure is in the image's backoff, reported by the next pass.
             task.exception()
@@ -218,3 +229,8 @@ class ImageCopies:
         self._verified.move_to_end(key)
         if len(self._verified) > VERIFIED_MAX:
             self._verified.popitem(last=False)
+
+
+def _tagged(key: ImageKey) -> ImageKey:
+    """A copy's key without its digests: which tag of which source, to which backup tag."""
+    return (key[0].partition("@")[0], key[1].partition("@")[0])

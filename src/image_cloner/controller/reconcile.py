@@ -308,6 +308,15 @@ class Reconciler:
         wanted = [image.wanted for image in step.copies]
         if not wanted:
             return []
+        under_way = [
+            task
+            for _, source, target in wanted
+            if source.digest is None and (task := self.copies.under_way(source, target))
+        ]
+        if under_way:
+            # Another workload's copy of this tag runs: its pods are read once it is done
+            # (most likely it is their digest, and then the copy is a remembered one).
+            raise _Pending(under_way)
         try:
             # Which digest each container runs, and so what to copy: controller.pinning.
             return await self._pinning.pins(obj, wanted)

@@ -85,12 +85,14 @@ class Rollback:
         backups = rollout.following(obj, self._settings.backup)
         if not backups:
             return Followed.NOT_OURS
+        rewritten, now = rollout.rewritten_at(obj, manager=FIELD_MANAGER), self._clock()
+        matter = rollout.pods_matter(obj, rewritten=rewritten, now=now)
         reason = rollout.failure(
             obj,
-            await self._pods(key, obj),
+            await self._pods(key, obj) if matter else [],
             backups=backups,
-            rewritten=rollout.rewritten_at(obj, manager=FIELD_MANAGER),
-            now=self._clock(),
+            rewritten=rewritten,
+            now=now,
             timeout=self._settings.rollout_timeout,
         )
         if reason is None:
