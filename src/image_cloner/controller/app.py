@@ -66,10 +66,12 @@ from image_cloner.workloads import WorkloadKey
 
 __all__ = ["live_options", "run", "source_access"]
 
-WORKERS = 16
-"""Workloads reconciled at once. A pass mostly waits for the apiserver (about six requests)
-and never for a copy (`reconcile.COPY_PATIENCE`), so more workers hide more latency; blob
-transfers are limited separately by the copier."""
+WORKERS = 32
+"""Workloads reconciled at once. A pass mostly waits for the apiserver (three requests for
+a rewrite: read, pods, patch) and never for a copy (`reconcile.COPY_PATIENCE`), so more
+workers hide more latency; blob transfers are limited separately by the copier. On the
+1,000-Deployment bench, 16 → 32 took all rewritten from 25 s to 22 s, peak RSS 77 → 83 MiB;
+64 reached 100 MiB (each worker holds the body it works on)."""
 
 SHUTDOWN_GRACE = 20.0
 """Seconds in-flight reconciles get to finish on shutdown (a pod gets 30 by default)."""
