@@ -24,18 +24,12 @@ apiserver's `Status` (see `kube_errors`), so callers decide from its reason.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import json
 import logging
 import os
 import socket
-import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import aiohttp
@@ -45,18 +39,18 @@ from image_cloner import __version__
 if TYPE_CHECKING:
     import kopf
 
+from image_cloner.controller.events import COMPONENT, EventRecorder
 from image_cloner.controller.kube_errors import (
     AlreadyExists,
-    KubeApiError,
     NotFound,
     Unreachable,
     api_error,
 )
 from image_cloner.controller.kubeconfig import Endpoint, load_endpoint
-from image_cloner.logs import CONTROLLER_LOGGER, log_event
+from image_cloner.logs import CONTROLLER_LOGGER
 from image_cloner.oci.options import Credentials
 from image_cloner.settings import ConfigError
-from image_cloner.workloads import KINDS, WorkloadKind
+from image_cloner.workloads import WorkloadKind
 
 __all__ = [
     "COMPONENT",
@@ -68,9 +62,6 @@ __all__ = [
     "SecretOutcome",
 ]
 
-COMPONENT = "image-cloner"
-"""Our name as the reporting component of Events and the value of the managed-by label."""
-
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 FIELD_MANAGER = COMPONENT
@@ -80,20 +71,6 @@ _WRITES = frozenset({"POST", "PATCH", "PUT"})
 
 REQUEST_TIMEOUT = 30.0
 """Seconds for one API request; a hung apiserver must not hold a worker forever."""
-
-EVENT_SERIES_WINDOW = 600.0
-"""Seconds during which an identical Event is counted up instead of posted again."""
-
-EVENT_CACHE_SIZE = 4096
-
-EVENT_QUEUE = 1000
-"""Events waiting to be sent at most (client-go's `maxQueuedEvents`); more are dropped."""
-
-EVENT_SENDERS = 4
-"""Events sent at once by `record_event`'s background senders."""
-
-EVENT_FLUSH = 5.0
-"""Seconds `close` waits for queued Events to go out."""
 
 _METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 """Accept header for a list of objects' metadata only (what `kubectl get -o name` asks for)."""
@@ -142,13 +119,6 @@ class KubeCalls(Protocol):
     ) -> JsonObject | None: ...
 
 
-@dataclass(frozen=True)
-class _EventSeries:
-    name: str
-    count: int
-    first_seen: float
-
-
 class Kube:
     """Our Kubernetes client: one aiohttp session to one endpoint, no globals."""
 
@@ -156,10 +126,8 @@ class Kube:
         self._endpoint = endpoint
         self._ssl = endpoint.ssl_context()
         self._session: aiohttp.ClientSession | None = None
-        self._instance = os.environ.get("HOSTNAME") or socket.gethostname()
-        self._events: OrderedDict[tuple[str, ...], _EventSeries] = OrderedDict()
-        self._outbox: asyncio.Queue[tuple[JsonObject, str, str, bool]] | None = None
-        self._senders: list[asyncio.Task[None]] = []
+        instance = os.environ.get("HOSTNAME") or socket.gethostname()
+        self._recorder = EventRecorder(self._call, instance=instance)
 
     @classmethod
     async def connect(cls, *, kubeconfig: str | None) -> Kube:
@@ -175,13 +143,8 @@ class Kube:
             raise ConfigError(f"kubeconfig: cannot load its certificates: {e}") from None
 
     async def close(self) -> None:
-        """Send what `record_event` still holds (for up to `EVENT_FLUSH` seconds), then close."""
-        if self._outbox is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._outbox.join(), EVENT_FLUSH)
-            for sender in self._senders:
-                sender.cancel()
-            await asyncio.gather(*self._senders, return_exceptions=True)
+        """Send the Events still queued (`events.EVENT_FLUSH` seconds at most), then close."""
+        await self._recorder.close()
         if self._session is not None:
             await self._session.close()
 
@@ -311,96 +274,14 @@ class Kube:
     def record_event(
         self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False
     ) -> None:
-        """Queue an Event on `obj`, sent in the background: the controller's way, as with
-        client-go's EventRecorder. A pass never waits for its report, and a failed post is
-        a WARNING (`cannot post event`), never an error of the work it reports."""
-        if self._outbox is None:
-            self._outbox = asyncio.Queue(EVENT_QUEUE)
-            self._senders = [asyncio.create_task(self._send_events()) for _ in range(EVENT_SENDERS)]
-        # Only what the Event names is kept, not the whole object.
-        meta = obj["metadata"]
-        about = {
-            "apiVersion": obj.get("apiVersion"),
-            "kind": obj["kind"],
-            "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")},
-        }
-        try:
-            self._outbox.put_nowait((about, reason, message, warning))
-        except asyncio.QueueFull:
-            log_event(logger, logging.WARNING, "event dropped", event=reason, queued=EVENT_QUEUE)
-
-    async def _send_events(self) -> None:
-        assert self._outbox is not None
-        while True:
-            about, reason, message, warning = await self._outbox.get()
-            try:
-                await self.post_event(about, reason=reason, message=message, warning=warning)
-            except KubeApiError as e:
-                log_event(logger, logging.WARNING, "cannot post event", event=reason, error=str(e))
-            finally:
-                self._outbox.task_done()
+        """Queue an Event on `obj`, sent in the background (see `events.EventRecorder`)."""
+        self._recorder.record(obj, reason=reason, message=message, warning=warning)
 
     async def post_event(
-        self,
-        obj: Mapping[str, Any],
-        *,
-        reason: str,
-        message: str,
-        warning: bool = False,
+        self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False
     ) -> None:
-        """Post an Event on `obj` now (raises `KubeApiError`); a repeat within a while counts
-        up the same Event. `revert` uses it to say in its table whether the Event went out."""
-        meta = obj["metadata"]
-        namespace = meta["namespace"]
-        event_type = "Warning" if warning else "Normal"
-        key = (namespace, meta["uid"], event_type, reason, message)
-        now = time.monotonic()
-        series = self._events.get(key)
-        recent = series is not None and now - series.first_seen < EVENT_SERIES_WINDOW
-        if series is not None and recent and await self._count_up(namespace, series):
-            self._events[key] = _EventSeries(series.name, series.count + 1, series.first_seen)
-            self._events.move_to_end(key)
-            return
-        stamp = _timestamp()
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
-            "involvedObject": {
-                "apiVersion": obj.get("apiVersion") or KINDS[obj["kind"]].api_version,
-                "kind": obj["kind"],
-                "name": meta["name"],
-                "namespace": namespace,
-                "uid": meta["uid"],
-                "resourceVersion": meta.get("resourceVersion", ""),
-            },
-            "type": event_type,
-            "reason": reason,
-            "message": message[:1024],
-            "count": 1,
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "source": {"component": COMPONENT},
-            "reportingComponent": COMPONENT,
-            "reportingInstance": self._instance[:128],
-        }
-        created = await self._call("POST", f"/api/v1/namespaces/{namespace}/events", body=event)
-        self._events[key] = _EventSeries(created["metadata"]["name"], 1, now)
-        if len(self._events) > EVENT_CACHE_SIZE:
-            self._events.popitem(last=False)
-
-    async def _count_up(self, namespace: str, series: _EventSeries) -> bool:
-        patch = {"count": series.count + 1, "lastTimestamp": _timestamp()}
-        try:
-            await self._call(
-                "PATCH",
-                f"/api/v1/namespaces/{namespace}/events/{series.name}",
-                body=patch,
-                content_type="application/merge-patch+json",
-            )
-        except NotFound:  # expired or deleted: post a fresh one
-            return False
-        return True
+        """Post an Event on `obj` now (raises `KubeApiError`): what `revert` uses."""
+        await self._recorder.post(obj, reason=reason, message=message, warning=warning)
 
     # --- the pull Secret ------------------------------------------------------
 
@@ -588,10 +469,6 @@ class Kube:
 def _lease_path(namespace: str, name: str = "") -> str:
     collection = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
     return f"{collection}/{name}" if name else collection
-
-
-def _timestamp() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _b64(text: str) -> str:
