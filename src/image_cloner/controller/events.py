@@ -11,10 +11,9 @@ instead of piling up, as the kubelet's and client-go's correlator do.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,7 +39,7 @@ EVENT_QUEUE = 1000
 """Events waiting to be sent at most (client-go's `maxQueuedEvents`); more are dropped."""
 
 EVENT_SENDERS = 4
-"""Events sent at once by `record`'s background senders."""
+"""Events sent at once by `record`'s background senders (started while any are queued)."""
 
 EVENT_FLUSH = 5.0
 """Seconds `close` waits for queued Events to go out."""
@@ -68,16 +67,16 @@ class EventRecorder:
         self._call = call
         self._instance = instance
         self._events: OrderedDict[tuple[str, ...], _EventSeries] = OrderedDict()
-        self._outbox: asyncio.Queue[tuple[dict[str, Any], str, str, bool]] | None = None
-        self._senders: list[asyncio.Task[None]] = []
+        self._outbox: deque[tuple[dict[str, Any], str, str, bool]] = deque()
+        self._senders: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
-        if self._outbox is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._outbox.join(), EVENT_FLUSH)
-            for sender in self._senders:
-                sender.cancel()
-            await asyncio.gather(*self._senders, return_exceptions=True)
+        """Let the senders finish what is queued (`EVENT_FLUSH` seconds at most)."""
+        if self._senders:
+            await asyncio.wait(self._senders, timeout=EVENT_FLUSH)
+        for sender in self._senders:
+            sender.cancel()
+        await asyncio.gather(*self._senders, return_exceptions=True)
 
     def record(
         self, obj: Mapping[str, Any], *, reason: str, message: str, warning: bool = False
@@ -85,9 +84,9 @@ class EventRecorder:
         """Queue an Event on `obj`, sent in the background: the controller's way, as with
         client-go's EventRecorder. A pass never waits for its report, and a failed post is
         a WARNING (`cannot post event`), never an error of the work it reports."""
-        if self._outbox is None:
-            self._outbox = asyncio.Queue(EVENT_QUEUE)
-            self._senders = [asyncio.create_task(self._send_events()) for _ in range(EVENT_SENDERS)]
+        if len(self._outbox) >= EVENT_QUEUE:
+            log_event(logger, logging.WARNING, "event dropped", event=reason, queued=EVENT_QUEUE)
+            return
         # Only what the Event names is kept, not the whole object.
         meta = obj["metadata"]
         about = {
@@ -95,21 +94,21 @@ class EventRecorder:
             "kind": obj["kind"],
             "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")},
         }
-        try:
-            self._outbox.put_nowait((about, reason, message, warning))
-        except asyncio.QueueFull:
-            log_event(logger, logging.WARNING, "event dropped", event=reason, queued=EVENT_QUEUE)
+        self._outbox.append((about, reason, message, warning))
+        if len(self._senders) < EVENT_SENDERS:
+            # Senders exist only while there is something to send: an idle one would hold up
+            # kopf's shutdown, which waits for every task of the loop.
+            sender = asyncio.create_task(self._send_queued())
+            self._senders.add(sender)
+            sender.add_done_callback(self._senders.discard)
 
-    async def _send_events(self) -> None:
-        assert self._outbox is not None
-        while True:
-            about, reason, message, warning = await self._outbox.get()
+    async def _send_queued(self) -> None:
+        while self._outbox:
+            about, reason, message, warning = self._outbox.popleft()
             try:
                 await self.post(about, reason=reason, message=message, warning=warning)
             except KubeApiError as e:
                 log_event(logger, logging.WARNING, "cannot post event", event=reason, error=str(e))
-            finally:
-                self._outbox.task_done()
 
     async def post(
         self,
