@@ -131,8 +131,6 @@ class ImageCopies:
         self._flights: SingleFlight[CopyResult] = SingleFlight()
         self._verified: OrderedDict[ImageKey, tuple[float, CopyResult]] = OrderedDict()
         self._background: dict[ImageKey, asyncio.Task[CopyResult]] = {}
-        self._by_tag: dict[ImageKey, asyncio.Task[CopyResult]] = {}
-        """The same tasks by tag (`_tagged`): a workload on a tag being copied waits for it."""
 
     def blocked(self, source: Reference, target: Reference) -> tuple[float, str] | None:
         """(seconds left, last failure) while this copy is backing off, else None."""
@@ -171,19 +169,18 @@ class ImageCopies:
         if task is None:
             task = asyncio.create_task(self.copy(source, target), name=f"copy {target.name}")
             self._background[key] = task
-            self._by_tag[_tagged(key)] = task
             task.add_done_callback(lambda done: self._finished(key, done))
         return task
 
     def under_way(self, source: Reference, target: Reference) -> asyncio.Task[CopyResult] | None:
         """The background copy of this tag (to any digest) running now, if there is one."""
-        return self._by_tag.get(_tagged((source.name, target.name)))
+        wanted = _tagged((source.name, target.name))
+        # A scan: background copies are a handful at a time, not one per workload.
+        return next((t for k, t in self._background.items() if _tagged(k) == wanted), None)
 
     def _finished(self, key: ImageKey, task: asyncio.Task[CopyResult]) -> None:
         if self._background.get(key) is task:
             del self._background[key]
-        if self._by_tag.get(_tagged(key)) is task:
-            del self._by_tag[_tagged(key)]
         if not task.cancelled():
             # Retrieved here: a failure is in the image's backoff, reported by the next pass.
             task.exception()
