@@ -399,3 +399,26 @@ async def test_kopf_is_given_the_same_endpoint_and_the_current_identity() -> Non
         "KEY",
     )
     assert (info.scheme, info.token, info.expiration) == ("Bearer", "t", source.value.expires)
+
+
+async def test_a_refused_token_that_cannot_change_is_not_sent_twice(
+    tmp_path: Path, apiserver: tuple[str, list[web.Request], dict[str, str]]
+) -> None:
+    server, seen, _ = apiserver
+    path = write(
+        tmp_path / "config",
+        config(
+            current="c",
+            clusters=[("c", {"server": server})],
+            users=[("u", {"token": "revoked"})],
+            contexts=[("c", {"cluster": "c", "user": "u"})],
+        ),
+    )
+    kube = await Kube.connect(kubeconfig=str(path))
+    try:
+        with pytest.raises(KubeApiError) as refused:
+            await kube.read_workload(DEPLOYMENT, "demo", "web")
+        assert refused.value.status == 401
+    finally:
+        await kube.close()
+    assert len(seen) == 1

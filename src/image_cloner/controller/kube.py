@@ -423,9 +423,8 @@ class Kube:
                 raise Unreachable(0, f"cannot reach the apiserver: {reason}") from None
             except ConfigError as e:  # the token file or plugin failed: retried like a 503
                 raise Unreachable(0, f"no credentials for the apiserver: {e}") from None
-            if status == 401 and attempt == 1:
+            if status == 401 and attempt == 1 and self._endpoint.source.refused():
                 # An expired token: read the file or run the plugin again, once (client-go).
-                self._endpoint.source.refused()
                 continue
             break
         if status >= 400:

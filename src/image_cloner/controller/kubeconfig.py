@@ -85,10 +85,11 @@ class Identity:
 
 
 class IdentitySource(Protocol):
-    """Where the current `Identity` comes from; `refused` says the apiserver said 401."""
+    """Where the current `Identity` comes from. `refused` says the apiserver said 401;
+    it returns whether the next `identity` may differ (worth sending the request again)."""
 
     async def identity(self) -> Identity: ...
-    def refused(self) -> None: ...
+    def refused(self) -> bool: ...
 
 
 @dataclass
@@ -100,8 +101,9 @@ class StaticIdentity:
     async def identity(self) -> Identity:
         return self.value
 
-    def refused(self) -> None:
-        """Nothing to renew: the next request sends the same and gets the same answer."""
+    def refused(self) -> bool:
+        """Nothing to renew: the next request would send the same and get the same answer."""
+        return False
 
 
 @dataclass
@@ -122,8 +124,9 @@ class TokenFile:
             self._read_at = time.monotonic()
         return Identity(token=self._token)
 
-    def refused(self) -> None:
+    def refused(self) -> bool:
         self._read_at = -TOKEN_FILE_PERIOD
+        return True
 
 
 @dataclass
@@ -145,8 +148,9 @@ class ExecPlugin:
                 current = self._current = await self._run()
             return current
 
-    def refused(self) -> None:
+    def refused(self) -> bool:
         self._current = None
+        return True
 
     async def _run(self) -> Identity:
         spec: dict[str, Any] = {"interactive": False}
