@@ -17,6 +17,7 @@ from aiohttp import web
 
 from image_cloner.controller.kube import Kube
 from image_cloner.controller.kubeconfig import Endpoint, StaticIdentity
+from tests.support.loopback import serving
 
 WORKLOAD = {
     "apiVersion": "apps/v1",
@@ -48,17 +49,12 @@ async def served() -> AsyncIterator[tuple[Apiserver, Kube]]:
     server = Apiserver()
     app = web.Application()
     app.router.add_post("/api/v1/namespaces/{ns}/events", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    kube = Kube(Endpoint(server=f"http://127.0.0.1:{port}", source=StaticIdentity()))
-    try:
-        yield server, kube
-    finally:
-        await kube.close()
-        await runner.cleanup()
+    async with serving(app) as url:
+        kube = Kube(Endpoint(server=url, source=StaticIdentity()))
+        try:
+            yield server, kube
+        finally:
+            await kube.close()
 
 
 async def test_an_event_is_sent_in_the_background_and_flushed_on_close(

@@ -30,6 +30,7 @@ from image_cloner.controller.kubeconfig import (
 )
 from image_cloner.settings import ConfigError
 from image_cloner.workloads import DEPLOYMENT
+from tests.support.loopback import serving
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
@@ -319,15 +320,8 @@ async def apiserver() -> AsyncIterator[tuple[str, list[web.Request], dict[str, s
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", seen, accepted
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url, seen, accepted
 
 
 async def test_a_refused_token_is_renewed_once_and_the_request_sent_again(
