@@ -82,6 +82,8 @@ class FakeKube:
     users_objects: dict[tuple[str, str, str], JsonObject] = field(default_factory=dict)
     """(kind plural, namespace, name) → users' Secrets and ServiceAccounts we may read."""
     object_reads: list[tuple[str, str, str]] = field(default_factory=list)
+    workload_reads: list[tuple[str, str, str]] = field(default_factory=list)
+    """(kind, namespace, name) of every workload read (a GET), in order."""
     _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(100))
 
     def add(self, obj: JsonObject) -> JsonObject:
@@ -110,11 +112,16 @@ class FakeKube:
     def get(self, kind: str, namespace: str, name: str) -> JsonObject:
         return self.objects[(kind, namespace, name)]
 
+    def read_now(self, kind: str, namespace: str, name: str) -> JsonObject:
+        """A copy of the stored object, as a watch event delivers it (not counted as a read)."""
+        return copy.deepcopy(self.objects[(kind, namespace, name)])
+
     # --- KubeCalls ----------------------------------------------------------------
 
     async def read_workload(
         self, kind: WorkloadKind, namespace: str, name: str
     ) -> JsonObject | None:
+        self.workload_reads.append((kind.kind, namespace, name))
         found = self.objects.get((kind.kind, namespace, name))
         return copy.deepcopy(found) if found is not None else None
 

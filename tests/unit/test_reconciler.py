@@ -20,11 +20,12 @@ from image_cloner.controller.reconcile import (
     IMAGES_CLONED,
     Reconciler,
 )
+from image_cloner.controller.watch import WatchTracker
 from image_cloner.health import Health
 from image_cloner.metrics import Metrics
 from image_cloner.oci.errors import NotFoundError
 from image_cloner.settings import Settings
-from image_cloner.workloads import ORIGINAL_IMAGES_ANNOTATION, WorkloadKey
+from image_cloner.workloads import DEPLOYMENT, ORIGINAL_IMAGES_ANNOTATION, WorkloadKey
 from tests.support.fake_copier import FakeCopier, pinned
 from tests.support.fake_kube import FakeKube, deployment
 
@@ -112,6 +113,72 @@ async def test_a_concurrent_edit_is_read_again_and_decided_again(
     assert containers(obj) == {"app": f"{BACKUP}/{pinned('nginx:1')}"}
     assert len(kube.patches) == 1
     assert [e.reason for e in kube.events] == [IMAGES_CLONED]
+
+
+def watched(kube: FakeKube, copier: FakeCopier) -> tuple[WatchTracker, Reconciler]:
+    """A reconciler that starts its passes from what the tracker's watch delivered."""
+    tracker = WatchTracker(queue=WorkQueue(), health=Health(), kube=kube, settings=SETTINGS)
+    metrics = Metrics(health=Health())
+    reconciler = Reconciler(
+        kube=kube,
+        copier=copier,
+        settings=SETTINGS,
+        metrics=metrics,
+        delivered=tracker.delivered,
+    )
+    return tracker, reconciler
+
+
+async def test_a_pass_starts_from_the_delivered_object_without_reading_it(
+    kube: FakeKube, copier: FakeCopier
+) -> None:
+    tracker, reconciler = watched(kube, copier)
+    kube.add(deployment("web", {"app": "nginx:1"}))
+    tracker.observe(DEPLOYMENT, "ADDED", kube.read_now("Deployment", "demo", "web"))
+    await reconciler(WEB)
+    assert kube.workload_reads == [], "the watch's object was the pass's"
+    assert containers(kube.get("Deployment", "demo", "web")) == {
+        "app": f"{BACKUP}/{pinned('nginx:1')}"
+    }
+    await reconciler(WEB)  # no event since: the object is read as it is now
+    assert kube.workload_reads == [("Deployment", "demo", "web")]
+    assert len(kube.patches) == 1
+
+
+async def test_a_delivered_object_older_than_the_cluster_is_read_again_before_the_patch(
+    kube: FakeKube, copier: FakeCopier
+) -> None:
+    tracker, reconciler = watched(kube, copier)
+    kube.add(deployment("web", {"app": "nginx:1"}))
+    tracker.observe(DEPLOYMENT, "ADDED", kube.read_now("Deployment", "demo", "web"))
+    # A user's edit the watch has not delivered yet: the delivered object is out of date.
+    kube.edit("Deployment", "demo", "web", lambda o: o["metadata"].update(labels={"a": "b"}))
+    await reconciler(WEB)
+    obj = kube.get("Deployment", "demo", "web")
+    assert kube.workload_reads == [("Deployment", "demo", "web")], "read after the conflict"
+    assert obj["metadata"]["labels"] == {"a": "b"}, "the user's edit is kept"
+    assert containers(obj) == {"app": f"{BACKUP}/{pinned('nginx:1')}"}
+    assert len(kube.patches) == 1
+
+
+async def test_a_pass_that_comes_back_keeps_its_object_unless_a_newer_one_arrives(
+    kube: FakeKube, copier: FakeCopier
+) -> None:
+    tracker, reconciler = watched(kube, copier)
+    kube.add(deployment("web", {"app": "nginx:1"}))
+    tracker.observe(DEPLOYMENT, "ADDED", kube.read_now("Deployment", "demo", "web"))
+    copier.gate = asyncio.Event()
+    with pytest.raises(Retry) as pending:
+        await reconciler(WEB)  # its copy goes on in the background
+    # Meanwhile the watch delivers a newer version (a label): that one is the next pass's.
+    kube.edit("Deployment", "demo", "web", lambda o: o["metadata"].update(labels={"a": "b"}))
+    tracker.observe(DEPLOYMENT, "MODIFIED", kube.read_now("Deployment", "demo", "web"))
+    copier.gate.set()
+    await asyncio.gather(*pending.value.until)
+    await reconciler(WEB)
+    assert kube.workload_reads == [], "neither pass read the workload"
+    assert len(kube.patches) == 1, "the newer version was patched at the first try"
+    assert kube.get("Deployment", "demo", "web")["metadata"]["labels"] == {"a": "b"}
 
 
 async def test_a_patch_refused_by_admission_is_a_clone_failed_event_and_a_retry(

@@ -70,3 +70,41 @@ async def test_only_bare_pods_are_queued_and_owned_ones_cost_one_entry() -> None
     assert len(tracker) == 2
     assert queue.depth == 1
     assert WorkloadKey("Pod", "demo", "bare") in tracker
+
+
+def ready(version: str, *, is_ready: bool = True) -> dict[str, Any]:
+    obj = deployment("web", {"app": "nginx:1"}, ready=is_ready)
+    obj["metadata"]["resourceVersion"] = version
+    return obj
+
+
+async def test_the_newest_delivered_object_of_a_queued_workload_is_its_pass_s() -> None:
+    tracker, queue, _ = tracker_on(FakeKube(), [0.0])
+    tracker.observe(DEPLOYMENT, "ADDED", ready("1"))
+    # Not ready any more before its pass: not queued for that, but it replaces the older
+    # object, so the pass never starts from a version older than the watch has shown.
+    tracker.observe(DEPLOYMENT, "MODIFIED", ready("2", is_ready=False))
+    taken = tracker.delivered.take(KEY)
+    assert taken is not None
+    assert taken["metadata"]["resourceVersion"] == "2"
+    assert tracker.delivered.take(KEY) is None, "taken once"
+    assert queue.depth == 1
+
+
+async def test_an_object_given_back_is_kept_only_while_it_is_the_newest_and_not_deleted() -> None:
+    tracker, _, _ = tracker_on(FakeKube(), [0.0])
+    tracker.observe(DEPLOYMENT, "ADDED", ready("1"))
+    first = tracker.delivered.take(KEY)
+    assert first is not None
+    tracker.observe(DEPLOYMENT, "MODIFIED", ready("2", is_ready=False))  # not queued
+    tracker.delivered.give_back(KEY, first)
+    assert tracker.delivered.take(KEY) is None, "version 1 is older than what the watch showed"
+
+    tracker.observe(DEPLOYMENT, "MODIFIED", ready("3"))
+    third = tracker.delivered.take(KEY)
+    assert third is not None
+    tracker.delivered.give_back(KEY, third)
+    assert tracker.delivered.take(KEY) is third
+    tracker.delivered.give_back(KEY, third)
+    tracker.observe(DEPLOYMENT, "DELETED", ready("4"))
+    assert (tracker.delivered.take(KEY), len(tracker.delivered)) == (None, 0)

@@ -145,6 +145,9 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
             MetricsServer(metrics=metrics, health=health, port=settings.metrics_port),
         ):
             index = BackupIndex()
+            tracker = WatchTracker(
+                queue=queue, health=health, kube=kube, settings=settings, census=census
+            )
             reconciler = Reconciler(
                 kube=kube,
                 copier=copier,
@@ -154,6 +157,7 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
                 access=source_access(settings, kube, copier, plugins),
                 index=index,
                 census=census,
+                delivered=tracker.delivered,
             )
             webhook = _webhook(
                 settings,
@@ -162,9 +166,6 @@ async def _serve(settings: Settings, *, kubeconfig: str | None, redactor: Redact
                 reconciler=reconciler,
                 index=index,
                 pull_secrets=pull_secrets,
-            )
-            tracker = WatchTracker(
-                queue=queue, health=health, kube=kube, settings=settings, census=census
             )
             operation = _Operation(
                 settings=settings,

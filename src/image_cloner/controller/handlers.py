@@ -10,11 +10,11 @@ the controller needs no rights beyond watching its kinds. Each event goes to the
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
-from image_cloner.controller.kube import Kube
+from image_cloner.controller.kube import JsonObject, Kube
 from image_cloner.controller.watch import WatchTracker
 from image_cloner.workloads import KINDS, WorkloadKind
 
@@ -122,5 +122,7 @@ def build_registry(
 
 def _watch(registry: kopf.OperatorRegistry, tracker: WatchTracker, kind: WorkloadKind) -> None:
     @kopf.on.event(kind.group, kind.version, kind.plural, registry=registry, id=kind.plural)
-    async def workload_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-        tracker.observe(kind, type, body)
+    async def workload_event(type: str | None, event: kopf.RawEvent, **_: Any) -> None:
+        # The object as it came from the apiserver (kopf's `body` is a read-only view of
+        # it): the pass that dequeues it starts from it (`watch.Delivered`).
+        tracker.observe(kind, type, cast(JsonObject, event["object"]))

@@ -1,7 +1,8 @@
 """One workload, reconciled: read it, wait for its rollout, copy its images, patch, report.
 
-The queue hands us a key, never an event: we read the object as it is now and decide
-from that alone, so running twice, late, or after a restart is always safe. The order
+The queue hands us a key, never an event: we decide from the object as it is now (the
+newest version the watch delivered, else a read), and from that alone, so running twice,
+late, or after a restart is always safe. The order
 is what keeps users' workloads whole:
 
 0. the gate (`controller.gate`, the rules of `policy`) decides first whether we may touch
@@ -53,6 +54,7 @@ from image_cloner.controller.referrer_resync import (
 )
 from image_cloner.controller.rollback import RECHECK, Followed, Rollback
 from image_cloner.controller.steps import Limit, Step, WorkloadStep, next_step
+from image_cloner.controller.watch import Delivered
 from image_cloner.logs import CONTROLLER_LOGGER, log_event
 from image_cloner.metrics import FailureReason, Metrics, NotRewrittenReason, SkipReason
 from image_cloner.oci.copying import CopyResult
@@ -150,10 +152,13 @@ class Reconciler:
         access: SourceAccess | None = None,
         index: BackupIndex | None = None,
         census: WorkloadCensus | None = None,
+        delivered: Delivered | None = None,
     ) -> None:
         """`index` learns every verified copy, for the admission webhook; `census` how
-        each pass ended, for the workloads gauge."""
+        each pass ended, for the workloads gauge; `delivered` what the watch delivered of
+        each queued workload (`watch.Delivered`), which a pass starts from instead of a GET."""
         self._kube = kube
+        self._delivered = Delivered({}) if delivered is None else delivered
         self._census = census
         self._index = index
         self._settings = settings
@@ -192,8 +197,10 @@ class Reconciler:
         if key.namespace in self._settings.ignored_namespaces:
             return None
         log = WorkloadLog(KINDS[key.kind].noun, name=key.name, namespace=key.namespace)
-        for _ in range(MAX_CONFLICTS):
-            obj = await self._read(key)
+        for attempt in range(MAX_CONFLICTS):
+            # The first try starts from what the watch delivered, if anything; a try after
+            # a patch met a change reads the object as it is now.
+            obj = (self._delivered.take(key) if attempt == 0 else None) or await self._read(key)
             if obj is None:
                 return None
             try:
@@ -201,12 +208,15 @@ class Reconciler:
                     await self._counted(key, None)
                     return None
             except _Following:
+                self._delivered.give_back(key, obj)
                 await self._counted(key, None)
                 return Retry(f"following the rollout of {key}", after=RECHECK)
             except _Pending as pending:
+                self._delivered.give_back(key, obj)
                 await self._counted(key, None)  # not failed (yet): its copy is under way
                 return Retry(f"copying the images of {key}", until=pending.copies)
             except _Failed as failure:
+                self._delivered.give_back(key, obj)
                 await self._report_failure(obj, failure, key)
                 await self._counted(key, failure.message)
                 raise Retry(failure.message, after=failure.after) from None

@@ -8,6 +8,13 @@ When a
 listing matches everything the watch delivered, the stream is provably current, which
 feeds readiness just like an event does; a stream that silently died while workloads
 change stops doing either, and `/readyz` turns stale.
+
+`Delivered` keeps the newest object the watch delivered for each workload waiting in the
+queue, and the pass that dequeues it starts from that object instead of a GET: client-go's
+controllers read from their informer's cache the same way. It is safe because nothing is
+written from it unguarded: every patch tests `resourceVersion`, and a pass whose object
+turns out to be old reads it again (`reconcile`). Only queued keys hold an object, so it
+costs what the queue holds, not a copy of every workload.
 """
 
 from __future__ import annotations
@@ -15,11 +22,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from image_cloner.controller.census import WorkloadCensus
 from image_cloner.controller.decisions import WorkloadLog
-from image_cloner.controller.kube import KubeCalls
+from image_cloner.controller.kube import JsonObject, KubeCalls
 from image_cloner.controller.kube_errors import KubeApiError
 from image_cloner.controller.queue import WorkQueue
 from image_cloner.health import Health
@@ -28,7 +34,7 @@ from image_cloner.rollout import following
 from image_cloner.settings import Settings
 from image_cloner.workloads import KINDS, WorkloadKey, WorkloadKind
 
-__all__ = ["FIRST_RESYNC_DELAY", "RESYNC_INTERVAL", "WatchTracker"]
+__all__ = ["FIRST_RESYNC_DELAY", "RESYNC_INTERVAL", "Delivered", "WatchTracker"]
 
 RESYNC_INTERVAL = 120.0
 """Seconds between consistency listings; well under `health.DEFAULT_WATCH_STALENESS`."""
@@ -38,6 +44,41 @@ FIRST_RESYNC_DELAY = 5.0
 and only a listing can show that its (empty) stream is current."""
 
 logger = logging.getLogger(CONTROLLER_LOGGER)
+
+
+class Delivered:
+    """The newest object the watch (or a resync's read) delivered per queued workload."""
+
+    def __init__(self, versions: Mapping[WorkloadKey, str]) -> None:
+        """`versions`: the newest resourceVersion the watch delivered of each workload."""
+        self._versions = versions
+        self._objects: dict[WorkloadKey, JsonObject] = {}
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def put(self, key: WorkloadKey, obj: JsonObject) -> None:
+        self._objects[key] = obj
+
+    def refresh(self, key: WorkloadKey, obj: JsonObject) -> None:
+        """A newer version of a workload that may hold one: it replaces the older one (a
+        pass must never start from a version older than the watch has shown)."""
+        if key in self._objects:
+            self._objects[key] = obj
+
+    def take(self, key: WorkloadKey) -> JsonObject | None:
+        """The object to start the pass from, if the watch delivered one since the last."""
+        return self._objects.pop(key, None)
+
+    def give_back(self, key: WorkloadKey, obj: JsonObject) -> None:
+        """A pass that comes back later (its copies under way, its rollout followed) leaves
+        its object for that pass, if it is still the newest the watch delivered."""
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if key not in self._objects and version is not None and self._versions.get(key) == version:
+            self._objects[key] = obj
+
+    def drop(self, key: WorkloadKey) -> None:
+        self._objects.pop(key, None)
 
 
 class WatchTracker:
@@ -59,6 +100,8 @@ class WatchTracker:
         self._settings = settings
         self._census = census
         self._seen: dict[WorkloadKey, str] = {}
+        self.delivered = Delivered(self._seen)
+        """The object of each queued workload, for the pass that dequeues it."""
 
     def __len__(self) -> int:
         """Workloads tracked: shown by the watch or a listing, and not deleted since."""
@@ -67,7 +110,7 @@ class WatchTracker:
     def __contains__(self, key: object) -> bool:
         return key in self._seen
 
-    def observe(self, kind: WorkloadKind, event_type: str | None, body: Mapping[str, Any]) -> None:
+    def observe(self, kind: WorkloadKind, event_type: str | None, body: JsonObject) -> None:
         """One watch event (type None: the initial listing): remember it, maybe enqueue it."""
         self._health.mark_watch_event(kind.kind)
         meta = body.get("metadata") or {}
@@ -80,6 +123,7 @@ class WatchTracker:
 
     def _forget(self, key: WorkloadKey) -> None:
         self._seen.pop(key, None)
+        self.delivered.drop(key)
         if self._census is not None:
             self._census.forget(key)
 
@@ -92,7 +136,8 @@ class WatchTracker:
                 self._queue.add(key)
         return len(keys)
 
-    def _consider(self, kind: WorkloadKind, key: WorkloadKey, body: Mapping[str, Any]) -> None:
+    def _consider(self, kind: WorkloadKind, key: WorkloadKey, body: JsonObject) -> None:
+        self.delivered.refresh(key, body)
         if self._census is not None:
             self._census.seen(key, body)
         if key.namespace in self._settings.ignored_namespaces:
@@ -108,6 +153,7 @@ class WatchTracker:
                 readiness.reason
             )
             return
+        self.delivered.put(key, body)
         self._queue.add(key)
 
     async def _consider_current(self, kind: WorkloadKind, key: WorkloadKey) -> None:
