@@ -139,6 +139,9 @@ def _add_copy(commands: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _copy_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from image_cloner.aiohttp_loading import import_aiohttp
+
+    import_aiohttp()  # before anything imports it: without its unused SSL contexts
     from image_cloner import copy_command
 
     return copy_command.run(args, env, prog=PROG)

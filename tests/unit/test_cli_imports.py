@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.fake_registry import FakeRegistry
+from tests.support.pki import make_pki
 from tests.unit.test_copier import seed_index
 
 # What `main(argv)` loaded: printed as JSON on the last line of stdout.
@@ -98,3 +100,37 @@ async def test_plan_and_status_read_the_cluster_without_loading_kopf(
         assert f"image_cloner.controller.{command}" in modules
         assert "image_cloner.controller.kube" in modules
         assert "kopf" not in modules, command
+
+
+TRUST_PROBE = """
+import json, ssl, sys
+from image_cloner.cli import main
+main(sys.argv[1:])
+import aiohttp.connector
+print()
+print(json.dumps({
+    "aiohttp_default": aiohttp.connector._SSL_CONTEXT_VERIFIED.cert_store_stats()["x509_ca"],
+    "after": ssl.create_default_context().cert_store_stats()["x509_ca"],
+}))
+"""
+
+
+async def test_copy_loads_the_trust_store_only_into_its_own_context(tmp_path: Path) -> None:
+    # One CA in the "system" store (SSL_CERT_FILE is OpenSSL's), so loads can be counted.
+    # aiohttp's unused default context gets none of it; ssl is left as it was.
+    pki = make_pki(tmp_path / "pki")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        TRUST_PROBE,
+        "copy",
+        "--quiet",
+        "localhost:1/none:1",
+        "localhost:1/backup/none:1",
+        env={**os.environ, "SSL_CERT_FILE": str(pki.ca_cert), "SSL_CERT_DIR": str(tmp_path)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert json.loads(out.decode().strip().splitlines()[-1]) == {"aiohttp_default": 0, "after": 1}

@@ -89,6 +89,15 @@ def ssl_context(options: RegistryOptions) -> ssl.SSLContext:
     return context
 
 
+def unverified_context() -> ssl.SSLContext:
+    """TLS that checks no certificate, for `insecure_hosts` (Docker's insecure registries):
+    no trust store to load."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class Transport:
     """The process's connection to registries. Use as an async context manager."""
 
@@ -109,19 +118,20 @@ class Transport:
         )
         self._middlewares = (*middlewares, *observer)
         self._sleep = sleep
-        # Without a CA bundle, aiohttp's own verified context (`True`) is the system's trust
-        # store as ours would be, already loaded when aiohttp was imported: loading the store
-        # costs ~30 ms of CPU, a tenth of a small image's copy (docs/benchmarks.md).
-        self._ssl: ssl.SSLContext | bool = (
-            ssl_context(options) if options.ca_file is not None else True
-        )
+        # Our own contexts on every request, never aiohttp's defaults, which `copy` imports
+        # without their trust store (`aiohttp_loading`). The unverified one is made when an
+        # insecure host is first met.
+        self._verified = ssl_context(options)
+        self._unverified: ssl.SSLContext | None = None
         self.connections_per_host = CONNECTIONS_PER_TRANSFER * options.max_concurrent_transfers + 1
         self._schemes: dict[str, str] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self._ssl, limit_per_host=self.connections_per_host),
+            connector=aiohttp.TCPConnector(
+                ssl=self._verified, limit_per_host=self.connections_per_host
+            ),
             timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT),
             middlewares=self._middlewares,
             auto_decompress=False,
@@ -158,6 +168,14 @@ class Transport:
         """`https://authority/path`, or `http://` once the host turned out to speak plain HTTP."""
         scheme = self._schemes.get(authority, "https")
         return URL.build(scheme=scheme, authority=authority, path=path, encoded=True)
+
+    def _tls(self, authority: str) -> ssl.SSLContext:
+        """The TLS context for `authority`: verified, unless it is an insecure host."""
+        if authority not in self.options.insecure_hosts:
+            return self._verified
+        if self._unverified is None:
+            self._unverified = unverified_context()
+        return self._unverified
 
     # --- requests --------------------------------------------------------------------------
 
@@ -297,7 +315,7 @@ class Transport:
             method,
             headers=headers,
             data=data,
-            ssl=authority not in self.options.insecure_hosts,
+            ssl=self._tls(authority),
             read_bufsize=STREAM_BUFFER,
         )
         try:
