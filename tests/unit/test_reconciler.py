@@ -116,7 +116,8 @@ async def test_a_concurrent_edit_is_read_again_and_decided_again(
 
 
 def watched(kube: FakeKube, copier: FakeCopier) -> tuple[WatchTracker, Reconciler]:
-    """A reconciler that starts its passes from what the tracker's watch delivered."""
+    """A reconciler that starts its passes from what the tracker's watch delivered, and
+    the watch's event for a new, ready Deployment `web`."""
     tracker = WatchTracker(queue=WorkQueue(), health=Health(), kube=kube, settings=SETTINGS)
     metrics = Metrics(health=Health())
     reconciler = Reconciler(
@@ -126,15 +127,15 @@ def watched(kube: FakeKube, copier: FakeCopier) -> tuple[WatchTracker, Reconcile
         metrics=metrics,
         delivered=tracker.delivered,
     )
+    kube.add(deployment("web", {"app": "nginx:1"}))
+    tracker.observe(DEPLOYMENT, "ADDED", kube.read_now("Deployment", "demo", "web"))
     return tracker, reconciler
 
 
 async def test_a_pass_starts_from_the_delivered_object_without_reading_it(
     kube: FakeKube, copier: FakeCopier
 ) -> None:
-    tracker, reconciler = watched(kube, copier)
-    kube.add(deployment("web", {"app": "nginx:1"}))
-    tracker.observe(DEPLOYMENT, "ADDED", kube.read_now("Deployment", "demo", "web"))
+    _, reconciler = watched(kube, copier)
     await reconciler(WEB)
     assert kube.workload_reads == [], "the watch's object was the pass's"
     assert containers(kube.get("Deployment", "demo", "web")) == {
@@ -148,9 +149,7 @@ async def test_a_pass_starts_from_the_delivered_object_without_reading_it(
 async def test_a_delivered_object_older_than_the_cluster_is_read_again_before_the_patch(
     kube: FakeKube, copier: FakeCopier
 ) -> None:
-    tracker, reconciler = watched(kube, copier)
-    kube.add(deployment("web", {"app": "nginx:1"}))
-    tracker.observe(DEPLOYMENT, "ADDED", kube.read_now("Deployment", "demo", "web"))
+    _, reconciler = watched(kube, copier)
     # A user's edit the watch has not delivered yet: the delivered object is out of date.
     kube.edit("Deployment", "demo", "web", lambda o: o["metadata"].update(labels={"a": "b"}))
     await reconciler(WEB)
@@ -165,8 +164,6 @@ async def test_a_pass_that_comes_back_keeps_its_object_unless_a_newer_one_arrive
     kube: FakeKube, copier: FakeCopier
 ) -> None:
     tracker, reconciler = watched(kube, copier)
-    kube.add(deployment("web", {"app": "nginx:1"}))
-    tracker.observe(DEPLOYMENT, "ADDED", kube.read_now("Deployment", "demo", "web"))
     copier.gate = asyncio.Event()
     with pytest.raises(Retry) as pending:
         await reconciler(WEB)  # its copy goes on in the background
