@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from image_cloner.controller.queue import WorkQueue
-from image_cloner.controller.watch import WatchTracker
+from image_cloner.controller.watch import Delivered, WatchTracker
 from image_cloner.health import Health
 from image_cloner.settings import Settings
 from image_cloner.workloads import DEPLOYMENT, POD, WorkloadKey
@@ -108,3 +108,15 @@ async def test_an_object_given_back_is_kept_only_while_it_is_the_newest_and_not_
     tracker.delivered.give_back(KEY, third)
     tracker.observe(DEPLOYMENT, "DELETED", ready("4"))
     assert (tracker.delivered.take(KEY), len(tracker.delivered)) == (None, 0)
+
+
+def test_past_its_limit_the_store_keeps_no_more_workloads_but_still_renews_those_it_has() -> None:
+    keys = [WorkloadKey("Deployment", "demo", name) for name in ("a", "b", "c")]
+    delivered = Delivered({}, limit=2)
+    for key in keys:
+        delivered.put(key, {"metadata": {"name": key.name, "resourceVersion": "1"}})
+    assert len(delivered) == 2
+    assert delivered.take(keys[2]) is None, "the third one's pass reads it"
+    newer = {"metadata": {"name": "a", "resourceVersion": "2"}}
+    delivered.put(keys[0], newer)
+    assert delivered.take(keys[0]) is newer, "a kept workload's newer object replaces it"

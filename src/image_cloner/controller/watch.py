@@ -14,7 +14,7 @@ queue, and the pass that dequeues it starts from that object instead of a GET: c
 controllers read from their informer's cache the same way. It is safe because nothing is
 written from it unguarded: every patch tests `resourceVersion`, and a pass whose object
 turns out to be old reads it again (`reconcile`). Only queued keys hold an object, so it
-costs what the queue holds, not a copy of every workload.
+costs what the queue holds, not a copy of every workload, and at most `KEPT_OBJECTS`.
 """
 
 from __future__ import annotations
@@ -43,22 +43,27 @@ FIRST_RESYNC_DELAY = 5.0
 """The first listing comes soon after start: a kind with no objects gets no watch event,
 and only a listing can show that its (empty) stream is current."""
 
+KEPT_OBJECTS = 1000
+"""Objects `Delivered` holds at most (~16 MiB of Deployments); past that a pass reads."""
+
 logger = logging.getLogger(CONTROLLER_LOGGER)
 
 
 class Delivered:
     """The newest object the watch (or a resync's read) delivered per queued workload."""
 
-    def __init__(self, versions: Mapping[WorkloadKey, str]) -> None:
+    def __init__(self, versions: Mapping[WorkloadKey, str], *, limit: int = KEPT_OBJECTS) -> None:
         """`versions`: the newest resourceVersion the watch delivered of each workload."""
         self._versions = versions
+        self._limit = limit
         self._objects: dict[WorkloadKey, JsonObject] = {}
 
     def __len__(self) -> int:
         return len(self._objects)
 
     def put(self, key: WorkloadKey, obj: JsonObject) -> None:
-        self._objects[key] = obj
+        if key in self._objects or len(self._objects) < self._limit:
+            self._objects[key] = obj
 
     def refresh(self, key: WorkloadKey, obj: JsonObject) -> None:
         """A newer version of a workload that may hold one: it replaces the older one (a
@@ -75,7 +80,7 @@ class Delivered:
         its object for that pass, if it is still the newest the watch delivered."""
         version = (obj.get("metadata") or {}).get("resourceVersion")
         if key not in self._objects and version is not None and self._versions.get(key) == version:
-            self._objects[key] = obj
+            self.put(key, obj)
 
     def drop(self, key: WorkloadKey) -> None:
         self._objects.pop(key, None)
