@@ -17,7 +17,7 @@ from image_cloner.oci.errors import DigestMismatchError
 from image_cloner.oci.manifests import OCI_INDEX, OCI_MANIFEST
 from image_cloner.oci.options import RegistryOptions
 from image_cloner.oci.references import Reference, parse_reference
-from tests.support.fake_registry import FakeRegistry, digest
+from tests.support.fake_registry import FakeRegistry, Seen, digest
 
 CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -88,6 +88,36 @@ async def test_an_index_is_pushed_children_first_and_its_tag_last(
         assert commits
         assert max(commits) < child_put  # its blobs are there before it
     assert target.manifests[("backup/app", "1")] == source.manifests[("src/app", "1")]
+
+
+async def test_referrers_are_looked_up_while_the_contents_copy(
+    source: FakeRegistry, target: FakeRegistry
+) -> None:
+    """The five GETs that find what refers to the index (referrers API, tag schema, cosign's
+    three tags) are answered before its first platform is pushed, not after both: they are
+    off the path to the tag."""
+    image = seed_index(source, "src/app", "1")
+    arrivals: list[Seen] = []
+    source.requests = target.requests = arrivals  # one log of both, in arrival order
+    async with Copier(RegistryOptions()) as copier:
+        await copier.copy_image(ref(source, "src/app:1"), ref(target, "backup/app:1"))
+    hexdigest = image.index.removeprefix("sha256:")
+    lookups = [
+        i
+        for i, r in enumerate(arrivals)
+        if r.method == "GET"
+        and r.path.startswith("/v2/src/app/")
+        and hexdigest in r.path
+        and "/manifests/sha256:" not in r.path
+    ]
+    child_puts = [
+        i
+        for i, r in enumerate(arrivals)
+        if r.method == "PUT" and r.path.removeprefix("/v2/backup/app/manifests/") in image.children
+    ]
+    assert len(lookups) == 5
+    assert len(child_puts) == 2
+    assert max(lookups) < min(child_puts)
 
 
 async def test_an_image_already_there_costs_one_head(

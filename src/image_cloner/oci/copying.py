@@ -33,8 +33,8 @@ import asyncio
 import enum
 import logging
 from collections import OrderedDict
-from collections.abc import Coroutine, Iterable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
@@ -141,6 +141,16 @@ class _Ask:
 
 
 @dataclass(frozen=True)
+class _Referrers:
+    """What the source has that refers to one manifest."""
+
+    listed: tuple[dict[str, Any], ...]
+    """Its referrers (API or tag schema), as descriptors."""
+    tagged: tuple[tuple[str, Manifest], ...]
+    """Its cosign tags that exist, with their manifests."""
+
+
+@dataclass(frozen=True)
 class _Job:
     """One image copy in progress: both ends, its tally, who listens."""
 
@@ -150,14 +160,21 @@ class _Job:
     progress: ProgressListener | None
 
 
-async def _all(works: Iterable[Coroutine[Any, Any, None]]) -> None:
-    """Run concurrently; on the first failure cancel the rest and raise that failure."""
+@asynccontextmanager
+async def _together() -> AsyncIterator[asyncio.TaskGroup]:
+    """A task group whose first failure cancels the rest and is raised as it is."""
     try:
         async with asyncio.TaskGroup() as group:
-            for work in works:
-                group.create_task(work)
+            yield group
     except BaseExceptionGroup as failures:
         raise _first(failures) from None
+
+
+async def _all(works: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run concurrently; on the first failure cancel the rest and raise that failure."""
+    async with _together() as group:
+        for work in works:
+            group.create_task(work)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -321,12 +338,20 @@ class Copier:
                     f"manifest {manifest.digest}: indexes nested more than {MAX_NESTING} deep"
                 )
             children = {child.digest: child for child in parsed.manifests}
-            await _all(self._copy_child(job, child, depth + 1) for child in children.values())
+            works = [self._copy_child(job, child, depth + 1) for child in children.values()]
         else:
             blobs = {blob.digest: blob for blob in parsed.blobs}
-            await _all(self._copy_blob(job, blob) for blob in blobs.values())
-        if self.options.referrers.enabled:
-            await self._copy_referrers(job, manifest.digest, depth)
+            works = [self._copy_blob(job, blob) for blob in blobs.values()]
+        if not self.options.referrers.enabled:
+            await _all(works)
+            return
+        # What refers to the manifest is looked up while its contents copy: those few small
+        # GETs are then off the path to the tag, which waits for the copy's last manifest.
+        async with _together() as group:
+            found = group.create_task(self._find_referrers(job, manifest.digest, depth))
+            for work in works:
+                group.create_task(work)
+        await self._copy_found(job, manifest.digest, found.result(), depth)
 
     async def sync_referrers(self, source: Reference, target: Reference) -> int:
         """Copy what refers to the image `source` names by digest, and to each of its
@@ -352,15 +377,25 @@ class Copier:
     async def _copy_referrers(self, job: _Job, digest: str, depth: int) -> None:
         """What refers to `digest` (signatures, SBOMs, attestations: `oci.referrers`),
         each with its own referrers, at most `MAX_NESTING` deep; before any tag is pushed."""
+        await self._copy_found(job, digest, await self._find_referrers(job, digest, depth), depth)
+
+    async def _find_referrers(self, job: _Job, digest: str, depth: int) -> _Referrers:
+        """The source's referrers of `digest` and its cosign tags, looked up concurrently."""
         if depth >= MAX_NESTING:
             logger.info("referrers of %s not followed: %d deep", digest, depth)
-            return
+            return _Referrers((), ())
+        async with _together() as group:
+            listed = group.create_task(find_referrers(job.source, digest))
+            tagged = group.create_task(cosign_tags(job.source, digest))
+        return _Referrers(tuple(listed.result()), tuple(tagged.result()))
+
+    async def _copy_found(self, job: _Job, digest: str, found: _Referrers, depth: int) -> None:
         works = [
             self._optional(self._copy_referrer(job, digest, entry, depth), entry["digest"])
-            for entry in await find_referrers(job.source, digest)
+            for entry in found.listed
         ] + [
             self._optional(self._copy_tagged(job, tag, tagged, depth), tag)
-            for tag, tagged in await cosign_tags(job.source, digest)
+            for tag, tagged in found.tagged
         ]
         await _all(works)
 
