@@ -22,14 +22,15 @@ from tests.unit.test_copier import seed_index
 
 # What `main(argv)` loaded: printed as JSON on the last line of stdout.
 PROBE = """
-import json, sys
+import gc, json, sys
 from image_cloner.cli import main
 try:
     status = main(sys.argv[1:])
 except SystemExit as exit:  # --help and --version exit from argparse
     status = exit.code
 print()
-print(json.dumps({"status": status, "modules": sorted(sys.modules)}))
+print(json.dumps({"status": status, "modules": sorted(sys.modules),
+                  "gc": {"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}}))
 """
 
 HEAVY = ("aiohttp", "yaml", "asyncio", "ssl", "multidict", "yarl")
@@ -39,6 +40,11 @@ NOT_FOR_COPY = ("kopf", "prometheus_client", "rich", "yaml")
 
 
 async def _run(*argv: str) -> tuple[int, set[str]]:
+    status, modules, _ = await _run_with_gc(*argv)
+    return status, modules
+
+
+async def _run_with_gc(*argv: str) -> tuple[int, set[str], dict[str, int]]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -51,7 +57,7 @@ async def _run(*argv: str) -> tuple[int, set[str]]:
     out, err = await process.communicate()
     assert process.returncode == 0, err.decode()
     found = json.loads(out.decode().strip().splitlines()[-1])
-    return found["status"], set(found["modules"])
+    return found["status"], set(found["modules"]), found["gc"]
 
 
 def _loaded(modules: set[str], packages: tuple[str, ...]) -> set[str]:
@@ -76,12 +82,16 @@ async def test_version_and_help_import_no_library() -> None:
 async def test_a_copy_imports_the_registry_client_and_nothing_of_the_controller() -> None:
     async with FakeRegistry() as source, FakeRegistry() as target:
         seed_index(source, "src/app", "1")
-        status, modules = await _run(
+        status, modules, gc = await _run_with_gc(
             "copy", "--quiet", f"{source.host}/src/app:1", f"{target.host}/backup/app:1"
         )
         pushed = target.seen("PUT", "/manifests/1")
     assert status == 0
     assert pushed, "the copy really ran"
+    # What the imports made is frozen out of the cyclic GC's walks (cli._start_up), and the
+    # GC is back on for the copy itself.
+    assert gc["enabled"]
+    assert gc["frozen"] > 10_000
     assert "aiohttp" in modules
     assert "image_cloner.oci.copying" in modules
     assert not _loaded(modules, NOT_FOR_COPY)
