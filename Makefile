@@ -43,8 +43,11 @@ $(UV):
 	.tools/uv/bin/pip install -q uv==$(UV_VERSION)
 
 # --locked: a uv.lock that no longer matches pyproject.toml is an error, never silently redone.
+# --compile-bytecode: the libraries as pip and the container image install them, so that no
+# run compiles them from source again (PYTHONDONTWRITEBYTECODE, set on some CI machines,
+# would otherwise make every `image-cloner` process do it: ~0.1 s of CPU each).
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
-	$(UV) sync --locked --quiet
+	$(UV) sync --locked --quiet --compile-bytecode
 	@touch $@
 
 debs: .stamps/debs

@@ -11,11 +11,14 @@ later, and a new registry may get the port of an earlier one (`_skopeo_without_c
 
 from __future__ import annotations
 
+import compileall
 import enum
 import hashlib
+import importlib.util
 import os
 import shutil
 import sys
+import sysconfig
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -88,6 +91,7 @@ class Lab(Service):
             raise RuntimeError(f"{IMAGE_CLONER} not found: run `make venv` first")
 
     def start(self) -> None:
+        compile_bytecode()
         self._stack.enter_context(self.source)
 
     def stop(self) -> None:
@@ -219,6 +223,22 @@ class Lab(Service):
                 destination=len(sent),
                 destination_kinds=dict(kinds),
             )
+
+
+def compile_bytecode() -> None:
+    """Compile image-cloner and its libraries to bytecode, as they are when installed.
+
+    pip and the container image (`UV_COMPILE_BYTECODE=1`) install bytecode, and Python caches
+    it on a package's first import; an editable checkout under `PYTHONDONTWRITEBYTECODE`
+    (some CI machines set it) has none, and every `image-cloner copy` would compile aiohttp
+    and the package from source first: ~0.12 s of CPU a run, measured by callgrind (2.0 G
+    instructions of imports with no bytecode, 0.78 G with it). The Go tools start compiled.
+    """
+    spec = importlib.util.find_spec("image_cloner")
+    package = spec.submodule_search_locations if spec is not None else None
+    for directory in [sysconfig.get_paths()["purelib"], *(package or [])]:
+        if not compileall.compile_dir(directory, quiet=1, workers=0):
+            raise RuntimeError(f"compiling {directory} to bytecode failed")
 
 
 def _binary(peer: Tool) -> Path:
