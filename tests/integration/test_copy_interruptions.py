@@ -67,6 +67,15 @@ async def test_an_interrupted_copy_leaves_no_upload_session_open(
 
     task = asyncio.create_task(cli())
     await wait_for_open_uploads(auth_registry, repo, len(image.blobs))
+    # A session is on disk before its POST's answer reaches the copy; a transfer GETs its
+    # blob only after that answer. Once every blob GET was refused, the copy knows every
+    # session (cancelled earlier, a POST still unanswered could not be cancelled by anyone).
+    for _ in range(300):
+        if source.count("GET", r"/blobs/") >= len(image.blobs):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("not every blob transfer reached its source GET")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
