@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -35,13 +36,21 @@ def open_uploads(registry: RunningRegistry, repo: str) -> list[Path]:
     return sorted(uploads.glob("*/data"))
 
 
-async def wait_for_open_uploads(registry: RunningRegistry, repo: str, count: int) -> None:
-    """Until `count` upload sessions are open in `repo` (30 s at most)."""
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    """Until `condition()` holds (30 s at most), the copy running meanwhile."""
     for _ in range(300):
-        if len(open_uploads(registry, repo)) == count:
+        if condition():
             return
         await asyncio.sleep(0.1)
-    raise AssertionError(f"expected {count} open upload sessions in {repo}")
+    raise AssertionError(f"expected {what}")
+
+
+async def wait_for_open_uploads(registry: RunningRegistry, repo: str, count: int) -> None:
+    """Until `count` upload sessions are open in `repo`."""
+    await eventually(
+        lambda: len(open_uploads(registry, repo)) == count,
+        f"{count} open upload sessions in {repo}",
+    )
 
 
 async def test_an_interrupted_copy_leaves_no_upload_session_open(
@@ -70,12 +79,10 @@ async def test_an_interrupted_copy_leaves_no_upload_session_open(
     # A session is on disk before its POST's answer reaches the copy; a transfer GETs its
     # blob only after that answer. Once every blob GET was refused, the copy knows every
     # session (cancelled earlier, a POST still unanswered could not be cancelled by anyone).
-    for _ in range(300):
-        if source.count("GET", r"/blobs/") >= len(image.blobs):
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("not every blob transfer reached its source GET")
+    await eventually(
+        lambda: source.count("GET", r"/blobs/") >= len(image.blobs),
+        "every blob transfer at its source GET",
+    )
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -342,16 +342,18 @@ class Copier:
         else:
             blobs = {blob.digest: blob for blob in parsed.blobs}
             works = [self._copy_blob(job, blob) for blob in blobs.values()]
-        if not self.options.referrers.enabled:
-            await _all(works)
-            return
         # What refers to the manifest is looked up while its contents copy: those few small
         # GETs are then off the path to the tag, which waits for the copy's last manifest.
         async with _together() as group:
-            found = group.create_task(self._find_referrers(job, manifest.digest, depth))
+            found = (
+                group.create_task(self._find_referrers(job, manifest.digest, depth))
+                if self.options.referrers.enabled
+                else None
+            )
             for work in works:
                 group.create_task(work)
-        await self._copy_found(job, manifest.digest, found.result(), depth)
+        if found is not None:
+            await self._copy_found(job, manifest.digest, found.result(), depth)
 
     async def sync_referrers(self, source: Reference, target: Reference) -> int:
         """Copy what refers to the image `source` names by digest, and to each of its
