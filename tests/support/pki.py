@@ -125,6 +125,11 @@ class CertificateAuthority:
             .add_extension(constraints, critical=True)
             .add_extension(_key_usage(ca=constraints.ca), critical=True)
         )
+        if not constraints.ca:
+            # RFC 5280 4.2.1.1: every certificate but a self-signed CA names its issuer's key;
+            # Python 3.13's default verification (VERIFY_X509_STRICT) refuses one without.
+            issuer_key = x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key())
+            builder = builder.add_extension(issuer_key, critical=False)
         for extension in extensions:
             builder = builder.add_extension(extension, critical=False)
         return builder.sign(self._key, hashes.SHA256())
